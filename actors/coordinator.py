@@ -1,0 +1,371 @@
+"""The episode coordinator: many episodes, each a graph whose nodes start when their inputs exist.
+
+A plain class (``actors.remote`` makes it the named actor ``showrunner:coordinator``). In-flight
+nodes are coroutines here, awaiting the provider actors; none holds a process. Up to
+``max_parallel_episodes`` episodes run at once, the rest wait by priority, then arrival; within an
+episode at most ``max_parallel_scenes`` nodes run at once, fewer while the provider answers 429
+(additive increase, multiplicative decrease).
+
+All state lives in ``EpisodeRecord``s (pydantic, serialisable): the durability work checkpoints
+them and resumes a run without repeating a stored call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from actors.errors import ProviderError
+from pipelines.episode_state import EpisodeRecord, Event, NodeRecord, NodeState
+from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.planner import EpisodePlan, Node, NodeKind
+from pipelines.screenplay import write_episode_files
+from pipelines.settings import Settings
+from pipelines.stages import StageCall, StageOutputError, content_call, dialogue_call, outline_call
+
+log = logging.getLogger("showrunner.coordinator")
+
+# Events kept per episode: enough for a 200-scene episode's whole history.
+MAX_EVENTS = 5000
+
+
+class ChatProvider(Protocol):
+    """What the coordinator needs of a text provider (a gateway, or a Ray actor's adapter)."""
+
+    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any: ...
+
+
+class ConcurrencyWindow:
+    """Additive increase, multiplicative decrease of one episode's node concurrency."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.size = float(maximum)
+        self._since_cut = 0
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self.size))
+
+    def on_result(self, rate_limited: bool) -> None:
+        self._since_cut += 1
+        if rate_limited and self._since_cut >= self.limit:
+            # At most one cut per window's worth of results: one wave of 429s is one signal.
+            self.size = max(1.0, self.size / 2)
+            self._since_cut = 0
+        elif not rate_limited:
+            self.size = min(float(self.maximum), self.size + 1.0 / self.size)
+
+
+class EpisodeCoordinator:
+    """Takes episodes, runs their graphs, keeps their state, events and report."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        providers: Mapping[str, ChatProvider],
+        *,
+        output_root: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.providers = dict(providers)
+        self.output_root = output_root
+        self.records: dict[str, EpisodeRecord] = {}
+        self._arrivals = 0
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._signals: dict[str, asyncio.Event] = {}
+        self._mono_start: dict[str, float] = {}
+
+    # -- the public surface (each method is an actor method) ----------------------------------
+
+    async def submit(self, request: EpisodeRequest, episode_id: str | None = None) -> str:
+        """Queue one episode; it starts as soon as a slot is free. Returns its id."""
+        episode_id = episode_id or uuid.uuid4().hex[:12]
+        if episode_id in self.records:
+            return episode_id  # idempotent: the same id is the same episode
+        self._arrivals += 1
+        record = EpisodeRecord(
+            id=episode_id, request=request, submitted_at=time.time(), arrival=self._arrivals
+        )
+        record.nodes = {nid: NodeRecord() for nid in record.plan().nodes}
+        self.records[episode_id] = record
+        self._emit(record, "queued", message=f"{request.scenes} scenes")
+        self._admit()
+        return episode_id
+
+    async def submit_many(self, requests: list[EpisodeRequest]) -> list[str]:
+        return [await self.submit(r) for r in requests]
+
+    async def cancel(self, episode_id: str) -> str:
+        """End all of an episode's work; what finished is kept. Idempotent."""
+        record = self._record(episode_id)
+        if record.status.finished:
+            return record.status.value
+        task = self._tasks.get(episode_id)
+        if task is None:  # still queued
+            self._finish(record, EpisodeStatus.CANCELLED, "cancelled before it started")
+        else:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if not record.status.finished:  # cancelled before its first step ran
+                self._finish(record, EpisodeStatus.CANCELLED, "cancelled")
+        return record.status.value
+
+    async def status(self, episode_id: str) -> dict[str, Any]:
+        return self._record(episode_id).summary()
+
+    async def episode(self, episode_id: str) -> EpisodeRecord:
+        return self._record(episode_id)
+
+    async def list_episodes(self) -> list[dict[str, Any]]:
+        return [r.summary() for r in self.records.values()]
+
+    async def events(self, episode_id: str, after: int = 0, timeout_s: float = 0.0) -> list[Event]:
+        """Events numbered above ``after``; waits up to ``timeout_s`` for one if there is none.
+
+        A long poll: the caller's stream is a loop of these, resumable from any ``seq``.
+        """
+        record = self._record(episode_id)
+        deadline = time.monotonic() + max(0.0, min(timeout_s, 60.0))
+        while True:
+            new = [e for e in record.events if e.seq > after]
+            remaining = deadline - time.monotonic()
+            if new or record.status.finished or remaining <= 0:
+                return new
+            signal = self._signals.setdefault(episode_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(signal.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    async def wait(self, episode_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Return when every given episode (default: all) has finished."""
+        ids = list(episode_ids) if episode_ids is not None else list(self.records)
+        for episode_id in ids:
+            while not self._record(episode_id).status.finished:
+                await self.events(episode_id, after=self._record(episode_id).events[-1].seq,
+                                  timeout_s=5.0)
+        return [self.records[i].summary() for i in ids]
+
+    async def records_snapshot(self) -> dict[str, EpisodeRecord]:
+        """Every record: the one serialisable structure a checkpoint needs."""
+        return dict(self.records)
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def _record(self, episode_id: str) -> EpisodeRecord:
+        try:
+            return self.records[episode_id]
+        except KeyError:
+            raise KeyError(f"no episode {episode_id!r}") from None
+
+    def _admit(self) -> None:
+        running = sum(1 for r in self.records.values() if r.status is EpisodeStatus.RUNNING)
+        queued = sorted(
+            (r for r in self.records.values() if r.status is EpisodeStatus.QUEUED
+             and r.id not in self._tasks),
+            key=lambda r: (-r.request.priority, r.arrival),
+        )
+        for record in queued[: max(0, self.settings.max_parallel_episodes - running)]:
+            record.status = EpisodeStatus.RUNNING
+            self._tasks[record.id] = asyncio.create_task(self._run(record))
+
+    async def _run(self, record: EpisodeRecord) -> None:
+        record.started_at = time.time()
+        self._mono_start[record.id] = time.monotonic()
+        self._emit(record, "started")
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            status, reason = await self._run_graph(record, record.plan(), running)
+            self._finish(record, status, reason)
+        except asyncio.CancelledError:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+            for node in record.nodes.values():
+                if node.state is NodeState.RUNNING:
+                    node.state = NodeState.PENDING  # not finished: not kept, free to run again
+            self._finish(record, EpisodeStatus.CANCELLED, "cancelled")
+        except Exception as err:  # a bug of ours: fail this episode, never the coordinator
+            log.exception("episode %s crashed", record.id)
+            self._finish(record, EpisodeStatus.FAILED, f"internal error: {err!r}")
+        finally:
+            self._tasks.pop(record.id, None)
+            self._admit()
+
+    async def _run_graph(
+        self, record: EpisodeRecord, plan: EpisodePlan, running: dict[str, asyncio.Task[None]]
+    ) -> tuple[EpisodeStatus, str | None]:
+        window = ConcurrencyWindow(self.settings.max_parallel_scenes)
+        skip = record.request.on_scene_failure == "skip"
+        stop_reason: str | None = None
+        while True:
+            if stop_reason is None:
+                stop_reason = self._over_budget(record)
+            if stop_reason is None:
+                resolved = [
+                    nid for nid, n in record.nodes.items()
+                    if n.state is NodeState.DONE
+                    or (skip and n.state in (NodeState.FAILED, NodeState.SKIPPED))
+                ]
+                started = [nid for nid, n in record.nodes.items()
+                           if n.state is not NodeState.PENDING]
+                for node in plan.ready(resolved, started):
+                    if len(running) >= window.limit:
+                        break
+                    record.nodes[node.id].state = NodeState.RUNNING
+                    running[node.id] = asyncio.create_task(self._execute(record, plan, node))
+            if not running:
+                break
+            finished, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
+            for nid in [nid for nid, task in running.items() if task in finished]:
+                task = running.pop(nid)
+                node_record = record.nodes[nid]
+                error = task.exception()
+                window.on_result(node_record.rate_limited > 0)
+                if error is None:
+                    continue
+                if not isinstance(error, (ProviderError, StageOutputError)):
+                    raise error
+                self._fail_node(record, plan, plan.nodes[nid], error, skip)
+                if not skip or plan.nodes[nid].kind is NodeKind.OUTLINE:
+                    stop_reason = stop_reason or "failed"
+        return self._outcome(record, stop_reason)
+
+    def _outcome(
+        self, record: EpisodeRecord, stop_reason: str | None
+    ) -> tuple[EpisodeStatus, str | None]:
+        failed = {nid: n.error for nid, n in record.nodes.items() if n.state is NodeState.FAILED}
+        if stop_reason not in (None, "failed"):
+            return EpisodeStatus.FAILED, stop_reason
+        if failed and stop_reason == "failed":
+            listed = "; ".join(f"{nid}: {err}" for nid, err in sorted(failed.items()))
+            return EpisodeStatus.FAILED, f"{len(failed)} node(s) failed: {listed}"[:4000]
+        if failed:
+            scenes = sorted({int(nid.split(':')[1]) for nid in failed if ":" in nid})
+            return EpisodeStatus.COMPLETED, f"completed without scene(s) {scenes}"
+        return EpisodeStatus.COMPLETED, None
+
+    def _over_budget(self, record: EpisodeRecord) -> str | None:
+        budget = record.request.budget_usd
+        if budget is not None and record.cost_usd >= budget:
+            return f"budget of ${budget:.2f} spent (${record.cost_usd:.4f}); stopped starting work"
+        return None
+
+    def _fail_node(
+        self, record: EpisodeRecord, plan: EpisodePlan, node: Node, error: Exception, skip: bool
+    ) -> None:
+        node_record = record.nodes[node.id]
+        node_record.state = NodeState.FAILED
+        node_record.error = str(error)[:1000]
+        node_record.finished_s = self._elapsed(record)
+        self._emit(record, "node_failed", node=node.id, message=node_record.error)
+        if skip:
+            # The scene's own later work cannot run; other scenes go on without it.
+            for nid in plan.downstream([node.id]):
+                other = plan.nodes[nid]
+                if other.index == node.index and other.kind is not NodeKind.OUTLINE:
+                    record.nodes[nid].state = NodeState.SKIPPED
+
+    def _finish(self, record: EpisodeRecord, status: EpisodeStatus, reason: str | None) -> None:
+        record.status = status
+        record.error = reason  # for a completed episode, a note such as the scenes it skipped
+        record.finished_at = time.time()
+        if status is EpisodeStatus.COMPLETED and self.output_root is not None:
+            record.output_dir = write_episode_files(record, self.output_root)
+        self._emit(record, status.value, message=reason or "")
+        log.info("episode %s %s%s", record.id, status.value, f": {reason}" if reason else "")
+
+    # -- one node -----------------------------------------------------------------------------
+
+    async def _execute(self, record: EpisodeRecord, plan: EpisodePlan, node: Node) -> None:
+        node_record = record.nodes[node.id]
+        node_record.started_s = self._elapsed(record)
+        self._emit(record, "node_started", node=node.id)
+        call = self._stage_call(record, plan, node)
+        value = await self._ask(record, node, call)
+        self._store(record, node, value)
+        node_record.state = NodeState.DONE
+        node_record.finished_s = self._elapsed(record)
+        self._emit(record, "node_finished", node=node.id)
+
+    async def _ask(self, record: EpisodeRecord, node: Node, call: StageCall[Any]) -> Any:
+        """One model call, validated; an invalid answer is retried once with the error shown."""
+        node_record = record.nodes[node.id]
+        provider = self.providers[node.provider]
+        for attempt in (1, 2):
+            result = await provider.chat(
+                call.messages,
+                episode_id=record.id,
+                response_format=call.response_format,
+                max_tokens=call.max_tokens,
+                seed=_seed(record, node.id, attempt),
+            )
+            node_record.calls += 1
+            node_record.latency_s += result.latency_s
+            node_record.wait_s += result.wait_s
+            node_record.rate_limited += result.rate_limited
+            node_record.cost_usd += result.cost_usd
+            try:
+                return call.parse(result.text)
+            except ValidationError as err:
+                if attempt == 2:
+                    raise StageOutputError(
+                        f"the model's answer did not follow the {call.schema.__name__} schema "
+                        f"twice: {err.errors()[0]['msg']}"
+                    ) from err
+                call = call.with_correction(result.text, err)
+        raise AssertionError("unreachable")
+
+    def _stage_call(self, record: EpisodeRecord, plan: EpisodePlan, node: Node) -> StageCall[Any]:
+        request = record.request
+        if node.kind is NodeKind.OUTLINE:
+            return outline_call(request, plan.chunk_scenes(node.index), record.outline)
+        outline = record.scene_outlines()
+        if node.kind is NodeKind.CONTENT:
+            return content_call(request, outline, node.index)
+        earlier = {
+            s: record.dialogues[s] for s in plan.continuity.sees(node.index)
+            if s in record.dialogues
+        }
+        return dialogue_call(request, outline[node.index - 1], record.contents[node.index],
+                             earlier)
+
+    @staticmethod
+    def _store(record: EpisodeRecord, node: Node, value: Any) -> None:
+        if node.kind is NodeKind.OUTLINE:
+            record.outline.append(value)
+        elif node.kind is NodeKind.CONTENT:
+            record.contents[node.index] = value
+        else:
+            record.dialogues[node.index] = value
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _elapsed(self, record: EpisodeRecord) -> float:
+        return time.monotonic() - self._mono_start.get(record.id, time.monotonic())
+
+    def _emit(self, record: EpisodeRecord, kind: str, node: str | None = None,
+              message: str = "") -> None:
+        seq = record.events[-1].seq + 1 if record.events else 1
+        record.events.append(Event(seq=seq, at_s=round(self._elapsed(record), 4), kind=kind,
+                                   node=node, percent=record.percent, message=message))
+        if len(record.events) > MAX_EVENTS:
+            del record.events[: len(record.events) - MAX_EVENTS]
+        signal = self._signals.pop(record.id, None)
+        if signal is not None:
+            signal.set()
+
+
+def _seed(record: EpisodeRecord, node_id: str, attempt: int) -> int:
+    """A seed per node and attempt, stable for a request's seed, so reruns repeat themselves."""
+    base = record.request.seed if record.request.seed is not None else record.id
+    digest = hashlib.blake2b(f"{base}:{node_id}:{attempt}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF

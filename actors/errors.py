@@ -1,0 +1,247 @@
+"""Typed errors of provider calls, and the one edge where ``openai`` SDK errors become them.
+
+    ProviderError                 a provider call failed: provider, deployment, status, request id
+    ├── RetryableError            another attempt may succeed
+    │   ├── RateLimited           429: wait out the shared pause, then retry
+    │   ├── ProviderTimeout       no answer within the request timeout
+    │   ├── ProviderUnavailable   connection refused or reset, 408, 409, 5xx
+    │   └── MalformedResponse     a 2xx whose body could not be read
+    └── FatalError                retrying cannot help: fail fast and say what to do
+        ├── QuotaExhausted        429 with code insufficient_quota: the account has no credit
+        ├── AuthFailed            401, 403: the key is wrong or lacks access
+        ├── BadRequest            400, 404, 422 and other 4xx: the request or model is wrong
+        └── OutputRejected        the answer was cut off or filtered
+
+Every class pickles with its fields, so an error raised in a provider actor arrives whole at the
+coordinator. Messages never contain an API key: a deployment is named by its host only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+
+
+class ProviderError(Exception):
+    """A provider call failed. ``kind`` names the provider (``llm``, ``tts``, ...)."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        deployment: str = "",
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.deployment = deployment
+        self.status = status
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        where = f"{self.provider} provider" + (f" at {self.deployment}" if self.deployment else "")
+        status = f" HTTP {self.status}" if self.status is not None else ""
+        request = f" (request {self.request_id})" if self.request_id else ""
+        return f"{where}:{status} {self.message}{request}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields are not in ``args``; carry them in the state so pickling keeps them.
+        return (type(self), (self.message,), self.__dict__)
+
+
+class RetryableError(ProviderError):
+    """Worth another attempt after a backoff."""
+
+    retryable = True
+
+
+class RateLimited(RetryableError):
+    """429: every caller of the key pauses for ``retry_after_s``, then retries."""
+
+
+class ProviderTimeout(RetryableError):
+    """No answer within the request timeout."""
+
+
+class ProviderUnavailable(RetryableError):
+    """The server could not be reached, or answered 408, 409 or 5xx."""
+
+
+class MalformedResponse(RetryableError):
+    """A successful status whose body could not be parsed."""
+
+
+class FatalError(ProviderError):
+    """Retrying cannot help; the message says what to do instead."""
+
+
+class QuotaExhausted(FatalError):
+    """429 with ``insufficient_quota``: the account is out of credit."""
+
+
+class AuthFailed(FatalError):
+    """401 or 403: the API key is wrong, revoked, or lacks access to the model."""
+
+
+class BadRequest(FatalError):
+    """A 4xx other than 401, 403, 408, 409 and 429: the request itself is wrong."""
+
+
+class OutputRejected(FatalError):
+    """The model's answer was cut off by the length limit or removed by a content filter."""
+
+
+def _env(provider: str, field: str) -> str:
+    return f"SHOWRUNNER_{provider.upper()}__{field}"
+
+
+def _status_error(err: openai.APIStatusError, provider: str, deployment: str) -> ProviderError:
+    status = err.status_code
+    code = getattr(err, "code", None)
+    fields: dict[str, Any] = {
+        "provider": provider,
+        "deployment": deployment,
+        "status": status,
+        "request_id": err.request_id,
+    }
+    detail = _server_message(err)
+    if status == 429 and code == "insufficient_quota":
+        return QuotaExhausted(
+            f"quota exhausted ({detail}): the account has no credit left; add credit or use "
+            f"another key ({_env(provider, 'API_KEY')}). Retrying cannot help.",
+            **fields,
+        )
+    if status == 429:
+        return RateLimited(f"rate limited ({detail})", retry_after_s=retry_after_s(err), **fields)
+    if status in (401, 403):
+        return AuthFailed(
+            f"authentication failed ({detail}): check {_env(provider, 'API_KEY')}.", **fields
+        )
+    if status in (408, 409) or status >= 500:
+        return ProviderUnavailable(f"server error ({detail})", **fields)
+    if status == 404:
+        return BadRequest(
+            f"not found ({detail}): check {_env(provider, 'MODEL')} and "
+            f"{_env(provider, 'BASE_URL')}.",
+            **fields,
+        )
+    return BadRequest(f"request rejected ({detail})", **fields)
+
+
+def _server_message(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"][:300]
+    return (err.message or "no message")[:300]
+
+
+def retry_after_s(err: openai.APIStatusError) -> float | None:
+    """The server's requested pause: ``retry-after-ms``, else ``retry-after`` in seconds."""
+    headers = err.response.headers
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue  # an HTTP-date form; rare for model APIs, so fall back to our backoff
+        if seconds >= 0 and seconds == seconds:  # not NaN
+            return seconds
+    return None
+
+
+def from_openai(err: openai.OpenAIError, provider: str, deployment: str) -> ProviderError:
+    """Map one SDK error to its typed counterpart (the table below must cover every class)."""
+    for cls in type(err).__mro__:
+        mapper = OPENAI_ERROR_MAP.get(cls)
+        if mapper is not None:
+            return mapper(err, provider, deployment)
+    return ProviderError(f"unexpected SDK error: {err}", provider=provider, deployment=deployment)
+
+
+def _simple(cls: type[ProviderError], text: str) -> Any:
+    def mapper(err: openai.OpenAIError, provider: str, deployment: str) -> ProviderError:
+        return cls(f"{text}: {err}"[:400], provider=provider, deployment=deployment)
+
+    return mapper
+
+
+def _validation(err: Any, provider: str, deployment: str) -> ProviderError:
+    return MalformedResponse(
+        "the response body could not be parsed",
+        provider=provider,
+        deployment=deployment,
+        status=err.status_code,
+        request_id=err.response.headers.get("x-request-id"),
+    )
+
+
+def _connection(err: Any, provider: str, deployment: str) -> ProviderError:
+    return ProviderUnavailable(
+        f"cannot reach the server ({err.__cause__ or err.message}): is "
+        f"{_env(provider, 'BASE_URL')} right and the server running?",
+        provider=provider,
+        deployment=deployment,
+    )
+
+
+# Exact classes, so the test can prove every SDK error class has a decision of its own.
+OPENAI_ERROR_MAP: dict[type[BaseException], Any] = {
+    openai.OpenAIError: _simple(ProviderError, "SDK error"),
+    openai.APIError: _simple(ProviderError, "API error"),
+    openai.APIStatusError: _status_error,
+    openai.BadRequestError: _status_error,
+    openai.AuthenticationError: _status_error,
+    openai.OAuthError: _status_error,
+    openai.PermissionDeniedError: _status_error,
+    openai.NotFoundError: _status_error,
+    openai.ConflictError: _status_error,
+    openai.UnprocessableEntityError: _status_error,
+    openai.RateLimitError: _status_error,
+    openai.InternalServerError: _status_error,
+    openai.APIConnectionError: _connection,
+    openai.APITimeoutError: _simple(ProviderTimeout, "no answer within the timeout"),
+    openai.APIResponseValidationError: _validation,
+    openai.LengthFinishReasonError: _simple(OutputRejected, "answer cut off at the length limit"),
+    openai.ContentFilterFinishReasonError: _simple(OutputRejected, "answer removed by a filter"),
+    openai.InvalidWebhookSignatureError: _simple(BadRequest, "invalid webhook signature"),
+    openai.WebSocketConnectionClosedError: _simple(ProviderUnavailable, "connection closed"),
+    openai.WebSocketQueueFullError: _simple(ProviderUnavailable, "send queue full"),
+}
+OPENAI_ERROR_MAP[openai._exceptions.SubjectTokenProviderError] = _simple(
+    AuthFailed, "could not obtain a token"
+)
+# Raised when the SDK itself is misused: a bug of ours, never worth a retry.
+for _misuse in (
+    openai._AmbiguousModuleClientUsageError,
+    openai.lib.azure.MutuallyExclusiveAuthError,
+    openai._response.StreamAlreadyConsumed,
+    openai.lib._old_api.APIRemovedInV1,
+):
+    OPENAI_ERROR_MAP[_misuse] = _simple(BadRequest, "SDK misuse")
+
+
+@contextlib.contextmanager
+def provider_errors(provider: str, deployment: str) -> Iterator[None]:
+    """Turn any SDK error raised inside into its ``ProviderError``, chained to the original."""
+    try:
+        yield
+    except ProviderError as err:  # raised by our own parsing: say where it came from
+        err.provider = err.provider or provider
+        err.deployment = err.deployment or deployment
+        raise
+    except openai.OpenAIError as err:
+        raise from_openai(err, provider, deployment) from err
+    except openai.InvalidWebhookSignatureError as err:  # a ValueError, not an OpenAIError
+        raise from_openai(err, provider, deployment) from err

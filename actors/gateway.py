@@ -1,0 +1,361 @@
+"""The provider gateway: the one place a model provider is called. A plain class, no Ray.
+
+``actors.remote`` makes it a Ray actor, one per provider, so its limiters hold for every episode
+on every node. Each call:
+
+1. picks the least-loaded healthy deployment (a key or base URL of the provider),
+2. waits for that deployment's limiter (round-robin across episodes),
+3. sends the request with the ``openai`` SDK (``max_retries=0``: this loop is the only retry),
+4. tightens the limiter from the ``x-ratelimit-*`` headers and settles the token estimate,
+5. on failure: a 429 pauses every caller of the deployment; timeouts, connection errors, 408, 409
+   and 5xx back off with jitter and try again, elsewhere if another deployment is healthy;
+   anything else fails at once with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import openai
+
+from actors.errors import MalformedResponse, ProviderError, RateLimited, provider_errors
+from actors.limiter import Clock, Limits, LoopClock, Permit, RateLimiter
+from actors.retry import RateLimitHeaders, RetryPolicy, backoff_s, pause_for, should_retry
+from actors.stats import ProviderStats
+from pipelines.settings import DeploymentSettings, Prices, ProviderSettings
+
+T = TypeVar("T")
+
+# Calls per deployment in a row that fail before it is cooled down, and its longest cool-down.
+COOLDOWN_AFTER_FAILURES = 3
+MAX_COOLDOWN_S = 30.0
+# Output tokens assumed for a chat call that sets no max_tokens, before any has been seen.
+DEFAULT_OUTPUT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one successful call consumed, for the limiter and the bill."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    units: float = 0.0  # images, speech characters or video seconds
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """One successful attempt: the value, what it consumed, and the headers it came with."""
+
+    value: T
+    usage: Usage
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """How a call went: where it landed, how many tries, how long it waited and ran."""
+
+    deployment: str
+    attempts: int
+    rate_limited: int
+    latency_s: float
+    wait_s: float
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """A chat completion, reduced to what the pipeline uses (cheap to send between actors)."""
+
+    text: str
+    finish_reason: str | None
+    tokens_in: int
+    tokens_out: int
+    request_id: str | None
+    deployment: str
+    attempts: int
+    rate_limited: int  # 429s met on the way, so callers can back off their own concurrency
+    latency_s: float  # of the successful attempt, from send to parsed answer
+    wait_s: float  # spent waiting for the limiter, all attempts together
+    cost_usd: float
+
+
+def deployment_label(base_url: str) -> str:
+    """A name for a deployment that is safe to log: scheme, host and port, never a key."""
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def estimate_tokens(messages: list[dict[str, Any]], max_output: int) -> int:
+    """An upper estimate of a chat call's tokens: ~3 characters a token, plus the output cap.
+
+    Over-estimating is safe (the permit is settled with the real usage); under-estimating lets a
+    burst past the server's token bucket.
+    """
+    chars = sum(len(str(m.get("content", ""))) for m in messages)
+    return math.ceil(chars / 3) + 4 * len(messages) + max_output
+
+
+def cost_usd(prices: Prices, usage: Usage, kind: str) -> float:
+    unit_price = {
+        "tts": prices.per_1m_speech_chars / 1e6,
+        "image": prices.per_image,
+        "video": prices.per_video_second,
+    }.get(kind, 0.0)
+    return (
+        usage.tokens_in * prices.input_per_1m_tokens / 1e6
+        + usage.tokens_out * prices.output_per_1m_tokens / 1e6
+        + usage.units * unit_price
+    )
+
+
+class Deployment:
+    """One endpoint and key of a provider, with its own limiter and health."""
+
+    def __init__(
+        self, settings: DeploymentSettings, provider: ProviderSettings, clock: Clock,
+        client_factory: Callable[..., openai.AsyncOpenAI],
+    ) -> None:
+        assert settings.base_url is not None, "resolve the local server's URL before this"
+        base_url = str(settings.base_url)
+        self.label = deployment_label(base_url)
+        self.client = client_factory(
+            base_url=base_url,
+            # The bundled server needs no key; the SDK insists on one, so send a placeholder.
+            api_key=settings.api_key.get_secret_value() if settings.api_key else "local",
+            max_retries=0,
+            timeout=provider.timeout_s,
+        )
+        self.limiter = RateLimiter(
+            Limits(
+                rpm=settings.rpm, tpm=settings.tpm, max_inflight=settings.max_inflight,
+                burst_s=provider.burst_s,
+            ),
+            clock,
+        )
+        self.max_inflight = settings.max_inflight or 1
+        self.failures_in_a_row = 0
+        self.cooldown_until = 0.0
+
+    def load(self) -> float:
+        return (self.limiter.inflight + self.limiter.waiting) / self.max_inflight
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.failures_in_a_row = 0
+            return
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= COOLDOWN_AFTER_FAILURES:
+            extra = self.failures_in_a_row - COOLDOWN_AFTER_FAILURES
+            self.cooldown_until = now + min(2.0**extra, MAX_COOLDOWN_S)
+
+
+class ProviderGateway:
+    """Calls one provider for every episode: limits, retries, routing, counters."""
+
+    def __init__(
+        self,
+        kind: str,
+        settings: ProviderSettings,
+        *,
+        local_base_url: str | None = None,
+        clock: Clock | None = None,
+        client_factory: Callable[..., openai.AsyncOpenAI] = openai.AsyncOpenAI,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.policy = RetryPolicy(max_attempts=settings.max_attempts)
+        self.stats = ProviderStats()
+        self._clock = clock or LoopClock()
+        self._rng = rng or random.Random()
+        deployments = settings.resolved_deployments()
+        if any(d.base_url is None for d in deployments) and local_base_url is None:
+            raise ValueError(f"{kind}: no base_url set and no local server to fall back on")
+        self.deployments = [
+            Deployment(
+                d if d.base_url is not None else d.model_copy(update={"base_url": local_base_url}),
+                settings, self._clock, client_factory,
+            )
+            for d in deployments
+        ]
+
+    # -- operations -----------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        episode_id: str = "",
+        response_format: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> ChatResult:
+        """One chat completion. ``episode_id`` is the caller's turn key in the limiter."""
+        params: dict[str, Any] = {"model": self.settings.model, "messages": messages}
+        for name, value in (
+            ("response_format", response_format), ("max_tokens", max_tokens),
+            ("temperature", temperature), ("seed", seed),
+        ):
+            if value is not None:
+                params[name] = value
+        estimate = estimate_tokens(messages, max_tokens or DEFAULT_OUTPUT_TOKENS)
+
+        async def attempt(client: openai.AsyncOpenAI) -> Answer[Any]:
+            raw = await client.chat.completions.with_raw_response.create(**params)
+            return Answer(_parse_chat(raw), _chat_usage(raw), raw.headers)
+
+        answer, how = await self._call(episode_id, estimate, attempt)
+        choice = answer.value.choices[0]
+        return ChatResult(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            tokens_in=answer.usage.tokens_in,
+            tokens_out=answer.usage.tokens_out,
+            request_id=answer.headers.get("x-request-id"),
+            deployment=how.deployment,
+            attempts=how.attempts,
+            rate_limited=how.rate_limited,
+            latency_s=how.latency_s,
+            wait_s=how.wait_s,
+            cost_usd=how.cost_usd,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, plus each deployment's live state (labels only: no keys)."""
+        return {
+            "provider": self.kind,
+            "model": self.settings.model,
+            **self.stats.snapshot(),
+            "deployments": [
+                {
+                    "label": d.label,
+                    "inflight": d.limiter.inflight,
+                    "waiting": d.limiter.waiting,
+                    "paused_for_s": round(d.limiter.paused_for, 3),
+                    "cooling_down": d.cooldown_until > self._clock.now(),
+                }
+                for d in self.deployments
+            ],
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    # -- the retry loop -------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        episode_id: str,
+        estimate: int,
+        attempt_fn: Callable[[openai.AsyncOpenAI], Awaitable[Answer[T]]],
+    ) -> tuple[Answer[T], Attempts]:
+        self.stats.calls += 1
+        wait_s = 0.0
+        attempt = rate_limited = 0
+        last: Deployment | None = None
+        while True:
+            attempt += 1
+            deployment = self._pick(avoid=last)
+            waited_from = time.perf_counter()
+            permit = await deployment.limiter.acquire(episode_id, estimate)
+            waited = time.perf_counter() - waited_from
+            wait_s += waited
+            self.stats.limiter_wait_s += waited
+            sent = time.perf_counter()
+            used: int | None = 0  # nothing reached the server unless we learn otherwise
+            try:
+                with provider_errors(self.kind, deployment.label):
+                    outcome = await attempt_fn(deployment.client)
+            except ProviderError as err:
+                # A 429 or a request that never arrived was not counted by the server.
+                permit.release(used, counted=err.status is not None and err.status != 429)
+                last = deployment
+                self.stats.errors[type(err).__name__] += 1
+                if isinstance(err, RateLimited):
+                    rate_limited += 1
+                    self.stats.rate_limited += 1
+                    response = getattr(err.__cause__, "response", None)
+                    if response is not None:
+                        self._observe(deployment, permit, response.headers)
+                    deployment.limiter.pause(pause_for(err, self.policy))
+                else:
+                    deployment.record(ok=False, now=self._clock.now())
+                if not should_retry(err, attempt, self.policy):
+                    self.stats.failed += 1
+                    raise
+                self.stats.retries += 1
+                if not isinstance(err, RateLimited):  # a 429's wait is the limiter's pause
+                    await asyncio.sleep(backoff_s(attempt, self.policy, self._rng.random()))
+                continue
+            except BaseException:
+                permit.release(None)  # cancelled mid-flight: the server may have charged it
+                raise
+            latency = time.perf_counter() - sent
+            used = outcome.usage.tokens_in + outcome.usage.tokens_out
+            self._observe(deployment, permit, outcome.headers)
+            permit.release(used if used else None)
+            deployment.record(ok=True, now=self._clock.now())
+            cost = self._account(outcome.usage, latency)
+            return outcome, Attempts(
+                deployment.label, attempt, rate_limited, latency, wait_s, cost
+            )
+
+    def _pick(self, avoid: Deployment | None) -> Deployment:
+        """The least-loaded deployment that is not cooling down (and not the one that just failed,
+        when there is a choice)."""
+        if len(self.deployments) == 1:
+            return self.deployments[0]
+        now = self._clock.now()
+        healthy = [d for d in self.deployments if d.cooldown_until <= now] or self.deployments
+        candidates = [d for d in healthy if d is not avoid] or healthy
+        return min(candidates, key=Deployment.load)
+
+    @staticmethod
+    def _observe(deployment: Deployment, permit: Permit, headers: Mapping[str, str]) -> None:
+        hints = RateLimitHeaders.parse(headers)
+        deployment.limiter.observe(
+            permit,
+            limit_requests=hints.limit_requests, remaining_requests=hints.remaining_requests,
+            limit_tokens=hints.limit_tokens, remaining_tokens=hints.remaining_tokens,
+        )
+
+    def _account(self, usage: Usage, latency_s: float) -> float:
+        cost = cost_usd(self.settings.prices, usage, self.kind)
+        self.stats.ok += 1
+        self.stats.tokens_in += usage.tokens_in
+        self.stats.tokens_out += usage.tokens_out
+        self.stats.units += usage.units
+        self.stats.cost_usd += cost
+        self.stats.latency.observe(latency_s * 1000)
+        return cost
+
+
+def _parse_chat(raw: Any) -> Any:
+    """The completion in a raw response; a body that is not a chat completion is malformed."""
+    try:
+        completion = raw.parse()
+        _ = completion.choices[0].message
+    except (json.JSONDecodeError, ValueError, TypeError, IndexError, AttributeError) as err:
+        raise MalformedResponse(
+            f"the answer is not a chat completion ({type(err).__name__})",
+            status=raw.status_code,
+            request_id=raw.headers.get("x-request-id"),
+        ) from err
+    return completion
+
+
+def _chat_usage(raw: Any) -> Usage:
+    usage = raw.parse().usage  # parsed once by _parse_chat; the SDK caches it
+    if usage is None:
+        return Usage()
+    return Usage(tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens)

@@ -1,0 +1,99 @@
+"""The Ray side of the actors: factories that make the plain classes named actors, and the
+adapter through which the coordinator awaits a provider actor.
+
+One actor per provider is what makes a limit hold for the whole cluster: every episode on every
+node calls the same actor, so there is one limiter per key, not one per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from ray.exceptions import RayTaskError
+
+from actors.coordinator import EpisodeCoordinator
+from actors.gateway import ChatResult, ProviderGateway
+from pipelines.settings import ProviderKind, ProviderSettings, Settings
+
+NAMESPACE = "showrunner"
+# In-flight calls are coroutines in the actor, not threads or processes: thousands cost little.
+MAX_CONCURRENCY = 20_000
+
+
+def actor_name(role: str, prefix: str = "showrunner") -> str:
+    return f"{prefix}:{role}"
+
+
+def _options(name: str, detached: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": name,
+        "namespace": NAMESPACE,
+        "get_if_exists": True,
+        # Both only wait on the network: a CPU held here is one a media task cannot use.
+        "num_cpus": 0,
+        "max_concurrency": MAX_CONCURRENCY,
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return options
+
+
+def provider_actor(
+    kind: ProviderKind,
+    settings: ProviderSettings,
+    *,
+    local_base_url: str | None = None,
+    name: str | None = None,
+    detached: bool = False,
+) -> Any:
+    """The provider's actor, created on first use and shared after (got-if-exists by name)."""
+    return (
+        ray.remote(ProviderGateway)
+        .options(**_options(name or actor_name(kind), detached))
+        .remote(kind, settings, local_base_url=local_base_url)
+    )
+
+
+class RayProvider:
+    """Lets the coordinator await a provider actor like a local object.
+
+    Cancelling the awaiting coroutine cancels the actor's call too, so its limiter slot is freed
+    and its HTTP request aborted; errors arrive as the provider's own typed error.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResult:
+        ref = self.handle.chat.remote(messages, **kwargs)
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)
+            raise
+        except RayTaskError as err:
+            if isinstance(err.cause, Exception):
+                raise err.cause from None
+            raise
+
+
+def coordinator_actor(
+    settings: Settings,
+    providers: dict[str, Any],
+    *,
+    output_root: str | None = None,
+    name: str | None = None,
+    detached: bool = False,
+) -> Any:
+    """The coordinator actor, given the provider actors' handles."""
+    return (
+        ray.remote(EpisodeCoordinator)
+        .options(**_options(name or actor_name("coordinator"), detached))
+        .remote(
+            settings,
+            {kind: RayProvider(handle) for kind, handle in providers.items()},
+            output_root=output_root,
+        )
+    )

@@ -1,0 +1,168 @@
+"""The ``showrunner`` command (also ``python -m pipelines``).
+
+Bad input stops here with one line that names the problem and exit code 2, before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.models import EpisodeRequest
+from pipelines.premises import (
+    MAX_FILE_BYTES,
+    BadRequest,
+    build_request,
+    expand,
+    parse_premises_file,
+)
+from pipelines.settings import Settings, SettingsError, load_settings, settings_reference
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"showrunner: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _settings_view(settings: Settings) -> dict:
+    """The effective settings as JSON-ready data; secrets shown only as set or unset."""
+    data = settings.model_dump(mode="json")
+    for kind in ("llm", "tts", "image", "video"):
+        provider = data[kind]
+        provider["api_key"] = "(set)" if provider["api_key"] else None
+        provider["base_url"] = provider["base_url"] or "(bundled local server)"
+        for deployment in provider["deployments"]:
+            deployment["api_key"] = "(set)" if deployment["api_key"] else None
+    return data
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", metavar="DIR", default="out",
+                        help="where episodes and report.json go (default: ./out)")
+    parser.add_argument("--report", metavar="FILE", help="also write the run report here")
+    parser.add_argument("--latency-scale", type=float, default=1.0, metavar="X",
+                        help="scale the bundled server's latencies (default: 1, realistic)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from local_server import cli as local_server_cli
+
+    parser = argparse.ArgumentParser(
+        prog="showrunner",
+        description="Turn story premises into finished episodes, as fast as rate limits allow.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file (env overrides it)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = commands.add_parser("config", help="print the effective settings (secrets masked)")
+    config.add_argument(
+        "--reference", action="store_true",
+        help="print every setting's environment variable, default and meaning as Markdown",
+    )
+
+    run = commands.add_parser("run", help="write episodes from premises")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--premise", metavar="TEXT", help="one premise")
+    source.add_argument("--premises-file", metavar="FILE",
+                        help="one premise a line, or JSON lines of episode requests")
+    run.add_argument("--episodes", type=int, metavar="N",
+                     help="episodes to write, cycling through the premises (default: one each)")
+    run.add_argument("--scenes", type=int, metavar="M", help="scenes per episode (1-200)")
+    run.add_argument("--lines", type=int, metavar="K", help="dialogue lines per scene (1-40)")
+    run.add_argument("--continuity", metavar="MODE",
+                     help="chain (default), none, window:K or batch:K")
+    _add_output_flags(run)
+
+    demo = commands.add_parser(
+        "demo", help="3 episodes x 6 scenes on the bundled local providers, with live progress"
+    )
+    _add_output_flags(demo)
+
+    server = commands.add_parser(
+        "local-server", help="run the bundled OpenAI-compatible server on 127.0.0.1"
+    )
+    local_server_cli.add_arguments(server)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "local-server":
+        from local_server import cli as local_server_cli
+
+        local_server_cli.run(local_server_cli.config_from_args(args), port=args.port)
+        return 0
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as err:
+        return _fail(str(err))
+    if args.command == "config":
+        print(settings_reference() if args.reference
+              else json.dumps(_settings_view(settings), indent=2))
+        return 0
+    if not 0 <= args.latency_scale <= 100:
+        return _fail(f"--latency-scale must be from 0 to 100, not {args.latency_scale}")
+    try:
+        requests = _requests(args)
+        output_dir = _output_dir(args.output)  # last: nothing is created for bad input
+    except BadRequest as err:
+        return _fail(str(err))
+    from pipelines.console import run_and_show
+
+    return run_and_show(settings, requests, output_dir,
+                        Path(args.report) if args.report else None, args.latency_scale)
+
+
+DEMO_PREMISES = (
+    "A retired lighthouse keeper and a runaway teenager restore a lighthouse before a storm.",
+    "Two rival food-truck owners are stuck together at a snowed-in winter festival.",
+    "A small-town radio host starts receiving calls from listeners thirty years in the past.",
+)
+
+
+def _requests(args: argparse.Namespace) -> list[EpisodeRequest]:
+    if args.command == "demo":
+        return [build_request({"premise": p, "scenes": 6, "lines_per_scene": 6, "seed": i})
+                for i, p in enumerate(DEMO_PREMISES)]
+    defaults = {k: v for k, v in (("scenes", args.scenes), ("lines_per_scene", args.lines),
+                                  ("continuity", args.continuity)) if v is not None}
+    if args.premise is not None:
+        base = [build_request({**defaults, "premise": args.premise})]
+    else:
+        base = parse_premises_file(_read_premises(args.premises_file), defaults)
+    return expand(base, args.episodes)
+
+
+def _read_premises(path: str) -> str:
+    file = Path(path)
+    try:
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise BadRequest(f"premises file {path} is over {MAX_FILE_BYTES // 2**20} MiB")
+        return file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise BadRequest(f"cannot read premises file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadRequest(f"premises file {path} is not UTF-8 text") from None
+
+
+def _output_dir(path: str) -> Path:
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadRequest(f"cannot create output directory {path}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise BadRequest(f"output directory {path} is not writable")
+    return folder
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

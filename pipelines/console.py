@@ -1,0 +1,96 @@
+"""What a person sees during a run: a progress bar per episode, then a closing table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipelines import launcher
+from pipelines.models import EpisodeRequest
+from pipelines.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+log = logging.getLogger("showrunner")
+
+
+def run_and_show(
+    settings: Settings,
+    requests: list[EpisodeRequest],
+    output_dir: Path,
+    report_file: Path | None,
+    latency_scale: float,
+) -> int:
+    console = Console(stderr=True)
+    with launcher.local_server_if_needed(settings, latency_scale) as local_url:
+        launcher.ensure_ray()
+        run = launcher.start_run(settings, output_dir, local_url)
+        ids = launcher.submit(run, requests)
+        interrupted = False
+        with Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            bars = {i: progress.add_task(i, total=100, status="queued") for i in ids}
+
+            def show(summaries: list[dict[str, Any]]) -> None:
+                for s in summaries:
+                    title = (s["title"] or s["id"])[:40]
+                    progress.update(bars[s["id"]], completed=s["percent"],
+                                    description=f"{s['id']} {title}", status=s["status"])
+
+            try:
+                launcher.follow(run, ids, show)
+            except KeyboardInterrupt:
+                interrupted = True
+                console.print("[yellow]interrupted: cancelled the episodes; writing the report "
+                              "for what finished[/]")
+        report = launcher.collect_report(run, ids)
+    launcher.write_report(report, output_dir, report_file)
+    _closing_table(console, report, output_dir)
+    log.info("run report: %s", report["totals"])
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all(e["status"] == "completed" for e in report["episodes"]) else EXIT_FAILED
+
+
+def _closing_table(console: Console, report: dict[str, Any], output_dir: Path) -> None:
+    table = Table(title="Episodes")
+    for column in ("episode", "status", "scenes", "wall s", "cost $", "files / reason"):
+        table.add_column(column)
+    for e in report["episodes"]:
+        table.add_row(
+            e["id"], e["status"], f"{e['scenes_completed']}/{e['scenes']}",
+            f"{e['wall_s']:.1f}" if e["wall_s"] is not None else "-",
+            f"{e['cost_usd']:.4f}", e["output_dir"] or (e["error"] or "")[:80],
+        )
+    console.print(table)
+    t = report["totals"]
+    summary = Table(title="Run", show_header=False)
+    summary.add_column()
+    summary.add_column(justify="right")
+    rows = [
+        ("wall time", f"{t['wall_s']:.1f} s"),
+        ("one call at a time would take", f"{t['sequential_s']:.1f} s"),
+        ("speedup", f"{t['speedup']:.1f}x" if t["speedup"] else "-"),
+        ("best possible (lower bound)", f"{t['lower_bound_s']:.1f} s, set by {t['bottleneck']}"),
+        ("parallel efficiency", f"{t['parallel_efficiency']:.2f}" if t["parallel_efficiency"]
+         else "-"),
+        ("cost", f"${t['cost_usd']:.4f}"),
+    ]
+    for kind, p in t["providers"].items():
+        rows.append((f"{kind}: calls / 429s / retries",
+                     f"{p['calls']} / {p['rate_limited']} / {p['retries']}"))
+    for row in rows:
+        summary.add_row(*row)
+    console.print(summary)
+    console.print(f"Report: {output_dir / 'report.json'}")

@@ -1,0 +1,115 @@
+"""Starts a run: the bundled local server if a provider needs it, Ray, the provider actors and
+the coordinator; then follows the episodes to the end and writes the report.
+
+Used by the CLI and the benchmarks; the only place besides ``serve_app`` that starts things.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actors.remote import coordinator_actor, provider_actor
+from local_server.process import LocalServer
+from pipelines.episode_state import EpisodeRecord
+from pipelines.models import EpisodeRequest
+from pipelines.report import build_report
+from pipelines.screenplay import write_atomic
+from pipelines.settings import Settings
+
+TEXT_PROVIDERS = ("llm",)
+POLL_S = 0.25
+
+
+@dataclass
+class Run:
+    """Handles of a started run."""
+
+    coordinator: Any
+    providers: dict[str, Any]
+    settings: Settings
+    output_dir: Path
+
+
+@contextlib.contextmanager
+def local_server_if_needed(settings: Settings, latency_scale: float, seed: int = 0
+                           ) -> Iterator[str | None]:
+    """The bundled server, with the limits the settings give, if some provider has no URL."""
+    needs = [k for k in TEXT_PROVIDERS if settings.provider(k).base_url is None]  # type: ignore
+    if not needs:
+        yield None
+        return
+    llm = settings.llm
+    with LocalServer(
+        latency_scale=latency_scale, seed=seed, llm_rpm=llm.rpm, llm_tpm=llm.tpm
+    ) as server:
+        yield server.base_url
+
+
+def ensure_ray() -> None:
+    """Join the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``), else start one."""
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=False,
+            configure_logging=True,
+        )
+
+
+def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
+              prefix: str = "showrunner") -> Run:
+    providers = {
+        kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,  # type: ignore[arg-type]
+                             name=f"{prefix}:{kind}")
+        for kind in TEXT_PROVIDERS
+    }
+    coordinator = coordinator_actor(settings, providers, output_root=str(output_dir.resolve()),
+                                    name=f"{prefix}:coordinator")
+    return Run(coordinator, providers, settings, output_dir)
+
+
+def follow(run: Run, ids: list[str], on_progress: Callable[[list[dict]], None]) -> None:
+    """Poll the episodes until all have finished; Ctrl-C cancels them cleanly."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        while True:
+            summaries = [s for s in ray.get(run.coordinator.list_episodes.remote())
+                         if s["id"] in ids]
+            on_progress(summaries)
+            if all(s["status"] in ("completed", "failed", "cancelled") for s in summaries):
+                return
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        ray.get([run.coordinator.cancel.remote(i) for i in ids])
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def collect_report(run: Run, ids: list[str]) -> dict[str, Any]:
+    records: dict[str, EpisodeRecord] = ray.get(run.coordinator.records_snapshot.remote())
+    stats = {kind: ray.get(actor.stats.remote()) for kind, actor in run.providers.items()}
+    return build_report([records[i] for i in ids], stats, run.settings)
+
+
+def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -> None:
+    text = json.dumps(report, indent=2) + "\n"
+    write_atomic(output_dir / "report.json", text)
+    if extra is not None:
+        write_atomic(extra, text)
+
+
+def submit(run: Run, requests: list[EpisodeRequest]) -> list[str]:
+    return ray.get(run.coordinator.submit_many.remote(requests))

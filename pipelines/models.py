@@ -1,0 +1,188 @@
+"""The domain: what a user asks for, what the models write, and an episode's state.
+
+Requests are validated at the edge with limits on every field. The models' answers are asked for
+with Structured Outputs (the JSON schema of the ``*Draft`` classes) and validated on the way in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_SCENES = 200
+MAX_LINES_PER_SCENE = 40
+
+_REQUEST = ConfigDict(extra="forbid", str_strip_whitespace=True)
+_DRAFT = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Continuity:
+    """Which earlier scenes' speeches a scene's dialogue sees.
+
+    ``chain``: the previous scene's; ``window:K``: the last K scenes'; ``batch:K``: scenes go in
+    batches of K and a batch sees every scene of the batches before it; ``none``: none.
+    """
+
+    mode: Literal["chain", "window", "batch", "none"]
+    k: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Continuity:
+        text = text.strip().lower()
+        if text in ("chain", "none"):
+            return cls(text)  # type: ignore[arg-type]
+        match = re.fullmatch(r"(window|batch):(\d{1,3})", text)
+        if match and 1 <= int(match[2]) <= MAX_SCENES:
+            return cls(match[1], int(match[2]))  # type: ignore[arg-type]
+        raise ValueError(
+            f"unknown continuity mode {text!r}: use chain, none, window:K or batch:K "
+            f"(K from 1 to {MAX_SCENES})"
+        )
+
+    def __str__(self) -> str:
+        return self.mode if self.mode in ("chain", "none") else f"{self.mode}:{self.k}"
+
+    def sees(self, scene: int) -> list[int]:
+        """The earlier scenes (1-based) whose speeches scene ``scene``'s dialogue is given."""
+        if self.mode == "none":
+            return []
+        if self.mode == "chain":
+            return [scene - 1] if scene > 1 else []
+        if self.mode == "window":
+            return list(range(max(1, scene - self.k), scene))
+        batch_start = (scene - 1) // self.k * self.k + 1
+        return list(range(1, batch_start))
+
+
+class Character(BaseModel):
+    model_config = _REQUEST
+
+    name: str = Field(min_length=1, max_length=60, description="The character's name.")
+    voice: str | None = Field(
+        None, min_length=1, max_length=40, description="A speech voice for this character."
+    )
+
+
+class EpisodeRequest(BaseModel):
+    """What a user asks for: one episode from one premise."""
+
+    model_config = _REQUEST
+
+    premise: str = Field(min_length=1, max_length=4000, description="What the episode is about.")
+    title: str | None = Field(None, min_length=1, max_length=200, description="A working title.")
+    scenes: int = Field(6, ge=1, le=MAX_SCENES, description="How many scenes.")
+    lines_per_scene: int = Field(
+        6, ge=1, le=MAX_LINES_PER_SCENE, description="Dialogue lines per scene."
+    )
+    characters: list[Character] = Field(
+        default_factory=list, max_length=20, description="Named characters (optional)."
+    )
+    style: str = Field(
+        "warm comedy-drama", min_length=1, max_length=200, description="Tone and genre."
+    )
+    continuity: str = Field(
+        "chain",
+        description="Which earlier scenes' speeches each scene's dialogue sees: chain, none, "
+        "window:K or batch:K.",
+    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed for reproducible runs.")
+    budget_usd: float | None = Field(
+        None, gt=0, le=100_000, description="Stop starting new work once this is spent."
+    )
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first when episodes wait.")
+    on_scene_failure: Literal["fail", "skip"] = Field(
+        "fail", description="fail: a failed scene fails the episode; skip: finish without it."
+    )
+
+    @field_validator("continuity")
+    @classmethod
+    def _valid_continuity(cls, value: str) -> str:
+        return str(Continuity.parse(value))
+
+    @property
+    def continuity_mode(self) -> Continuity:
+        return Continuity.parse(self.continuity)
+
+
+# -- what the language model writes ------------------------------------------------------------
+
+ShortText = Annotated[str, Field(min_length=1, max_length=300)]
+LongText = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class CharacterSketch(BaseModel):
+    model_config = _DRAFT
+
+    name: str = Field(min_length=1, max_length=60)
+    description: ShortText
+
+
+class SceneOutline(BaseModel):
+    model_config = _DRAFT
+
+    number: int = Field(ge=1, le=MAX_SCENES)
+    title: ShortText
+    setting: ShortText
+    summary: LongText
+    characters: list[str] = Field(min_length=1, max_length=20)
+
+
+class OutlineDraft(BaseModel):
+    """One chunk of an outline: long episodes are outlined a chunk at a time."""
+
+    model_config = _DRAFT
+
+    title: ShortText
+    logline: LongText
+    characters: list[CharacterSketch] = Field(min_length=1, max_length=20)
+    scenes: list[SceneOutline] = Field(min_length=1, max_length=MAX_SCENES)
+
+
+class SceneContent(BaseModel):
+    model_config = _DRAFT
+
+    setting: LongText
+    action: LongText
+    mood: ShortText
+
+
+class DialogueLine(BaseModel):
+    model_config = _DRAFT
+
+    speaker: str = Field(min_length=1, max_length=60)
+    text: str = Field(min_length=1, max_length=1000)
+    direction: str = Field("", max_length=300)
+
+
+class SceneDialogue(BaseModel):
+    model_config = _DRAFT
+
+    lines: list[DialogueLine] = Field(min_length=1, max_length=MAX_LINES_PER_SCENE)
+
+
+# -- an episode's state ------------------------------------------------------------------------
+
+
+class EpisodeStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (EpisodeStatus.COMPLETED, EpisodeStatus.FAILED, EpisodeStatus.CANCELLED)
+
+
+class SceneState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"

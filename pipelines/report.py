@@ -1,0 +1,124 @@
+"""The run report: what the parallelism bought, how far from the best possible, and where the
+time and the money went. Pure: built from episode records and provider counters.
+
+- ``sequential_s``: the sum of every model call's latency, what one call at a time would take.
+- ``speedup``: ``sequential_s`` ÷ wall time.
+- ``lower_bound_s``: no schedule can finish sooner. The larger of the graph's critical path with
+  the measured latencies (per episode, the longest one) and, per provider, the calls beyond one
+  burst ÷ its request rate and the tokens beyond one burst ÷ its token rate.
+- ``parallel_efficiency``: ``lower_bound_s`` ÷ wall time; 1.0 means as fast as the graph and the
+  limits allow.
+- ``bottleneck``: what set the lower bound — ``critical path`` or ``<provider> requests|tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pipelines.episode_state import EpisodeRecord
+from pipelines.models import SceneState
+from pipelines.settings import Settings
+
+
+def episode_entry(record: EpisodeRecord) -> dict[str, Any]:
+    states = record.scene_states()
+    plan = record.plan()
+    latencies = {nid: n.latency_s for nid, n in record.nodes.items()}
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "scenes": record.request.scenes,
+        "scenes_completed": sum(1 for s in states if s is SceneState.DONE),
+        "wall_s": _round(record.wall_s),
+        "sequential_s": _round(sum(latencies.values())),
+        "critical_path_s": _round(plan.critical_path(latencies)),
+        "cost_usd": round(record.cost_usd, 6),
+        "output_dir": record.output_dir,
+        "error": record.error,
+    }
+
+
+def provider_bounds(
+    settings: Settings, provider_stats: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float]:
+    """Seconds each provider's limits alone force on the run's calls and tokens."""
+    bounds: dict[str, float] = {}
+    for kind, stats in provider_stats.items():
+        limits = settings.provider(kind)  # type: ignore[arg-type]
+        attempts = stats["ok"] + sum(stats["errors"].values())
+        if limits.rpm:
+            rate = limits.rpm / 60
+            burst = max(1.0, rate * limits.burst_s)
+            bounds[f"{kind} requests"] = max(0.0, attempts - burst) / rate
+        if limits.tpm:
+            rate = limits.tpm / 60
+            burst = max(1.0, rate * limits.burst_s)
+            tokens = stats["tokens_in"] + stats["tokens_out"]
+            bounds[f"{kind} tokens"] = max(0.0, tokens - burst) / rate
+    return bounds
+
+
+def build_report(
+    records: Iterable[EpisodeRecord],
+    provider_stats: Mapping[str, Mapping[str, Any]],
+    settings: Settings,
+) -> dict[str, Any]:
+    records = list(records)
+    episodes = [episode_entry(r) for r in records]
+    started = [r.started_at for r in records if r.started_at is not None]
+    finished = [r.finished_at for r in records if r.finished_at is not None]
+    wall = (max(finished) - min(started)) if started and finished else 0.0
+    sequential = sum(e["sequential_s"] or 0.0 for e in episodes)
+    candidates = {"critical path": max((e["critical_path_s"] or 0.0 for e in episodes),
+                                       default=0.0)}
+    candidates.update(provider_bounds(settings, provider_stats))
+    bottleneck = max(candidates, key=lambda k: candidates[k])
+    lower_bound = candidates[bottleneck]
+    return {
+        "episodes": episodes,
+        "totals": {
+            "wall_s": _round(wall),
+            "sequential_s": _round(sequential),
+            "speedup": _ratio(sequential, wall),
+            "parallel_efficiency": _ratio(lower_bound, wall),
+            "lower_bound_s": _round(lower_bound),
+            "bottleneck": bottleneck,
+            "cost_usd": round(sum(e["cost_usd"] for e in episodes), 6),
+            "stage_busy_s": _stage_busy(records),
+            "providers": {
+                kind: _provider_entry(stats) for kind, stats in provider_stats.items()
+            },
+        },
+    }
+
+
+def _provider_entry(stats: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "calls": stats["calls"],
+        "ok": stats["ok"],
+        "rate_limited": stats["rate_limited"],
+        "retries": stats["retries"],
+        "errors": sum(stats["errors"].values()),
+        "tokens_in": stats["tokens_in"],
+        "tokens_out": stats["tokens_out"],
+        "cost_usd": stats["cost_usd"],
+        "limiter_wait_s": stats["limiter_wait_s"],
+    }
+
+
+def _stage_busy(records: list[EpisodeRecord]) -> dict[str, float]:
+    busy: dict[str, float] = {}
+    for record in records:
+        for stage, seconds in record.stage_busy_s().items():
+            busy[stage] = round(busy.get(stage, 0.0) + seconds, 4)
+    return busy
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 4) if denominator > 0 else None
+

@@ -1,0 +1,289 @@
+"""Settings: every knob a user turns, from the environment or a TOML file.
+
+Environment names are ``SHOWRUNNER_`` + the field path joined by ``__``, e.g.
+``SHOWRUNNER_LLM__BASE_URL`` or ``SHOWRUNNER_MAX_PARALLEL_EPISODES``. A TOML file given with
+``--config`` holds the same fields as tables (``[llm]``, ``[llm.prices]``); the environment wins
+over the file, so a deployment can override one value without editing it.
+
+A provider whose ``base_url`` is unset is served by the bundled local server, so a newcomer needs no
+key. Bad values stop the program at start with one line naming the field (see ``SettingsError``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ProviderKind = Literal["llm", "tts", "image", "video"]
+PROVIDER_KINDS: tuple[ProviderKind, ...] = ("llm", "tts", "image", "video")
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message is one line, safe to print (no secrets)."""
+
+
+class Prices(BaseModel):
+    """What a provider charges, so the report can say where the money went."""
+
+    model_config = _STRICT
+
+    input_per_1m_tokens: float = Field(0.0, ge=0, description="USD per 1M prompt tokens.")
+    output_per_1m_tokens: float = Field(0.0, ge=0, description="USD per 1M completion tokens.")
+    per_image: float = Field(0.0, ge=0, description="USD per generated image.")
+    per_1m_speech_chars: float = Field(0.0, ge=0, description="USD per 1M characters spoken.")
+    per_video_second: float = Field(0.0, ge=0, description="USD per second of generated video.")
+
+
+class DeploymentSettings(BaseModel):
+    """One more key or endpoint for the same provider; unset fields fall back to the provider's."""
+
+    model_config = _STRICT
+
+    base_url: AnyHttpUrl | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1."
+    )
+    api_key: SecretStr | None = Field(None, description="API key for this deployment (secret).")
+    rpm: PositiveFloat | None = Field(None, description="Requests per minute for this deployment.")
+    tpm: PositiveFloat | None = Field(None, description="Tokens per minute for this deployment.")
+    max_inflight: PositiveInt | None = Field(
+        None, description="Most requests in flight at once to this deployment."
+    )
+
+
+class ProviderSettings(BaseModel):
+    """One model provider: where it is, what it allows, what it costs."""
+
+    model_config = _STRICT
+
+    base_url: AnyHttpUrl | None = Field(
+        None,
+        description="OpenAI-compatible base URL (OpenAI, vLLM, Ollama, a LiteLLM proxy). "
+        "Unset: the bundled local server.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="API key; a secret that is never logged, printed or reported."
+    )
+    model: str = Field(
+        "local", min_length=1, max_length=200, description="Model name sent with each call."
+    )
+    rpm: PositiveFloat | None = Field(
+        None, description="Requests per minute the key allows (None: no request limit)."
+    )
+    tpm: PositiveFloat | None = Field(
+        None, description="Tokens per minute the key allows (None: no token limit)."
+    )
+    max_inflight: PositiveInt = Field(64, description="Most requests in flight at once.")
+    timeout_s: PositiveFloat = Field(60.0, description="Timeout of one HTTP request, seconds.")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="Attempts per call, the first included, before giving up."
+    )
+    burst_s: PositiveFloat = Field(
+        1.0,
+        le=60,
+        description="Bucket capacity in seconds of quota. Providers enforce per-minute limits "
+        "per second, so a larger burst earns 429s.",
+    )
+    prices: Prices = Field(default_factory=Prices, description="What this provider charges.")
+    deployments: list[DeploymentSettings] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra keys or endpoints for this provider; calls go to the least-loaded "
+        "healthy one. Empty: the single deployment described by the fields above.",
+    )
+
+    # A kind's list prices; a user's partial `prices` table is laid over them, not instead of them.
+    default_prices: ClassVar[dict[str, float]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_default_prices(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("prices", {}), dict):
+            data = {**data, "prices": {**cls.default_prices, **data.get("prices", {})}}
+        return data
+
+    def resolved_deployments(self) -> list[DeploymentSettings]:
+        """Every deployment with the provider's values filled in where it leaves them unset."""
+        base = DeploymentSettings(
+            base_url=self.base_url, api_key=self.api_key, rpm=self.rpm, tpm=self.tpm,
+            max_inflight=self.max_inflight,
+        )
+        if not self.deployments:
+            return [base]
+        return [
+            base.model_copy(update=d.model_dump(exclude_none=True, exclude_unset=True))
+            for d in self.deployments
+        ]
+
+
+# Per-kind defaults are an OpenAI tier-1 key's limits: safe to point at a paid API as they are.
+class LLMSettings(ProviderSettings):
+    """The text model: outlines, scenes, dialogue."""
+
+    model: str = Field("gpt-4o-mini", min_length=1, max_length=200, description="Chat model.")
+    rpm: PositiveFloat | None = Field(500, description="Requests per minute the key allows.")
+    tpm: PositiveFloat | None = Field(200_000, description="Tokens per minute the key allows.")
+    default_prices: ClassVar[dict[str, float]] = {
+        "input_per_1m_tokens": 0.15, "output_per_1m_tokens": 0.60
+    }
+
+
+class TTSSettings(ProviderSettings):
+    """The speech model: one call per dialogue line."""
+
+    model: str = Field("gpt-4o-mini-tts", min_length=1, max_length=200, description="TTS model.")
+    rpm: PositiveFloat | None = Field(300, description="Requests per minute the key allows.")
+    max_inflight: PositiveInt = Field(32, description="Most requests in flight at once.")
+    default_prices: ClassVar[dict[str, float]] = {"per_1m_speech_chars": 15.0}
+
+
+class ImageSettings(ProviderSettings):
+    """The image model: one picture per scene."""
+
+    model: str = Field("gpt-image-1", min_length=1, max_length=200, description="Image model.")
+    rpm: PositiveFloat | None = Field(50, description="Requests per minute the key allows.")
+    max_inflight: PositiveInt = Field(16, description="Most requests in flight at once.")
+    timeout_s: PositiveFloat = Field(120.0, description="Timeout of one HTTP request, seconds.")
+    default_prices: ClassVar[dict[str, float]] = {"per_image": 0.04}
+
+
+class VideoSettings(ProviderSettings):
+    """The video model: one clip per scene, made as an asynchronous job."""
+
+    model: str = Field("sora-2", min_length=1, max_length=200, description="Video model.")
+    rpm: PositiveFloat | None = Field(10, description="Requests per minute the key allows.")
+    max_inflight: PositiveInt = Field(10, description="Most requests in flight at once.")
+    timeout_s: PositiveFloat = Field(120.0, description="Timeout of one HTTP request, seconds.")
+    default_prices: ClassVar[dict[str, float]] = {"per_video_second": 0.10}
+
+
+class Settings(BaseSettings):
+    """Everything Showrunner reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHOWRUNNER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="The text provider.")
+    tts: TTSSettings = Field(default_factory=TTSSettings, description="The speech provider.")
+    image: ImageSettings = Field(default_factory=ImageSettings, description="The image provider.")
+    video: VideoSettings = Field(default_factory=VideoSettings, description="The video provider.")
+    max_parallel_episodes: PositiveInt = Field(
+        3, le=1000, description="Episodes running at once; the rest wait by priority."
+    )
+    max_parallel_scenes: PositiveInt = Field(
+        8, le=10_000, description="Scene nodes running at once within one episode."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
+        return sources
+
+    def provider(self, kind: ProviderKind) -> ProviderSettings:
+        return getattr(self, kind)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment and an optional TOML file; raises ``SettingsError``."""
+    settings_cls = Settings
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise SettingsError(f"cannot read config file {path}: {err.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise SettingsError(f"config file {path} is not valid TOML: {err}") from None
+        settings_cls = type(
+            "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
+        )
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as err:
+        raise SettingsError(describe_validation_error(err)) from None
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line naming every bad field and its value, with secrets masked."""
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "settings"
+        value = "***" if "api_key" in field else _short(e.get("input"))
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown setting {field!r}")
+        elif e["type"] == "missing":
+            parts.append(f"missing setting {field!r}")
+        else:
+            parts.append(f"invalid setting {field} = {value}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def settings_reference() -> str:
+    """A Markdown table of every environment variable, its default and its description.
+
+    ``docs/settings.md`` is this text; a test keeps the two equal.
+    """
+    rows = ["| environment variable | default | description |", "| --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str, defaults: Any) -> None:
+        for name, field in model.model_fields.items():
+            env = f"{prefix}{name.upper()}"
+            default = getattr(defaults, name, None) if defaults is not None else None
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, env + "__", default)
+                continue
+            shown = "(list, JSON)" if isinstance(default, list) else _default_text(default)
+            rows.append(f"| `{env}` | {shown} | {field.description or ''} |")
+
+    walk(Settings, "SHOWRUNNER_", Settings.model_construct(
+        **{k: f.get_default(call_default_factory=True) for k, f in Settings.model_fields.items()}
+    ))
+    return "\n".join(rows) + "\n"
+
+
+def _default_text(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"

@@ -1,0 +1,88 @@
+"""The ``showrunner`` command as a user runs it: bad input refused cleanly, runs write files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def showrunner(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", *args], capture_output=True, text=True,
+        env={**clean, **(env or {}), "PYTHONPATH": str(ROOT)}, cwd=cwd or ROOT, timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--premise", "x", "--scenes", "0"], "scenes = 0"),
+        (["run", "--premise", "x", "--scenes", "10000"], "scenes = 10000"),
+        (["run", "--premise", ""], "premise = ''"),
+        (["run", "--premise", "x", "--continuity", "sequel"], "unknown continuity mode"),
+        (["run", "--premises-file", "/nonexistent/premises.txt"], "cannot read premises file"),
+        (["run", "--premise", "x", "--episodes", "0"], "--episodes must be from 1"),
+        (["run", "--premise", "x", "--latency-scale", "-1"], "--latency-scale"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = showrunner(*args, "--output", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+    assert not out.exists()  # nothing half-written
+
+
+def test_bad_settings_stop_at_start(tmp_path: Path) -> None:
+    result = showrunner("config", env={"SHOWRUNNER_LLM__RPM": "-5",
+                                       "SHOWRUNNER_LLM__API_KEY": "sk-do-not-print"})
+    assert result.returncode == 2
+    assert "llm.rpm = '-5'" in result.stderr and "sk-do-not-print" not in result.stderr
+
+
+def test_config_masks_secrets() -> None:
+    result = showrunner("config", env={"SHOWRUNNER_LLM__API_KEY": "sk-do-not-print"})
+    assert result.returncode == 0
+    view = json.loads(result.stdout)
+    assert view["llm"]["api_key"] == "(set)" and "sk-do-not-print" not in result.stdout
+
+
+def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
+    premises = tmp_path / "premises.txt"
+    premises.write_text('A lighthouse in a storm.\n{"premise": "A bakery heist.", "scenes": 2}\n')
+    report_copy = tmp_path / "copy.json"
+    result = showrunner(
+        "run", "--premises-file", str(premises), "--scenes", "3", "--lines", "2",
+        "--output", str(tmp_path / "out"), "--report", str(report_copy),
+        "--latency-scale", "0.02", timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report == json.loads(report_copy.read_text())
+    assert set(report["totals"]) >= {
+        "wall_s", "sequential_s", "speedup", "parallel_efficiency", "lower_bound_s",
+        "bottleneck", "cost_usd", "providers",
+    }
+    assert set(report["totals"]["providers"]["llm"]) == {
+        "calls", "ok", "rate_limited", "retries", "errors", "tokens_in", "tokens_out",
+        "cost_usd", "limiter_wait_s",
+    }
+    episodes = report["episodes"]
+    assert [e["scenes"] for e in episodes] == [3, 2]
+    for e in episodes:
+        assert e["status"] == "completed" and e["scenes_completed"] == e["scenes"]
+        assert set(e) >= {"id", "status", "scenes", "scenes_completed", "wall_s", "cost_usd",
+                          "output_dir"}
+        folder = Path(e["output_dir"])
+        assert (folder / "script.json").is_file() and (folder / "script.md").is_file()
+    assert "speedup" in result.stderr

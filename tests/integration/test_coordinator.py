@@ -1,0 +1,210 @@
+"""The coordinator with real gateways over loopback to the bundled server (no Ray here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.coordinator import EpisodeCoordinator
+from actors.errors import ProviderUnavailable
+from actors.gateway import ProviderGateway
+from local_server.process import LocalServer
+from pipelines.episode_state import EpisodeRecord, NodeState
+from pipelines.models import EpisodeRequest
+from pipelines.report import build_report
+from pipelines.settings import LLMSettings, Settings
+
+Start = Callable[..., LocalServer]
+
+
+def make(server: LocalServer, tmp_path: Path, *, wrap: Callable[[Any], Any] | None = None,
+         **settings: Any) -> tuple[EpisodeCoordinator, ProviderGateway]:
+    llm = LLMSettings(model="test", rpm=None, tpm=None, max_attempts=2, timeout_s=10)
+    gateway = ProviderGateway("llm", llm, local_base_url=server.base_url)
+    provider = wrap(gateway) if wrap else gateway
+    coordinator = EpisodeCoordinator(
+        Settings(llm=llm, **settings), {"llm": provider}, output_root=str(tmp_path)
+    )
+    return coordinator, gateway
+
+
+def interval(record: EpisodeRecord, node: str) -> tuple[float, float]:
+    n = record.nodes[node]
+    assert n.started_s is not None and n.finished_s is not None
+    return n.started_s, n.finished_s
+
+
+class FailFor:
+    """Wraps the real gateway; refuses calls whose prompt mentions one scene (a fault on cue)."""
+
+    def __init__(self, gateway: ProviderGateway, marker: str, episode: str | None = None):
+        self.gateway, self.marker, self.episode = gateway, marker, episode
+        self.refused = 0
+
+    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        prompt = messages[-1]["content"]
+        targeted = self.episode is None or kwargs.get("episode_id") == self.episode
+        if self.marker in prompt and targeted:
+            self.refused += 1
+            raise ProviderUnavailable("injected fault", provider="llm", status=503)
+        return await self.gateway.chat(messages, **kwargs)
+
+
+async def test_chain_keeps_continuity_yet_pipelines(local_server: Start, tmp_path: Path) -> None:
+    server = local_server(latency_scale=0.05)
+    coordinator, _ = make(server, tmp_path)
+    eid = await coordinator.submit(EpisodeRequest(premise="A heist at a bakery.", scenes=5,
+                                                  lines_per_scene=3, seed=7))
+    [summary] = await coordinator.wait([eid])
+    assert summary["status"] == "completed" and summary["scenes"] == ["done"] * 5
+    record = await coordinator.episode(eid)
+    for k in range(2, 6):  # each dialogue starts only after the previous one finished
+        assert interval(record, f"dialogue:{k}")[0] >= interval(record, f"dialogue:{k - 1}")[1]
+    # ... while later scenes' content was written alongside, not after, the first dialogue.
+    assert interval(record, "content:5")[0] < interval(record, "dialogue:1")[1]
+    assert [len(record.dialogues[k].lines) for k in range(1, 6)] == [3] * 5
+    data = json.loads((tmp_path / eid / "script.json").read_text())
+    assert [s["number"] for s in data["scenes"]] == [1, 2, 3, 4, 5]
+    screenplay = (tmp_path / eid / "script.md").read_text()
+    assert screenplay.startswith("# ") and "## Scene 5" in screenplay
+    assert record.events[-1].kind == "completed" and record.events[-1].percent == 100.0
+
+
+async def test_max_parallel_scenes_one_is_sequential(local_server: Start, tmp_path: Path) -> None:
+    server = local_server(latency_scale=0.02)
+    coordinator, _ = make(server, tmp_path, max_parallel_scenes=1)
+    request = EpisodeRequest(premise="Ghost ship.", scenes=3, continuity="none")
+    eid = await coordinator.submit(request)
+    await coordinator.wait([eid])
+    record = await coordinator.episode(eid)
+    spans = sorted(interval(record, nid) for nid in record.nodes)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+async def test_episodes_wait_by_priority_and_never_exceed_the_cap(
+    local_server: Start, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.03)
+    coordinator, _ = make(server, tmp_path, max_parallel_episodes=2)
+    low = await coordinator.submit(EpisodeRequest(premise="low", scenes=2, priority=0))
+    mid = await coordinator.submit(EpisodeRequest(premise="mid", scenes=2, priority=1))
+    late_high = await coordinator.submit(EpisodeRequest(premise="high", scenes=2, priority=5))
+    late_low = await coordinator.submit(EpisodeRequest(premise="low2", scenes=2, priority=0))
+    await coordinator.wait()
+    records = {i: await coordinator.episode(i) for i in (low, mid, late_high, late_low)}
+    starts = sorted((r.started_at, i) for i, r in records.items())
+    # low and mid took the two slots at once; high jumps ahead of the earlier-queued low2.
+    assert [i for _, i in starts[2:]] == [late_high, late_low]
+    for moment, _ in starts:
+        running = [r for r in records.values() if r.started_at <= moment < r.finished_at]
+        assert len(running) <= 2
+
+
+async def test_a_failed_scene_fails_its_episode_only(local_server: Start, tmp_path: Path) -> None:
+    server = local_server(latency_scale=0.02)
+    wrapped: list[FailFor] = []
+
+    def wrap(gateway: ProviderGateway) -> FailFor:
+        wrapped.append(FailFor(gateway, "Write scene 2:", episode="doomed"))
+        return wrapped[0]
+
+    coordinator, _ = make(server, tmp_path, wrap=wrap)
+    await coordinator.submit(EpisodeRequest(premise="p", scenes=4), episode_id="doomed")
+    await coordinator.submit(EpisodeRequest(premise="q", scenes=4), episode_id="fine")
+    doomed, fine = await coordinator.wait(["doomed", "fine"])
+    assert doomed["status"] == "failed" and "content:2" in doomed["error"]
+    assert "injected fault" in doomed["error"]
+    assert fine["status"] == "completed"
+    assert not (tmp_path / "doomed").exists()  # nothing half-written for a failed episode
+
+
+async def test_skip_mode_completes_without_the_failed_scene(
+    local_server: Start, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.02)
+    coordinator, _ = make(server, tmp_path, wrap=lambda g: FailFor(g, "Write scene 2:"))
+    eid = await coordinator.submit(
+        EpisodeRequest(premise="p", scenes=4, on_scene_failure="skip")
+    )
+    [summary] = await coordinator.wait([eid])
+    assert summary["status"] == "completed"
+    assert summary["scenes"] == ["done", "failed", "done", "done"]
+    assert "completed without scene(s) [2]" in summary["error"]
+    record = await coordinator.episode(eid)
+    assert record.nodes["dialogue:2"].state is NodeState.SKIPPED
+    assert 2 not in record.dialogues and 3 in record.dialogues
+
+
+async def test_an_invalid_answer_is_retried_once_with_the_error(
+    local_server: Start, tmp_path: Path
+) -> None:
+    server = local_server()
+
+    class FirstAnswerBroken:
+        def __init__(self, gateway: ProviderGateway) -> None:
+            self.gateway, self.prompts = gateway, []
+
+        async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+            self.prompts.append(messages)
+            result = await self.gateway.chat(messages, **kwargs)
+            if len(self.prompts) == 1:
+                return type(result)(**{**result.__dict__, "text": '{"title": 3}'})
+            return result
+
+    holder: list[FirstAnswerBroken] = []
+    coordinator, _ = make(server, tmp_path,
+                          wrap=lambda g: holder.append(FirstAnswerBroken(g)) or holder[0])
+    eid = await coordinator.submit(EpisodeRequest(premise="p", scenes=1))
+    [summary] = await coordinator.wait([eid])
+    assert summary["status"] == "completed"
+    retry = holder[0].prompts[1]
+    assert "That answer was invalid" in retry[-1]["content"]
+    assert (await coordinator.episode(eid)).nodes["outline:1"].calls == 2
+
+
+async def test_cancel_ends_work_within_a_second_and_keeps_what_finished(
+    local_server: Start, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=2.0)  # slow calls, so some are in flight when cancelled
+    coordinator, gateway = make(server, tmp_path)
+    eid = await coordinator.submit(EpisodeRequest(premise="p", scenes=6, continuity="none"))
+    deadline = time.monotonic() + 30
+    while (await coordinator.episode(eid)).nodes["outline:1"].state is not NodeState.DONE:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # the content calls are now in flight
+    started = time.monotonic()
+    assert await coordinator.cancel(eid) == "cancelled"
+    assert time.monotonic() - started < 1.0
+    record = await coordinator.episode(eid)
+    assert record.nodes["outline:1"].state is NodeState.DONE and record.outline
+    assert gateway.deployments[0].limiter.inflight == 0
+    assert await coordinator.cancel(eid) == "cancelled"  # idempotent
+    deadline = time.monotonic() + 5
+    while server.stats()["chat"]["inflight"]:
+        assert time.monotonic() < deadline, "the HTTP requests were not aborted"
+        await asyncio.sleep(0.05)
+
+
+async def test_report_explains_the_speedup(local_server: Start, tmp_path: Path) -> None:
+    server = local_server(latency_scale=0.05)
+    coordinator, gateway = make(server, tmp_path)
+    ids = [await coordinator.submit(EpisodeRequest(premise=f"p{i}", scenes=3)) for i in range(3)]
+    await coordinator.wait(ids)
+    records = [await coordinator.episode(i) for i in ids]
+    report = build_report(records, {"llm": gateway.snapshot()}, coordinator.settings)
+    totals = report["totals"]
+    assert totals["speedup"] == pytest.approx(totals["sequential_s"] / totals["wall_s"], rel=1e-2)
+    assert totals["speedup"] > 1.5  # three episodes and their scenes overlapped
+    assert 0 < totals["lower_bound_s"] <= totals["wall_s"]
+    assert totals["bottleneck"] == "critical path"
+    assert totals["providers"]["llm"]["calls"] == sum(
+        n.calls for r in records for n in r.nodes.values()
+    )
+    assert {e["status"] for e in report["episodes"]} == {"completed"}

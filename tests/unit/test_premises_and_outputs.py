@@ -1,0 +1,126 @@
+"""Requests from the command line, the concurrency window, and the files an episode becomes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from actors.coordinator import ConcurrencyWindow
+from pipelines.episode_state import EpisodeRecord, NodeRecord, NodeState
+from pipelines.models import (
+    EpisodeRequest,
+    EpisodeStatus,
+    OutlineDraft,
+    SceneContent,
+    SceneDialogue,
+    SceneState,
+)
+from pipelines.premises import BadRequest, build_request, expand, parse_premises_file
+from pipelines.screenplay import write_atomic, write_episode_files
+
+
+def test_premises_file_mixes_plain_lines_and_json_lines() -> None:
+    text = 'A heist.\n\n{"premise": "A wedding.", "scenes": 3}\nA storm.\n'
+    requests = parse_premises_file(text, {"scenes": 5, "continuity": "window:2"})
+    assert [r.premise for r in requests] == ["A heist.", "A wedding.", "A storm."]
+    assert [r.scenes for r in requests] == [5, 3, 5]
+    assert requests[1].continuity == "window:2"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "holds no premise"),
+        ('{"premise": "x", "scenes": 0}', "line 1): scenes = 0"),
+        ("ok\n{not json", "line 2 is not valid JSON"),
+        ('{"premise": 5}', "premise = 5: Input should be a valid string"),
+        ('{"premise": "x", "sceens": 3}', "unknown field 'sceens'"),
+        ('{"premise": "x", "continuity": "sequel"}', "unknown continuity mode 'sequel'"),
+    ],
+)
+def test_bad_premises_files_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(BadRequest, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_premises_file(text, {})
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"premise": ""}, "premise"),
+        ({"premise": "x", "scenes": 10_000}, "scenes = 10000"),
+        ({"premise": "x" * 4001}, "premise"),
+        ({"premise": "x", "lines_per_scene": 41}, "lines_per_scene = 41"),
+    ],
+)
+def test_request_limits(fields: dict, needle: str) -> None:
+    with pytest.raises(BadRequest, match=needle):
+        build_request(fields)
+
+
+def test_expand_cycles_premises_with_distinct_seeds() -> None:
+    base = [build_request({"premise": "a"}), build_request({"premise": "b", "seed": 4})]
+    out = expand(base, 5)
+    assert [r.premise for r in out] == ["a", "b", "a", "b", "a"]
+    assert len({(r.premise, r.seed) for r in out}) == 5
+    with pytest.raises(BadRequest, match="--episodes"):
+        expand(base, 0)
+
+
+def test_concurrency_window_halves_on_429s_and_recovers() -> None:
+    window = ConcurrencyWindow(8)
+    for _ in range(8):
+        window.on_result(rate_limited=True)
+    assert window.limit == 4  # one cut per window's worth of results, not eight
+    for _ in range(4):
+        window.on_result(rate_limited=True)
+    assert window.limit == 2
+    for _ in range(100):
+        window.on_result(rate_limited=False)
+    assert window.limit == 8
+
+
+def _record() -> EpisodeRecord:
+    request = EpisodeRequest(premise="A heist at a bakery.", scenes=2)
+    record = EpisodeRecord(id="ep1", request=request, submitted_at=0.0,
+                           status=EpisodeStatus.COMPLETED)
+    record.nodes = {nid: NodeRecord(state=NodeState.DONE) for nid in record.plan().nodes}
+    record.outline.append(OutlineDraft.model_validate({
+        "title": "Flour Power", "logline": "Bakers rob a bank.",
+        "characters": [{"name": "Ada", "description": "baker"}],
+        "scenes": [{"number": n, "title": f"T{n}", "setting": "Bakery", "summary": "S",
+                    "characters": ["Ada"]} for n in (1, 2)],
+    }))
+    for n in (1, 2):
+        record.contents[n] = SceneContent(setting="Warm", action="Kneading", mood="tense")
+        record.dialogues[n] = SceneDialogue.model_validate(
+            {"lines": [{"speaker": "Ada", "text": f"Line {n}", "direction": "whispers"}]})
+    return record
+
+
+def test_episode_files_are_a_script_and_a_readable_screenplay(tmp_path: Path) -> None:
+    folder = Path(write_episode_files(_record(), str(tmp_path)))
+    data = json.loads((folder / "script.json").read_text())
+    assert data["title"] == "Flour Power" and len(data["scenes"]) == 2
+    markdown = (folder / "script.md").read_text()
+    assert "# Flour Power" in markdown and "**ADA** *(whispers)*" in markdown
+    assert "Line 2" in markdown
+    assert not list(folder.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    write_atomic(target, "old")
+
+    with pytest.raises(TypeError):
+        write_atomic(target, 42)  # type: ignore[arg-type]
+    assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_scene_states_are_derived_from_nodes() -> None:
+    record = _record()
+    record.nodes["dialogue:2"].state = NodeState.RUNNING
+    record.nodes["content:1"].state = NodeState.FAILED
+    assert record.scene_states() == [SceneState.FAILED, SceneState.RUNNING]
+    assert record.percent == pytest.approx(80.0)  # failed counts as settled; running does not

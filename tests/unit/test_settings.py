@@ -1,0 +1,115 @@
+"""Settings from the environment and TOML, with one-line errors that never show a secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.settings import SettingsError, load_settings, settings_reference
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SHOWRUNNER_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_need_no_key_and_use_the_local_server() -> None:
+    s = load_settings()
+    assert s.llm.base_url is None and s.llm.api_key is None
+    assert (s.max_parallel_episodes, s.max_parallel_scenes) == (3, 8)
+    assert s.llm.burst_s == 1.0 and s.llm.rpm == 500
+
+
+def test_documented_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "SHOWRUNNER_LLM__BASE_URL": "https://api.example.com/v1",
+        "SHOWRUNNER_LLM__API_KEY": "sk-test-secret",
+        "SHOWRUNNER_LLM__MODEL": "gpt-test",
+        "SHOWRUNNER_LLM__RPM": "120",
+        "SHOWRUNNER_LLM__TPM": "9000",
+        "SHOWRUNNER_LLM__MAX_INFLIGHT": "7",
+        "SHOWRUNNER_LLM__PRICES__OUTPUT_PER_1M_TOKENS": "2.5",
+        "SHOWRUNNER_MAX_PARALLEL_EPISODES": "4",
+        "SHOWRUNNER_MAX_PARALLEL_SCENES": "2",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    assert str(s.llm.base_url) == "https://api.example.com/v1"
+    assert s.llm.api_key is not None and s.llm.api_key.get_secret_value() == "sk-test-secret"
+    assert (s.llm.model, s.llm.rpm, s.llm.tpm, s.llm.max_inflight) == ("gpt-test", 120, 9000, 7)
+    # A partial prices table lays over the kind's list prices instead of zeroing them.
+    assert s.llm.prices.output_per_1m_tokens == 2.5 and s.llm.prices.input_per_1m_tokens == 0.15
+    assert (s.max_parallel_episodes, s.max_parallel_scenes) == (4, 2)
+    assert "sk-test-secret" not in repr(s) and "sk-test-secret" not in str(s.model_dump())
+
+
+def test_toml_file_and_environment_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = tmp_path / "showrunner.toml"
+    config.write_text('max_parallel_scenes = 5\n[llm]\nrpm = 100\nmodel = "from-file"\n')
+    monkeypatch.setenv("SHOWRUNNER_LLM__MODEL", "from-env")
+    s = load_settings(config)
+    assert (s.max_parallel_scenes, s.llm.rpm, s.llm.model) == (5, 100, "from-env")
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"SHOWRUNNER_LLM__RPM": "-5"}, "llm.rpm = '-5'"),
+        ({"SHOWRUNNER_LLM__BASE_URL": "not a url"}, "llm.base_url = 'not a url'"),
+        ({"SHOWRUNNER_MAX_PARALLEL_SCENES": "0"}, "max_parallel_scenes = '0'"),
+        ({"SHOWRUNNER_TTS__BURST_S": "abc"}, "tts.burst_s = 'abc'"),
+    ],
+)
+def test_bad_environment_values_name_field_and_value(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert needle in message and "\n" not in message
+
+
+def test_bad_toml_files(tmp_path: Path) -> None:
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[llm]\nrpn = 5\n")
+    with pytest.raises(SettingsError, match="unknown setting 'llm.rpn'"):
+        load_settings(unknown)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[llm\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(broken)
+    with pytest.raises(SettingsError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_a_bad_api_key_value_is_masked(tmp_path: Path) -> None:
+    config = tmp_path / "key.toml"
+    config.write_text("[llm]\napi_key = 987654321\n")  # not a string: invalid
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert "llm.api_key = ***" in str(caught.value)
+    assert "987654321" not in str(caught.value)
+
+
+def test_extra_deployments_inherit_the_providers_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "SHOWRUNNER_LLM__DEPLOYMENTS",
+        '[{"base_url": "http://127.0.0.1:1/v1", "rpm": 5}, {"api_key": "k2"}]',
+    )
+    monkeypatch.setenv("SHOWRUNNER_LLM__TPM", "1000")
+    first, second = load_settings().llm.resolved_deployments()
+    assert (first.rpm, first.tpm, str(first.base_url)) == (5, 1000, "http://127.0.0.1:1/v1")
+    assert second.base_url is None and second.rpm == 500 and second.tpm == 1000
+
+
+def test_the_settings_doc_lists_every_setting() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "settings.md").read_text(encoding="utf-8")
+    assert settings_reference() in doc, "regenerate with: showrunner config --reference"
