@@ -187,13 +187,33 @@ def _validation(err: Any, provider: str, deployment: str) -> ProviderError:
     )
 
 
+def _socket_error(err: BaseException) -> OSError | None:
+    """The OS-level error under an SDK error, if any: transports differ in how they wrap it."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and not isinstance(current, TimeoutError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _connection(err: Any, provider: str, deployment: str) -> ProviderError:
     return ProviderUnavailable(
-        f"cannot reach the server ({err.__cause__ or err.message}): is "
+        f"cannot reach the server ({_socket_error(err) or err.__cause__ or err.message}): is "
         f"{_env(provider, 'BASE_URL')} right and the server running?",
         provider=provider,
         deployment=deployment,
     )
+
+
+def _timeout(err: Any, provider: str, deployment: str) -> ProviderError:
+    # The aiohttp transport reports a refused connection as a connect *timeout*: look beneath.
+    if _socket_error(err) is not None:
+        return _connection(err, provider, deployment)
+    return ProviderTimeout("no answer within the timeout", provider=provider,
+                           deployment=deployment)
 
 
 # Exact classes, so the test can prove every SDK error class has a decision of its own.
@@ -211,7 +231,7 @@ OPENAI_ERROR_MAP: dict[type[BaseException], Any] = {
     openai.RateLimitError: _status_error,
     openai.InternalServerError: _status_error,
     openai.APIConnectionError: _connection,
-    openai.APITimeoutError: _simple(ProviderTimeout, "no answer within the timeout"),
+    openai.APITimeoutError: _timeout,
     openai.APIResponseValidationError: _validation,
     openai.LengthFinishReasonError: _simple(OutputRejected, "answer cut off at the length limit"),
     openai.ContentFilterFinishReasonError: _simple(OutputRejected, "answer removed by a filter"),

@@ -63,15 +63,19 @@ class Limits:
     max_inflight: int | None = None
     burst_s: float = 1.0
     max_pause_s: float = 120.0
+    # A share of the burst never spent, so that requests reordered on their way to the server
+    # (connections differ in speed) find its bucket holding the tokens they were granted here.
+    reserve: float = 0.0
 
 
 class TokenBucket:
     """Continuously refilled; the level may go negative when a permit is settled above estimate."""
 
-    def __init__(self, per_second: float, burst_s: float, now: float) -> None:
+    def __init__(self, per_second: float, burst_s: float, now: float, reserve: float = 0.0
+                 ) -> None:
+        self.reserve = reserve
         self.rate = per_second
-        # At least one whole unit, or a limit under one per burst could never admit anything.
-        self.capacity = max(1.0, per_second * burst_s)
+        self.capacity = self._capacity(per_second, burst_s)
         self.level = self.capacity
         self._updated = now
         # Net amount ever taken (takes minus refunds): lets a server's old answer be replayed
@@ -112,8 +116,12 @@ class TokenBucket:
 
     def retune(self, per_second: float, burst_s: float) -> None:
         self.rate = per_second
-        self.capacity = max(1.0, per_second * burst_s)
+        self.capacity = self._capacity(per_second, burst_s)
         self.level = min(self.level, self.capacity)
+
+    def _capacity(self, per_second: float, burst_s: float) -> float:
+        # At least one whole unit, or a limit under one per burst could never admit anything.
+        return max(1.0, per_second * burst_s * (1.0 - self.reserve))
 
 
 class Permit:
@@ -161,8 +169,14 @@ class RateLimiter:
         self.limits = limits
         self._clock = clock or LoopClock()
         now = self._clock.now()
-        self._requests = TokenBucket(limits.rpm / 60, limits.burst_s, now) if limits.rpm else None
-        self._tokens = TokenBucket(limits.tpm / 60, limits.burst_s, now) if limits.tpm else None
+        self._requests = (
+            TokenBucket(limits.rpm / 60, limits.burst_s, now, limits.reserve) if limits.rpm
+            else None
+        )
+        self._tokens = (
+            TokenBucket(limits.tpm / 60, limits.burst_s, now, limits.reserve) if limits.tpm
+            else None
+        )
         self._max_inflight = limits.max_inflight or math.inf
         self.inflight = 0
         self._paused_until = 0.0

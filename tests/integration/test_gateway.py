@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -22,20 +22,31 @@ from local_server.process import LocalServer
 from pipelines.settings import DeploymentSettings, ProviderSettings
 
 Start = Callable[..., LocalServer]
+Build = Callable[..., ProviderGateway]
 MESSAGES = [{"role": "user", "content": "A lighthouse keeper finds a message in a bottle."}]
 
 
-def gateway(base_url: str | None, **settings: Any) -> ProviderGateway:
-    fields: dict[str, Any] = {"model": "test-model", "rpm": None, "timeout_s": 10.0}
-    fields.update(settings)
-    return ProviderGateway("llm", ProviderSettings(**fields), local_base_url=base_url)
+@pytest.fixture
+async def gateway() -> AsyncIterator[Build]:
+    """Build gateways for a test; their HTTP sessions are closed after it."""
+    made: list[ProviderGateway] = []
+
+    def build(base_url: str | None, **settings: Any) -> ProviderGateway:
+        fields: dict[str, Any] = {"model": "test-model", "rpm": None, "timeout_s": 10.0}
+        fields.update(settings)
+        made.append(ProviderGateway("llm", ProviderSettings(**fields), local_base_url=base_url))
+        return made[-1]
+
+    yield build
+    for g in made:
+        await g.close()
 
 
 def server_count(server: LocalServer, field: str) -> int:
     return int(server.stats()["chat"][field])
 
 
-async def test_chat_returns_text_usage_and_cost(local_server: Start) -> None:
+async def test_chat_returns_text_usage_and_cost(gateway: Build, local_server: Start) -> None:
     server = local_server()
     gw = gateway(
         server.base_url,
@@ -52,7 +63,7 @@ async def test_chat_returns_text_usage_and_cost(local_server: Start) -> None:
     assert stats["latency"]["count"] == 1
 
 
-async def test_structured_output_follows_the_schema(local_server: Start) -> None:
+async def test_structured_output_follows_the_schema(gateway: Build, local_server: Start) -> None:
     server = local_server()
     schema = {
         "type": "object",
@@ -65,15 +76,17 @@ async def test_structured_output_follows_the_schema(local_server: Start) -> None
     }
     result = await gateway(server.base_url).chat(
         MESSAGES,
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "outline", "schema": schema, "strict": True}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "outline", "schema": schema, "strict": True},
+        },
         max_tokens=2000,
     )
     data = json.loads(result.text)
     assert isinstance(data["title"], str) and len(data["characters"]) >= 2
 
 
-async def test_unreachable_server_fails_within_seconds_without_a_storm() -> None:
+async def test_unreachable_server_fails_within_seconds_without_a_storm(gateway: Build) -> None:
     gw = gateway("http://127.0.0.1:9/v1")  # nothing listens on the discard port
     started = time.monotonic()
     with pytest.raises(ProviderUnavailable) as caught:
@@ -84,7 +97,7 @@ async def test_unreachable_server_fails_within_seconds_without_a_storm() -> None
     assert stats["retries"] == gw.policy.max_attempts - 1 and stats["failed"] == 1
 
 
-async def test_invalid_key_fails_at_once(local_server: Start) -> None:
+async def test_invalid_key_fails_at_once(gateway: Build, local_server: Start) -> None:
     server = local_server(require_key="right-key")
     gw = gateway(server.base_url, api_key="wrong-key")
     with pytest.raises(AuthFailed) as caught:
@@ -94,7 +107,7 @@ async def test_invalid_key_fails_at_once(local_server: Start) -> None:
     assert server_count(server, "unauthorized") == 1  # never retried
 
 
-async def test_exhausted_quota_fails_at_once(local_server: Start) -> None:
+async def test_exhausted_quota_fails_at_once(gateway: Build, local_server: Start) -> None:
     server = local_server(quota_exhausted=True)
     gw = gateway(server.base_url)
     with pytest.raises(QuotaExhausted, match="credit"):
@@ -108,7 +121,7 @@ async def test_exhausted_quota_fails_at_once(local_server: Start) -> None:
     [({"fault_rate": 1.0}, ProviderUnavailable), ({"malformed_rate": 1.0}, MalformedResponse)],
 )
 async def test_faults_are_retried_up_to_max_attempts_then_reported(
-    local_server: Start, flags: dict[str, float], error: type
+    gateway: Build, local_server: Start, flags: dict[str, float], error: type
 ) -> None:
     server = local_server(**flags)
     gw = gateway(server.base_url, max_attempts=3)
@@ -120,7 +133,9 @@ async def test_faults_are_retried_up_to_max_attempts_then_reported(
     assert sum(faults.values()) == 3
 
 
-async def test_a_hanging_server_times_out_and_is_retried(local_server: Start) -> None:
+async def test_a_hanging_server_times_out_and_is_retried(
+    gateway: Build, local_server: Start
+) -> None:
     server = local_server(hang_rate=1.0)
     gw = gateway(server.base_url, timeout_s=0.3, max_attempts=2)
     started = time.monotonic()
@@ -131,6 +146,7 @@ async def test_a_hanging_server_times_out_and_is_retried(local_server: Start) ->
 
 
 async def test_429s_pause_everyone_and_the_limit_is_learned_from_headers(
+    gateway: Build,
     local_server: Start,
 ) -> None:
     server = local_server(llm_rpm=600)  # 10 per second, 10 of burst
@@ -146,7 +162,7 @@ async def test_429s_pause_everyone_and_the_limit_is_learned_from_headers(
     assert server_count(server, "rate_limited") == first_wave  # no further 429
 
 
-async def test_a_failing_deployment_is_avoided(local_server: Start) -> None:
+async def test_a_failing_deployment_is_avoided(gateway: Build, local_server: Start) -> None:
     good = local_server()
     gw = gateway(
         None,
@@ -162,7 +178,7 @@ async def test_a_failing_deployment_is_avoided(local_server: Start) -> None:
     assert gw.deployments[0].cooldown_until > 0  # the dead one was cooled down
 
 
-async def test_cancelling_a_call_frees_its_slot(local_server: Start) -> None:
+async def test_cancelling_a_call_frees_its_slot(gateway: Build, local_server: Start) -> None:
     server = local_server(hang_rate=1.0)
     gw = gateway(server.base_url, timeout_s=30, max_inflight=1)
     task = asyncio.create_task(gw.chat(MESSAGES))

@@ -60,6 +60,20 @@ async def test_a_larger_burst_setting_allows_a_larger_first_burst() -> None:
     assert len(rec.grants) == 30
 
 
+async def test_a_reserve_keeps_part_of_the_burst_back_but_not_the_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=6000, reserve=0.1), clock)  # 100/s, 90 of burst
+    rec = Recorder(limiter, clock)
+    for i in range(300):
+        rec.start("ep", i)
+    await settle()
+    assert len(rec.grants) == 90
+    for _ in range(10):
+        clock.advance(0.1)
+        await settle()
+    assert len(rec.grants) == 190  # the full rate once the burst is spent
+
+
 async def test_round_robin_across_episodes_so_a_short_one_is_not_starved() -> None:
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=60, burst_s=1.0), clock)  # one per second, capacity 1
