@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench bench-provider clean
+.PHONY: install demo test lint unit integration bench bench-provider bench-strategies clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m bench.provider
+	$(PY) -m pipelines demo
 
 test: $(STAMP) lint
 	$(PY) -m pytest
@@ -32,7 +32,10 @@ integration: $(STAMP)
 bench-provider: $(STAMP)
 	$(PY) -m bench.provider
 
-bench: bench-provider
+bench-strategies: $(STAMP)
+	$(PY) -m bench.strategies
+
+bench: bench-provider bench-strategies
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

@@ -152,7 +152,7 @@ def report(limited: dict[str, Any], unlimited: dict[str, Any], args: argparse.Na
     ]
     for row in rows:
         table.add_row(*row)
-    Console(stderr=True).print(table)
+    Console(stderr=True, width=150).print(table)
     return {
         "achieved_ratio": round(limited["achieved_ratio"], 4),
         "server_429": limited["server_429"],

@@ -1,0 +1,55 @@
+"""The coordinator as the named Ray actor, calling the provider actor: the product's real path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import ray
+
+from local_server.process import LocalServer
+from pipelines import launcher
+from pipelines.models import EpisodeRequest
+from pipelines.settings import LLMSettings, Settings
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+async def test_events_stream_and_cancel_through_ray(
+    local_server: Callable[..., LocalServer], tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=1.5)
+    settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None), max_parallel_scenes=4)
+    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-actor")
+    [eid] = await run.coordinator.submit_many.remote(
+        [EpisodeRequest(premise="A night ferry.", scenes=6, continuity="none")]
+    )
+    # Long-poll the events the way an SSE stream does, resuming from the last seq seen.
+    seen: list[str] = []
+    last = 0
+    deadline = time.monotonic() + 30
+    while "node_finished" not in seen:
+        assert time.monotonic() < deadline
+        events = await run.coordinator.events.remote(eid, after=last, timeout_s=5)
+        seen += [e.kind for e in events]
+        last = events[-1].seq if events else last
+    assert seen[:2] == ["queued", "started"]
+    await asyncio.sleep(0.3)  # content calls now in flight in the provider actor
+    provider = run.providers["llm"]
+    assert (await provider.stats.remote())["deployments"][0]["inflight"] > 0
+    started = time.monotonic()
+    assert await run.coordinator.cancel.remote(eid) == "cancelled"
+    assert time.monotonic() - started < 1.0
+    deadline = time.monotonic() + 5
+    while (await provider.stats.remote())["deployments"][0]["inflight"]:
+        assert time.monotonic() < deadline, "the provider actor's calls were not cancelled"
+        await asyncio.sleep(0.05)
+    status = await run.coordinator.status.remote(eid)
+    assert status["status"] == "cancelled" and status["percent"] > 0
+    tail = await run.coordinator.events.remote(eid, after=last)
+    assert tail[-1].kind == "cancelled"
+    for actor in (run.coordinator, provider):
+        ray.kill(actor)
