@@ -184,21 +184,27 @@ class EpisodeCoordinator:
         running: dict[str, asyncio.Task[None]] = {}
         try:
             status, reason = await self._run_graph(record, record.plan(), running)
-            self._finish(record, status, reason)
         except asyncio.CancelledError:
-            for task in running.values():
-                task.cancel()
-            await asyncio.gather(*running.values(), return_exceptions=True)
-            for node in record.nodes.values():
-                if node.state is NodeState.RUNNING:
-                    node.state = NodeState.PENDING  # not finished: not kept, free to run again
-            self._finish(record, EpisodeStatus.CANCELLED, "cancelled")
+            status, reason = EpisodeStatus.CANCELLED, "cancelled"
         except Exception as err:  # a bug of ours: fail this episode, never the coordinator
             log.exception("episode %s crashed", record.id)
-            self._finish(record, EpisodeStatus.FAILED, f"internal error: {err!r}")
+            status, reason = EpisodeStatus.FAILED, f"internal error: {err!r}"
+        try:
+            await self._stop_nodes(record, running)
+            self._finish(record, status, reason)
         finally:
             self._tasks.pop(record.id, None)
             self._admit()
+
+    @staticmethod
+    async def _stop_nodes(record: EpisodeRecord, running: dict[str, asyncio.Task[None]]) -> None:
+        """Cancel what still runs; unfinished nodes go back to pending (nothing half-kept)."""
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        for node in record.nodes.values():
+            if node.state is NodeState.RUNNING:
+                node.state = NodeState.PENDING
 
     async def _run_graph(
         self, record: EpisodeRecord, plan: EpisodePlan, running: dict[str, asyncio.Task[None]]

@@ -214,7 +214,8 @@ class RateLimiter:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                future.result().release(used_tokens=0)  # granted as we were cancelled: give back
+                # Granted just as we were cancelled: nothing was sent, so give it all back.
+                future.result().release(used_tokens=0, counted=False)
             else:
                 self._forget(waiter)
             raise

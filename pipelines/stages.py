@@ -69,23 +69,19 @@ class StageCall(Generic[M]):
 
 
 @cache
+def _exactly(base: type[M], field: str, item: type[BaseModel], count: int) -> type[M]:
+    """``base`` with its list ``field`` held to exactly ``count`` items, so the schema the
+    model is given says how many (and the answer is checked for it)."""
+    fields: dict[str, Any] = {field: (list[item], Field(min_length=count, max_length=count))}
+    return create_model(base.__name__, __base__=base, **fields)
+
+
 def outline_schema(scenes: int) -> type[OutlineDraft]:
-    """The outline model with exactly ``scenes`` scenes, so the schema itself says how many."""
-    return create_model(
-        "OutlineDraft",
-        __base__=OutlineDraft,
-        scenes=(list[SceneOutline], Field(min_length=scenes, max_length=scenes)),
-    )
+    return _exactly(OutlineDraft, "scenes", SceneOutline, scenes)
 
 
-@cache
 def dialogue_schema(lines: int) -> type[SceneDialogue]:
-    """The dialogue model with exactly ``lines`` lines."""
-    return create_model(
-        "SceneDialogue",
-        __base__=SceneDialogue,
-        lines=(list[DialogueLine], Field(min_length=lines, max_length=lines)),
-    )
+    return _exactly(SceneDialogue, "lines", DialogueLine, lines)
 
 
 def _premise_block(request: EpisodeRequest) -> str:

@@ -208,3 +208,27 @@ async def test_report_explains_the_speedup(local_server: Start, tmp_path: Path) 
         n.calls for r in records for n in r.nodes.values()
     )
     assert {e["status"] for e in report["episodes"]} == {"completed"}
+
+
+async def test_a_bug_fails_its_episode_not_the_coordinator(
+    local_server: Start, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.02)
+
+    class Broken:
+        def __init__(self, gateway: ProviderGateway) -> None:
+            self.gateway = gateway
+
+        async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+            if kwargs["episode_id"] == "buggy":
+                return object()  # not a ChatResult: the coordinator's own code will trip
+            return await self.gateway.chat(messages, **kwargs)
+
+    coordinator, _ = make(server, tmp_path, wrap=Broken)
+    await coordinator.submit(EpisodeRequest(premise="p", scenes=2), episode_id="buggy")
+    await coordinator.submit(EpisodeRequest(premise="q", scenes=2), episode_id="fine")
+    buggy, fine = await coordinator.wait(["buggy", "fine"])
+    assert buggy["status"] == "failed" and "internal error" in buggy["error"]
+    assert fine["status"] == "completed"
+    record = await coordinator.episode("buggy")
+    assert all(n.state is not NodeState.RUNNING for n in record.nodes.values())
