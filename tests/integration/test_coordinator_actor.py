@@ -53,3 +53,35 @@ async def test_events_stream_and_cancel_through_ray(
     assert tail[-1].kind == "cancelled"
     for actor in (run.coordinator, provider):
         ray.kill(actor)
+
+
+def _ray_worker_processes() -> int:
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            count += title.startswith(b"ray::")
+    return count
+
+
+async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
+    local_server: Callable[..., LocalServer], tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=2.0, llm_jitter=0.0)  # every call takes 1.6 s
+    llm = LLMSettings(model="m", rpm=None, tpm=None, max_inflight=2000)
+    settings = Settings(llm=llm, max_parallel_episodes=50, max_parallel_scenes=20)
+    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-thousand")
+    await run.coordinator.list_episodes.remote()
+    workers_before = _ray_worker_processes()
+    requests = [EpisodeRequest(premise=f"Story {i}", scenes=20, lines_per_scene=1,
+                               continuity="none") for i in range(50)]
+    ids = await run.coordinator.submit_many.remote(requests)
+    summaries = await run.coordinator.wait.remote(ids)
+    assert {s["status"] for s in summaries} == {"completed"}
+    assert server.stats()["chat"]["max_inflight"] >= 1000
+    assert _ray_worker_processes() <= workers_before + 2
+    for actor in (run.coordinator, *run.providers.values()):
+        ray.kill(actor)
