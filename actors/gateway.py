@@ -98,14 +98,40 @@ def deployment_label(base_url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
-def estimate_tokens(messages: list[dict[str, Any]], max_output: int) -> int:
-    """An upper estimate of a chat call's tokens: ~3 characters a token, plus the output cap.
+class TokenEstimator:
+    """Estimates a chat call's tokens before it is sent, and learns from what usage reports.
 
-    Over-estimating is safe (the permit is settled with the real usage); under-estimating lets a
-    burst past the server's token bucket.
+    It starts conservative — about three characters a prompt token, plus the whole ``max_tokens``
+    — so the first calls cannot burst past a token limit. Then it moves toward the provider's
+    own counts (a running average, with a 25% margin, never above the conservative figure): the
+    cap on output is usually far above what a model writes, and charging it in full would leave
+    most of a token limit unused. A provider that charges ``max_tokens`` up front (as OpenAI
+    does) shows it in ``x-ratelimit-remaining-tokens``, which tightens the limiter regardless.
     """
-    chars = sum(len(str(m.get("content", ""))) for m in messages)
-    return math.ceil(chars / 3) + 4 * len(messages) + max_output
+
+    MARGIN = 1.25
+    WEIGHT = 0.1  # of each new observation in the running average
+
+    def __init__(self) -> None:
+        self.prompt_ratio = 1.0  # real prompt tokens / (characters / 3)
+        self.output_ratio = 1.0  # real completion tokens / max_tokens
+
+    @staticmethod
+    def _rough_prompt(messages: list[dict[str, Any]]) -> float:
+        chars = sum(len(str(m.get("content", ""))) for m in messages)
+        return chars / 3 + 4 * len(messages)
+
+    def estimate(self, messages: list[dict[str, Any]], max_output: int) -> int:
+        prompt = self._rough_prompt(messages) * min(1.0, self.prompt_ratio * self.MARGIN)
+        output = max_output * min(1.0, self.output_ratio * self.MARGIN)
+        return math.ceil(prompt + output)
+
+    def learn(self, messages: list[dict[str, Any]], max_output: int, usage: Usage) -> None:
+        rough = self._rough_prompt(messages)
+        if rough > 0 and usage.tokens_in > 0:
+            self.prompt_ratio += self.WEIGHT * (usage.tokens_in / rough - self.prompt_ratio)
+        if max_output > 0 and usage.tokens_out > 0:
+            self.output_ratio += self.WEIGHT * (usage.tokens_out / max_output - self.output_ratio)
 
 
 def cost_usd(prices: Prices, usage: Usage, kind: str) -> float:
@@ -182,6 +208,7 @@ class ProviderGateway:
         self.settings = settings
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
         self.stats = ProviderStats()
+        self.estimator = TokenEstimator()
         self._clock = clock or LoopClock()
         self._rng = rng or random.Random()
         deployments = settings.resolved_deployments()
@@ -215,7 +242,8 @@ class ProviderGateway:
         ):
             if value is not None:
                 params[name] = value
-        estimate = estimate_tokens(messages, max_tokens or DEFAULT_OUTPUT_TOKENS)
+        max_output = max_tokens or DEFAULT_OUTPUT_TOKENS
+        estimate = self.estimator.estimate(messages, max_output)
 
         async def attempt(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
             # The SDK's generic ``post`` (its documented route to any endpoint) rather than
@@ -228,6 +256,7 @@ class ProviderGateway:
             return Answer(completion, _chat_usage(completion), response.headers)
 
         answer, how = await self._call(episode_id, estimate, attempt)
+        self.estimator.learn(messages, max_output, answer.usage)
         choice = answer.value["choices"][0]
         return ChatResult(
             text=choice["message"].get("content") or "",

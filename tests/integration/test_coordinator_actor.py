@@ -70,7 +70,7 @@ def _ray_worker_processes() -> int:
 async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
     local_server: Callable[..., LocalServer], tmp_path: Path
 ) -> None:
-    server = local_server(latency_scale=2.0, llm_jitter=0.0)  # every call takes 1.6 s
+    server = local_server(latency_scale=5.0, llm_jitter=0.0)  # every call takes 4 s
     llm = LLMSettings(model="m", rpm=None, tpm=None, max_inflight=2000)
     settings = Settings(llm=llm, max_parallel_episodes=50, max_parallel_scenes=20)
     run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-thousand")
