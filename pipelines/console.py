@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +33,13 @@ def run_and_show(
         run = launcher.start_run(settings, output_dir, local_url)
         ids = launcher.submit(run, requests)
         interrupted = False
-        with Progress(
-            TextColumn("{task.description}", justify="left"),
-            BarColumn(),
-            TextColumn("{task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        ) as progress:
-            bars = {i: progress.add_task(i, total=100, status="queued") for i in ids}
-
-            def show(summaries: list[dict[str, Any]]) -> None:
-                for s in summaries:
-                    title = (s["title"] or s["id"])[:40]
-                    progress.update(bars[s["id"]], completed=s["percent"],
-                                    description=f"{s['id']} {title}", status=s["status"])
-
+        with _progress_view(console, ids) as show:
             try:
                 launcher.follow(run, ids, show)
             except KeyboardInterrupt:
                 interrupted = True
-                console.print("[yellow]interrupted: cancelled the episodes; writing the report "
-                              "for what finished[/]")
+                console.print("interrupted: cancelled the episodes; writing the report for what "
+                              "finished")
         report = launcher.collect_report(run, ids)
     launcher.write_report(report, output_dir, report_file)
     _closing_table(console, report, output_dir)
@@ -61,6 +47,42 @@ def run_and_show(
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if all(e["status"] == "completed" for e in report["episodes"]) else EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _progress_view(console: Console, ids: list[str]) -> Iterator[Callable[[list[dict]], None]]:
+    """Live bars on a terminal; elsewhere (a log, a Ray job) a line per change of status and
+    per quarter done, so the output stays readable."""
+    if not console.is_terminal:
+        shown: dict[str, tuple[str, int]] = {}
+
+        def log_lines(summaries: list[dict[str, Any]]) -> None:
+            for s in summaries:
+                state = (s["status"], int(s["percent"] // 25))
+                if shown.get(s["id"]) != state:
+                    shown[s["id"]] = state
+                    console.print(f"{s['id']} {s['status']} {s['percent']:.0f}% "
+                                  f"{s['title'] or ''}".rstrip())
+
+        yield log_lines
+        return
+    with Progress(
+        TextColumn("{task.description}", justify="left"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bars = {i: progress.add_task(i, total=100, status="queued") for i in ids}
+
+        def update_bars(summaries: list[dict[str, Any]]) -> None:
+            for s in summaries:
+                title = (s["title"] or s["id"])[:40]
+                progress.update(bars[s["id"]], completed=s["percent"],
+                                description=f"{s['id']} {title}", status=s["status"])
+
+        yield update_bars
 
 
 def _closing_table(console: Console, report: dict[str, Any], output_dir: Path) -> None:

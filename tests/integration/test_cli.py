@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,25 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
         folder = Path(e["output_dir"])
         assert (folder / "script.json").is_file() and (folder / "script.md").is_file()
     assert "speedup" in result.stderr
+
+
+def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "run", "--premise", "A slow heist", "--scenes", "8",
+         "--output", str(tmp_path / "out"), "--latency-scale", "3"],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT)},
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not any("running" in line for line in seen):  # the progress bar shows it started
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    [episode] = report["episodes"]
+    assert episode["status"] == "cancelled" and episode["scenes_completed"] < 8
