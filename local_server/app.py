@@ -9,6 +9,7 @@ every 200 and 429 of a limited endpoint carries the ``x-ratelimit-*`` headers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import math
@@ -21,9 +22,16 @@ from aiohttp import web
 
 from local_server.buckets import EndpointLimits
 from local_server.config import ServerConfig
+from local_server.images import DEFAULT_SIZE, SIZES, scene_card
+from local_server.speech import VOICES, Speaker
 from local_server.textgen import answer, count_tokens, prompt_text
+from local_server.videos import SECONDS as VIDEO_SECONDS
+from local_server.videos import SIZES as VIDEO_SIZES
+from local_server.videos import Job, VideoJobs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# An endpoint's own work: the body (JSON-ready, or a ready response for bytes) and its tokens.
+Work = Callable[[Any, "EndpointStats", str], Awaitable[tuple[Any, int]]]
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
@@ -172,16 +180,76 @@ def _chat_body(raw: Any) -> dict[str, Any]:
     return raw
 
 
+def _speech_body(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ClientError(400, "The request body must be a JSON object.")
+    if not isinstance(raw.get("model"), str) or not raw["model"]:
+        raise ClientError(400, "You must provide a model parameter.", param="model")
+    text = raw.get("input")
+    if not isinstance(text, str) or not text.strip() or len(text) > 4096:
+        raise ClientError(400, "'input' must be text of 1 to 4096 characters.", param="input")
+    if raw.get("voice") is not None and raw["voice"] not in VOICES:
+        raise ClientError(400, f"Unknown voice {raw['voice']!r}; use one of "
+                          f"{', '.join(sorted(VOICES))}.", param="voice")
+    if raw.get("response_format", "wav") not in ("wav", "pcm"):
+        raise ClientError(400, "The local server speaks 'wav' or 'pcm' only.",
+                          param="response_format")
+    speed = raw.get("speed", 1.0)
+    if not isinstance(speed, (int, float)) or isinstance(speed, bool) or not 0.25 <= speed <= 4:
+        raise ClientError(400, "'speed' must be from 0.25 to 4.", param="speed")
+    return raw
+
+
+def _image_body(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ClientError(400, "The request body must be a JSON object.")
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 32_000:
+        raise ClientError(400, "'prompt' must be text of 1 to 32,000 characters.",
+                          param="prompt")
+    if raw.get("n", 1) != 1:
+        raise ClientError(400, "The local server makes one image per request.", param="n")
+    size = raw.get("size", DEFAULT_SIZE)
+    if size == "auto":
+        raw = {**raw, "size": DEFAULT_SIZE}
+    elif size not in SIZES:
+        raise ClientError(400, f"Unsupported size {size!r}; use one of {', '.join(SIZES)}.",
+                          param="size")
+    if raw.get("response_format", "b64_json") != "b64_json":
+        raise ClientError(400, "The local server returns images as b64_json only.",
+                          param="response_format")
+    return raw
+
+
+def _video_fields(raw: Any) -> dict[str, Any]:
+    """The form fields of a video job; ``image`` holds the reference upload's bytes, if any."""
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 32_000:
+        raise ClientError(400, "'prompt' must be text of 1 to 32,000 characters.",
+                          param="prompt")
+    seconds = str(raw.get("seconds", "4"))
+    if seconds not in VIDEO_SECONDS:
+        raise ClientError(400, f"'seconds' must be one of {', '.join(VIDEO_SECONDS)}.",
+                          param="seconds")
+    size = str(raw.get("size", "1280x720"))
+    if size not in VIDEO_SIZES:
+        raise ClientError(400, f"'size' must be one of {', '.join(VIDEO_SIZES)}.",
+                          param="size")
+    reference = raw.get("input_reference")
+    image = reference.file.read() if hasattr(reference, "file") else None
+    return {"prompt": prompt, "seconds": seconds, "size": size, "image": image,
+            "model": str(raw.get("model", "sora-2"))}
+
+
 def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
               ) -> web.Application:
     server = LocalServer(config, clock)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app["server"] = server
 
-    def model_endpoint(endpoint: str, work: Callable[[dict[str, Any], EndpointStats, str],
-                                                     Awaitable[tuple[dict[str, Any], int]]]
-                       ) -> Handler:
-        """Wrap an endpoint's work in the checks every model endpoint shares."""
+    def model_endpoint(endpoint: str, work: Work, form: bool = False) -> Handler:
+        """Wrap an endpoint's work in the checks every model endpoint shares. ``form``: the
+        body is multipart form data (uploads), not JSON."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
             stats = server.stats[endpoint]
@@ -191,10 +259,11 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
             try:
                 server.check_auth(request, stats)
                 try:
-                    raw = await request.json()
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raw = await (request.post() if form else request.json())
+                except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
                     stats.bad_request += 1
-                    raise ClientError(400, "The request body is not valid JSON.") from None
+                    raise ClientError(400, "The request body is not valid "
+                                      f"{'form data' if form else 'JSON'}.") from None
                 try:
                     body, tokens = await work(raw, stats, request_id)
                 except ClientError as err:
@@ -207,7 +276,11 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
                     return broken
                 await asyncio.sleep(server.latency(endpoint))
                 stats.accepted += 1
-                return web.json_response(body, headers={**headers, "x-request-id": request_id})
+                headers["x-request-id"] = request_id
+                if isinstance(body, web.Response):
+                    body.headers.update(headers)
+                    return body
+                return web.json_response(body, headers=headers)
             except ClientError as err:
                 return _error_response(err, request_id)
             finally:
@@ -243,6 +316,78 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
             },
         }, prompt_tokens + completion_tokens
 
+    speaker: list[Speaker] = []  # started on first use: eSpeak takes a moment to load
+
+    async def speech(raw: Any, stats: EndpointStats, request_id: str
+                     ) -> tuple[web.Response, int]:
+        body = _speech_body(raw)
+        if not speaker:
+            speaker.append(await asyncio.to_thread(Speaker))
+        voice, speed, text = body.get("voice", "alloy"), body.get("speed", 1.0), body["input"]
+        if body.get("response_format", "wav") == "pcm":
+            audio = await asyncio.to_thread(speaker[0].pcm, text, voice, speed)
+            kind = "audio/pcm"
+        else:
+            audio = await asyncio.to_thread(speaker[0].wav, text, voice, speed)
+            kind = "audio/wav"
+        return web.Response(body=audio, content_type=kind), 0
+
+    async def image(raw: Any, stats: EndpointStats, request_id: str
+                    ) -> tuple[dict[str, Any], int]:
+        body = _image_body(raw)
+        png = await asyncio.to_thread(scene_card, body["prompt"], body.get("size", DEFAULT_SIZE))
+        return {
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
+                      "revised_prompt": body["prompt"]}],
+        }, 0
+
+    jobs = VideoJobs(random.Random(config.seed + 1), config.video_fail_rate)
+
+    async def create_video(raw: Any, stats: EndpointStats, request_id: str
+                           ) -> tuple[dict[str, Any], int]:
+        fields = _video_fields(raw)
+        if jobs.running >= config.video_max_jobs:
+            raise ClientError(429, f"{config.video_max_jobs} video jobs are already in "
+                              "progress; try again when one finishes.", code="too_many_jobs",
+                              kind="requests", headers={"retry-after": "1",
+                                                        "retry-after-ms": "1000"})
+        duration = max(0.0, config.video_job_s + server.random.uniform(
+            -config.video_job_jitter_s, config.video_job_jitter_s)) * config.latency_scale
+        job = jobs.create(fields["model"], fields["prompt"], fields["seconds"], fields["size"],
+                          fields["image"], duration)
+        return job.view(), 0
+
+    def _job(request: web.Request) -> Job:
+        server.check_auth(request, server.stats["video"])
+        job = jobs.jobs.get(request.match_info["video_id"])
+        if job is None:
+            raise ClientError(404, "No video job with that id.", code="not_found")
+        return job
+
+    async def retrieve_video(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(_job(request).view(),
+                                     headers={"x-request-id": server.request_id()})
+        except ClientError as err:
+            return _error_response(err, server.request_id())
+
+    async def video_content(request: web.Request) -> web.StreamResponse:
+        try:
+            job = _job(request)
+            if job.status != "completed" or job.path is None:
+                raise ClientError(409, f"The video is {job.status}, not completed.",
+                                  code="video_not_ready")
+            return web.FileResponse(job.path, headers={"Content-Type": "video/mp4",
+                                                       "x-request-id": server.request_id()})
+        except ClientError as err:
+            return _error_response(err, server.request_id())
+
+    async def close_jobs(app: web.Application) -> None:
+        await jobs.close()
+
+    app.on_cleanup.append(close_jobs)
+
     async def models(request: web.Request) -> web.Response:
         data = [{"id": f"local-{name}", "object": "model", "created": 0, "owned_by": "showrunner"}
                 for name in config.endpoints]
@@ -257,6 +402,11 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
         return web.json_response({name: s.snapshot() for name, s in server.stats.items()})
 
     app.router.add_post("/v1/chat/completions", model_endpoint("chat", chat))
+    app.router.add_post("/v1/audio/speech", model_endpoint("speech", speech))
+    app.router.add_post("/v1/images/generations", model_endpoint("image", image))
+    app.router.add_post("/v1/videos", model_endpoint("video", create_video, form=True))
+    app.router.add_get("/v1/videos/{video_id}", retrieve_video)
+    app.router.add_get("/v1/videos/{video_id}/content", video_content)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/stats", stats)
     app.router.add_delete("/stats", stats)

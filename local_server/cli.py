@@ -14,6 +14,8 @@ from local_server.app import build_app
 from local_server.config import EndpointConfig, ServerConfig, default_endpoints
 
 HOST = "127.0.0.1"  # loopback only: this server has no authentication worth the name
+# Endpoint name -> the provider kind its flags are named after (--llm-rpm, --tts-rpm, ...).
+FLAG_PREFIX = {"chat": "llm", "speech": "tts", "image": "image", "video": "video"}
 
 
 def _fraction(text: str) -> float:
@@ -49,12 +51,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="fixes answers, latencies, faults")
     parser.add_argument("--latency-scale", type=_non_negative, default=1.0,
                         help="multiplies every latency (0: answer at once)")
-    parser.add_argument("--llm-latency", type=_non_negative, default=None, metavar="S",
-                        help="mean chat latency in seconds before scaling (default 0.8)")
-    parser.add_argument("--llm-jitter", type=_non_negative, default=None, metavar="S",
-                        help="chat latency varies uniformly by +/- this (default 0.3)")
-    parser.add_argument("--llm-rpm", type=_positive, default=None, help="chat requests/minute")
-    parser.add_argument("--llm-tpm", type=_positive, default=None, help="chat tokens/minute")
+    for endpoint, flag in FLAG_PREFIX.items():
+        default = default_endpoints()[endpoint]
+        parser.add_argument(f"--{flag}-latency", type=_non_negative, default=None, metavar="S",
+                            help=f"mean {endpoint} latency, seconds before scaling "
+                                 f"(default {default.latency_s:g})")
+        parser.add_argument(f"--{flag}-jitter", type=_non_negative, default=None, metavar="S",
+                            help=f"{endpoint} latency varies uniformly by +/- this "
+                                 f"(default {default.jitter_s:g})")
+        parser.add_argument(f"--{flag}-rpm", type=_positive, default=None,
+                            help=f"{endpoint} requests per minute (default: no limit)")
+    parser.add_argument("--llm-tpm", type=_positive, default=None,
+                        help="chat tokens per minute (default: no limit)")
+    parser.add_argument("--video-job-s", type=_non_negative, default=60.0, metavar="S",
+                        help="how long a clip job takes, seconds before scaling (default 60)")
+    parser.add_argument("--video-max-jobs", type=int, default=10, metavar="N",
+                        help="clip jobs in progress at once; more is a 429 (default 10)")
+    parser.add_argument("--video-fail-rate", type=_fraction, default=0.0,
+                        help="share of clip jobs that end failed")
     parser.add_argument("--burst-s", type=_positive, default=1.0,
                         help="bucket capacity in seconds of quota (OpenAI: about 1)")
     parser.add_argument("--fault-rate", type=_fraction, default=0.0, help="share of 5xx answers")
@@ -70,19 +84,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    endpoints = default_endpoints()
-    chat = endpoints["chat"]
-    endpoints["chat"] = EndpointConfig(
-        latency_s=chat.latency_s if args.llm_latency is None else args.llm_latency,
-        jitter_s=chat.jitter_s if args.llm_jitter is None else args.llm_jitter,
-        rpm=args.llm_rpm,
-        tpm=args.llm_tpm,
-    )
+    endpoints = {}
+    for endpoint, default in default_endpoints().items():
+        flag = FLAG_PREFIX[endpoint].replace("-", "_")
+        latency = getattr(args, f"{flag}_latency")
+        jitter = getattr(args, f"{flag}_jitter")
+        endpoints[endpoint] = EndpointConfig(
+            latency_s=default.latency_s if latency is None else latency,
+            jitter_s=default.jitter_s if jitter is None else jitter,
+            rpm=getattr(args, f"{flag}_rpm"),
+            tpm=args.llm_tpm if endpoint == "chat" else None,
+        )
     return ServerConfig(
         seed=args.seed, latency_scale=args.latency_scale, burst_s=args.burst_s,
         fault_rate=args.fault_rate, hang_rate=args.hang_rate, hang_s=args.hang_s,
         malformed_rate=args.malformed_rate, quota_exhausted=args.quota_exhausted,
         require_key=args.require_key, endpoints=endpoints,
+        video_job_s=args.video_job_s, video_max_jobs=args.video_max_jobs,
+        video_fail_rate=args.video_fail_rate,
     )
 
 

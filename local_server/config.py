@@ -16,7 +16,13 @@ class EndpointConfig:
 
 
 def default_endpoints() -> dict[str, EndpointConfig]:
-    return {"chat": EndpointConfig(latency_s=0.8, jitter_s=0.3)}
+    """Latencies like a real provider's, before ``latency_scale``."""
+    return {
+        "chat": EndpointConfig(latency_s=0.8, jitter_s=0.3),
+        "speech": EndpointConfig(latency_s=1.5, jitter_s=0.5),
+        "image": EndpointConfig(latency_s=6.0, jitter_s=2.0),
+        "video": EndpointConfig(latency_s=0.5, jitter_s=0.2),  # the create call itself
+    }
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,10 @@ class ServerConfig:
     hang_s: float = 600.0
     quota_exhausted: bool = False
     require_key: str | None = None
+    video_job_s: float = 60.0  # how long a clip job takes, before latency_scale
+    video_job_jitter_s: float = 15.0
+    video_max_jobs: int = 10  # jobs in progress at once; more is a 429
+    video_fail_rate: float = 0.0  # share of jobs that end "failed"
     endpoints: dict[str, EndpointConfig] = field(default_factory=default_endpoints)
 
     def endpoint(self, name: str) -> EndpointConfig:

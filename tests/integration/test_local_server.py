@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import openai
 import pytest
@@ -112,3 +113,94 @@ def test_the_child_process_is_gone_after_exit() -> None:
 def test_bad_flags_fail_to_start_with_the_reason() -> None:
     with pytest.raises(LocalServerError, match="fault-rate"), LocalServer(fault_rate=2):
         pass
+
+
+async def test_speech_is_real_audio_and_voices_differ(local_server: Start) -> None:
+    import io
+    import wave
+
+    sdk = client(local_server(tts_rpm=600))
+    spoken = {}
+    for voice in ("onyx", "shimmer"):
+        audio = await sdk.audio.speech.create(model="tts", voice=voice, response_format="wav",
+                                              input="The lamp is still broken, Ben.")
+        data = audio.content
+        with wave.open(io.BytesIO(data)) as file:
+            assert (file.getnchannels(), file.getsampwidth()) == (1, 2)
+            seconds = file.getnframes() / file.getframerate()
+        assert 1.0 < seconds < 6.0  # a short sentence, spoken
+        spoken[voice] = data
+    assert spoken["onyx"] != spoken["shimmer"]
+    with pytest.raises(openai.BadRequestError, match="wav"):
+        await sdk.audio.speech.create(model="tts", voice="alloy", input="x",
+                                      response_format="mp3")
+
+
+async def test_images_are_pngs_of_the_asked_size(local_server: Start) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    result = await client(local_server()).images.generate(
+        model="img", prompt="The Lighthouse. Ada and Ben on the gallery.", size="1024x1024")
+    png = base64.b64decode(result.data[0].b64_json)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (1024, 1024)
+        assert len(image.getcolors(maxcolors=100_000) or []) > 10  # a picture, not a flat fill
+
+
+def _probe(path: str) -> str:
+    """What ffmpeg says about a media file (its stream and duration lines)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    run = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", path],
+                         capture_output=True, text=True)
+    return run.stderr
+
+
+async def test_video_jobs_progress_complete_and_download(local_server: Start,
+                                                         tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    server = local_server(latency_scale=0.03)  # a 60 s job takes about 2 s
+    sdk = client(server)
+    job = await sdk.videos.create(prompt="A ferry in fog. The horn sounds.", seconds="4",
+                                  size="1280x720")
+    assert job.status == "queued" and job.progress == 0
+    seen = {job.status}
+    deadline = time.monotonic() + 30
+    while job.status not in ("completed", "failed"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+        job = await sdk.videos.retrieve(job.id)
+        seen.add(job.status)
+    assert job.status == "completed" and "in_progress" in seen and job.progress == 100
+    content = await sdk.videos.download_content(job.id)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(content.content)
+    info = _probe(str(clip))
+    assert "Video: h264" in info and "1280x720" in info and "Duration: 00:00:04" in info
+
+
+async def test_video_jobs_fail_on_cue_and_refuse_early_downloads(local_server: Start) -> None:
+    import asyncio
+    import time
+
+    sdk = client(local_server(latency_scale=0.03, video_fail_rate=1.0))
+    job = await sdk.videos.create(prompt="x", seconds="4")
+    with pytest.raises(openai.ConflictError):  # not ready yet
+        await sdk.videos.download_content(job.id)
+    deadline = time.monotonic() + 30
+    while job.status != "failed":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+        job = await sdk.videos.retrieve(job.id)
+    assert job.error is not None and job.error.code == "video_generation_failed"
+    with pytest.raises(openai.NotFoundError):
+        await sdk.videos.retrieve("video_nope")
+    with pytest.raises(openai.BadRequestError, match="seconds"):
+        await sdk.videos.create(prompt="x", seconds="5")  # type: ignore[arg-type]

@@ -1,0 +1,131 @@
+"""Offline video jobs: ``queued`` → ``in_progress`` (with progress) → ``completed`` or ``failed``,
+each clip a slow pan across the reference image (or a scene card of the prompt), rendered by the
+ffmpeg that the ``imageio-ffmpeg`` wheel ships.
+
+Jobs run as tasks of the server's event loop; the ffmpeg child of a job that is cancelled or
+whose server stops is killed, so no process outlives its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+
+from local_server.images import scene_card
+
+SECONDS = ("4", "8", "12")
+SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
+FPS = 24
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    prompt: str
+    seconds: str
+    size: str
+    created_at: int
+    status: str = "queued"
+    progress: int = 0
+    completed_at: int | None = None
+    error: dict[str, str] | None = None
+    path: Path | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "video", "model": self.model, "status": self.status,
+            "progress": self.progress, "created_at": self.created_at,
+            "completed_at": self.completed_at, "expires_at": None, "prompt": self.prompt,
+            "seconds": self.seconds, "size": self.size, "error": self.error,
+            "remixed_from_video_id": None,
+        }
+
+
+class VideoJobs:
+    """The jobs of one server, their files in one temporary folder."""
+
+    def __init__(self, rng: random.Random, fail_rate: float) -> None:
+        self.jobs: dict[str, Job] = {}
+        self._ids = itertools.count(1)
+        self._rng = rng
+        self._fail_rate = fail_rate
+        self._folder = tempfile.TemporaryDirectory(prefix="showrunner-videos-")
+
+    @property
+    def running(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.status in ("queued", "in_progress"))
+
+    def create(self, model: str, prompt: str, seconds: str, size: str, image: bytes | None,
+               duration_s: float) -> Job:
+        job = Job(f"video_{next(self._ids):08x}", model, prompt, seconds, size, int(time.time()))
+        self.jobs[job.id] = job
+        job.task = asyncio.create_task(self._run(job, image, duration_s))
+        return job
+
+    async def _run(self, job: Job, image: bytes | None, duration_s: float) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(duration_s * 0.1)  # queued for a while, as real jobs are
+            job.status = "in_progress"
+            if self._rng.random() < self._fail_rate:
+                await asyncio.sleep(duration_s * 0.3)
+                job.status, job.error = "failed", {
+                    "code": "video_generation_failed",
+                    "message": "The local server failed this clip on purpose (--fault-rate).",
+                }
+                return
+            job.path = await self._render(job, image)
+            # Report progress until the simulated generation time has passed.
+            while (elapsed := time.monotonic() - started) < duration_s:
+                job.progress = min(99, int(100 * elapsed / max(duration_s, 1e-9)))
+                await asyncio.sleep(min(0.25, duration_s - elapsed))
+            job.status, job.progress, job.completed_at = "completed", 100, int(time.time())
+        except asyncio.CancelledError:
+            job.status, job.error = "failed", {"code": "cancelled", "message": "Server stopped."}
+            raise
+        except (OSError, RuntimeError) as err:
+            job.status, job.error = "failed", {"code": "render_failed", "message": str(err)[:300]}
+
+    async def _render(self, job: Job, image: bytes | None) -> Path:
+        width, height = (int(v) for v in job.size.split("x"))
+        folder = Path(self._folder.name)
+        source = folder / f"{job.id}.png"
+        source.write_bytes(image or await asyncio.to_thread(scene_card, job.prompt))
+        target = folder / f"{job.id}.mp4"
+        seconds = int(job.seconds)
+        # Fill the frame 20% larger than the clip, then pan across it over the clip's length.
+        vf = (f"scale={int(width * 1.2)}:{int(height * 1.2)}:force_original_aspect_ratio="
+              f"increase,crop={width}:{height}:x='(in_w-out_w)*t/{seconds}':"
+              f"y='(in_h-out_h)/2',format=yuv420p")
+        process = await asyncio.create_subprocess_exec(
+            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+            "-loop", "1", "-i", str(source), "-vf", vf, "-t", str(seconds), "-r", str(FPS),
+            "-c:v", "libx264", "-preset", "ultrafast", "-movflags", "+faststart", str(target),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await process.communicate()
+        except asyncio.CancelledError:
+            process.kill()
+            await process.wait()
+            raise
+        if process.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed: {stderr.decode(errors='replace')[-300:]}")
+        return target
+
+    async def close(self) -> None:
+        tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._folder.cleanup()
