@@ -5,7 +5,8 @@
     │   ├── RateLimited           429: wait out the shared pause, then retry
     │   ├── ProviderTimeout       no answer within the request timeout
     │   ├── ProviderUnavailable   connection refused or reset, 408, 409, 5xx
-    │   └── MalformedResponse     a 2xx whose body could not be read
+    │   ├── MalformedResponse     a 2xx whose body could not be read
+    │   └── GenerationFailed      an asynchronous job (a clip) ended "failed"
     └── FatalError                retrying cannot help: fail fast and say what to do
         ├── QuotaExhausted        429 with code insufficient_quota: the account has no credit
         ├── AuthFailed            401, 403: the key is wrong or lacks access
@@ -79,6 +80,10 @@ class ProviderUnavailable(RetryableError):
 
 class MalformedResponse(RetryableError):
     """A successful status whose body could not be parsed."""
+
+
+class GenerationFailed(RetryableError):
+    """An asynchronous generation job reported failure; a new job may succeed."""
 
 
 class FatalError(ProviderError):

@@ -15,22 +15,32 @@ on every node. Each call:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
 import openai
 
-from actors.errors import MalformedResponse, ProviderError, RateLimited, provider_errors
+from actors.errors import (
+    GenerationFailed,
+    MalformedResponse,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    provider_errors,
+)
 from actors.limiter import Clock, Limits, LoopClock, Permit, RateLimiter
 from actors.retry import RateLimitHeaders, RetryPolicy, backoff_s, pause_for, should_retry
 from actors.stats import ProviderStats
+from pipelines.screenplay import write_atomic
 from pipelines.settings import DeploymentSettings, Prices, ProviderSettings
 
 T = TypeVar("T")
@@ -73,6 +83,28 @@ class Attempts:
     latency_s: float
     wait_s: float
     cost_usd: float
+
+
+@dataclass(frozen=True)
+class MediaResult:
+    """A generated file, written to ``path``: the bytes stay on disk, not in actor messages."""
+
+    path: str
+    size_bytes: int
+    units: float  # speech characters, images, or video seconds
+    request_id: str | None
+    deployment: str
+    attempts: int
+    rate_limited: int
+    latency_s: float
+    wait_s: float
+    cost_usd: float
+
+    @classmethod
+    def of(cls, path: Path, data: bytes, answer: Answer[Any], how: Attempts) -> MediaResult:
+        return cls(str(path), len(data), answer.usage.units, answer.headers.get("x-request-id"),
+                   how.deployment, how.attempts, how.rate_limited, how.latency_s, how.wait_s,
+                   how.cost_usd)
 
 
 @dataclass(frozen=True)
@@ -271,6 +303,109 @@ class ProviderGateway:
             wait_s=how.wait_s,
             cost_usd=how.cost_usd,
         )
+
+    async def speech(
+        self, text: str, *, voice: str, out_path: str, episode_id: str = "",
+        response_format: str = "wav",
+    ) -> MediaResult:
+        """Speak ``text`` into the file ``out_path``."""
+        params = {"model": self.settings.model, "input": text, "voice": voice,
+                  "response_format": response_format}
+
+        async def attempt(client: openai.AsyncOpenAI) -> Answer[bytes]:
+            raw = await client.audio.speech.with_raw_response.create(**params)
+            return Answer(raw.content, Usage(units=len(text)), raw.headers)
+
+        answer, how = await self._call(episode_id, 0, attempt)
+        path = Path(out_path)
+        write_atomic(path, answer.value)
+        return MediaResult.of(path, answer.value, answer, how)
+
+    async def image(
+        self, prompt: str, *, out_path: str, size: str = "1536x1024", episode_id: str = ""
+    ) -> MediaResult:
+        """Draw ``prompt`` into the PNG file ``out_path``."""
+        params = {"model": self.settings.model, "prompt": prompt, "size": size, "n": 1}
+
+        async def attempt(client: openai.AsyncOpenAI) -> Answer[bytes]:
+            raw = await client.images.with_raw_response.generate(**params)
+            try:
+                png = base64.b64decode(json.loads(raw.content)["data"][0]["b64_json"])
+            except (ValueError, KeyError, IndexError, TypeError) as err:
+                raise MalformedResponse(
+                    "the answer holds no b64_json image (a provider that only returns URLs is "
+                    "not supported)", status=raw.status_code,
+                    request_id=raw.headers.get("x-request-id"),
+                ) from err
+            return Answer(png, Usage(units=1), raw.headers)
+
+        answer, how = await self._call(episode_id, 0, attempt)
+        path = Path(out_path)
+        write_atomic(path, answer.value)
+        return MediaResult.of(path, answer.value, answer, how)
+
+    async def clip(
+        self, prompt: str, *, out_path: str, image_path: str | None = None, seconds: str = "4",
+        size: str = "1280x720", episode_id: str = "",
+    ) -> MediaResult:
+        """A clip job: create, poll (each poll through the limiter, the interval growing), then
+        download into ``out_path``. A job that ends ``failed`` is started again while attempts
+        remain; one that outlives ``clip_timeout_s`` has failed."""
+        video = self.settings
+        for job_attempt in range(1, self.policy.max_attempts + 1):
+            try:
+                return await self._one_clip(prompt, out_path, image_path, seconds, size,
+                                            episode_id, video)
+            except GenerationFailed:
+                if job_attempt == self.policy.max_attempts:
+                    self.stats.failed += 1
+                    raise
+                self.stats.retries += 1
+        raise AssertionError("unreachable")
+
+    async def _one_clip(self, prompt: str, out_path: str, image_path: str | None,
+                        seconds: str, size: str, episode_id: str, video: Any) -> MediaResult:
+        reference = Path(image_path).read_bytes() if image_path else None
+        params: dict[str, Any] = {"model": video.model, "prompt": prompt, "seconds": seconds,
+                                  "size": size}
+        if reference is not None:
+            params["input_reference"] = ("reference.png", reference, "image/png")
+
+        async def create(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
+            raw = await client.videos.with_raw_response.create(**params)
+            return Answer(json.loads(raw.content), Usage(), raw.headers)
+
+        job, _ = await self._call(episode_id, 0, create)
+        job_id = job.value["id"]
+        deadline = time.monotonic() + getattr(video, "clip_timeout_s", 1200.0)
+        interval = getattr(video, "poll_initial_s", 2.0)
+        status = job.value
+        while status["status"] not in ("completed", "failed"):
+            if time.monotonic() > deadline:
+                raise ProviderTimeout(f"clip job {job_id} took longer than the clip timeout",
+                                      provider=self.kind)
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, getattr(video, "poll_max_s", 10.0))
+
+            async def poll(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
+                raw = await client.videos.with_raw_response.retrieve(job_id)
+                return Answer(json.loads(raw.content), Usage(), raw.headers)
+
+            status = (await self._call(episode_id, 0, poll))[0].value
+        if status["status"] == "failed":
+            error = status.get("error") or {}
+            self.stats.errors["GenerationFailed"] += 1
+            raise GenerationFailed(f"clip job {job_id} failed: {error.get('message', '?')}",
+                                   provider=self.kind)
+
+        async def download(client: openai.AsyncOpenAI) -> Answer[bytes]:
+            raw = await client.videos.with_raw_response.download_content(job_id)
+            return Answer(raw.content, Usage(units=float(seconds)), raw.headers)
+
+        answer, how = await self._call(episode_id, 0, download)
+        path = Path(out_path)
+        write_atomic(path, answer.value)
+        return MediaResult.of(path, answer.value, answer, how)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, plus each deployment's live state (labels only: no keys)."""

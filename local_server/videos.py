@@ -81,7 +81,7 @@ class VideoJobs:
                 await asyncio.sleep(duration_s * 0.3)
                 job.status, job.error = "failed", {
                     "code": "video_generation_failed",
-                    "message": "The local server failed this clip on purpose (--fault-rate).",
+                    "message": "The local server failed this clip on purpose (--video-fail-rate).",
                 }
                 return
             job.path = await self._render(job, image)

@@ -174,6 +174,15 @@ class VideoSettings(ProviderSettings):
     rpm: PositiveFloat | None = Field(10, description="Requests per minute the key allows.")
     max_inflight: PositiveInt = Field(10, description="Most requests in flight at once.")
     timeout_s: PositiveFloat = Field(120.0, description="Timeout of one HTTP request, seconds.")
+    poll_initial_s: PositiveFloat = Field(
+        2.0, le=600, description="First wait between polls of a clip job, seconds."
+    )
+    poll_max_s: PositiveFloat = Field(
+        10.0, le=600, description="Longest wait between polls of a clip job, seconds."
+    )
+    clip_timeout_s: PositiveFloat = Field(
+        1200.0, le=86_400, description="A clip job that takes longer than this has failed."
+    )
     default_prices: ClassVar[dict[str, float]] = {"per_video_second": 0.10}
 
 

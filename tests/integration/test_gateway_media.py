@@ -1,0 +1,94 @@
+"""Speech, images and clips through the same gateway, limiter and retries as text."""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.errors import GenerationFailed, ProviderUnavailable
+from actors.gateway import ProviderGateway
+from local_server.process import LocalServer
+from pipelines.settings import ImageSettings, TTSSettings, VideoSettings
+
+Start = Callable[..., LocalServer]
+Build = Callable[..., ProviderGateway]
+KINDS = {"tts": TTSSettings, "image": ImageSettings, "video": VideoSettings}
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Build]:
+    made: list[ProviderGateway] = []
+
+    def build(kind: str, base_url: str, **fields: Any) -> ProviderGateway:
+        settings = KINDS[kind](**{"rpm": None, "timeout_s": 10.0, **fields})
+        made.append(ProviderGateway(kind, settings, local_base_url=base_url))
+        return made[-1]
+
+    yield build
+    for g in made:
+        await g.close()
+
+
+async def test_speech_is_written_to_a_file_and_billed_per_character(
+    local_server: Start, gateway: Build, tmp_path: Path
+) -> None:
+    gw = gateway("tts", local_server().base_url)
+    text = "I kept the lantern lit for you."
+    result = await gw.speech(text, voice="nova", out_path=str(tmp_path / "a" / "line.wav"),
+                             episode_id="ep")
+    with wave.open(result.path) as file:
+        assert file.getnframes() / file.getframerate() > 0.5
+    assert result.units == len(text) and result.size_bytes == Path(result.path).stat().st_size
+    assert result.cost_usd == pytest.approx(len(text) * 15.0 / 1e6)
+    assert gw.snapshot()["units"] == len(text)
+
+
+async def test_images_are_written_as_png(local_server: Start, gateway: Build,
+                                         tmp_path: Path) -> None:
+    gw = gateway("image", local_server().base_url)
+    result = await gw.image("A lighthouse at dawn.", out_path=str(tmp_path / "scene.png"),
+                            size="1024x1024")
+    assert Path(result.path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.cost_usd == pytest.approx(0.04)
+
+
+async def test_speech_faults_are_retried_then_reported(local_server: Start, gateway: Build,
+                                                       tmp_path: Path) -> None:
+    server = local_server(fault_rate=1.0)
+    gw = gateway("tts", server.base_url, max_attempts=2)
+    with pytest.raises(ProviderUnavailable):
+        await gw.speech("x", voice="alloy", out_path=str(tmp_path / "x.wav"))
+    assert server.stats()["speech"]["faults"]["server_error"] == 2
+    assert not (tmp_path / "x.wav").exists()  # nothing half-written
+
+
+async def test_a_clip_is_polled_to_completion_from_the_scene_image(
+    local_server: Start, gateway: Build, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.03)
+    image = await gateway("image", server.base_url).image(
+        "The ferry.", out_path=str(tmp_path / "scene.png"), size="1024x1024")
+    gw = gateway("video", server.base_url, poll_initial_s=0.1, poll_max_s=0.3)
+    result = await gw.clip("The ferry leaves.", image_path=image.path, seconds="4",
+                           out_path=str(tmp_path / "clip.mp4"), episode_id="ep")
+    data = Path(result.path).read_bytes()
+    assert data[4:8] == b"ftyp" and result.units == 4
+    stats = gw.snapshot()
+    assert stats["calls"] >= 3  # create, at least one poll, download: each through the limiter
+    assert stats["cost_usd"] == pytest.approx(0.4)
+
+
+async def test_a_failed_clip_job_is_started_again_then_reported(
+    local_server: Start, gateway: Build, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.01, video_fail_rate=1.0)
+    gw = gateway("video", server.base_url, poll_initial_s=0.05, poll_max_s=0.1, max_attempts=2)
+    with pytest.raises(GenerationFailed, match="on purpose"):
+        await gw.clip("x", out_path=str(tmp_path / "clip.mp4"))
+    stats = gw.snapshot()
+    assert stats["errors"]["GenerationFailed"] == 2 and stats["retries"] >= 1
+    assert not (tmp_path / "clip.mp4").exists()
