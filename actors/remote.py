@@ -15,6 +15,7 @@ from ray.exceptions import RayTaskError
 
 from actors.coordinator import EpisodeCoordinator
 from actors.gateway import ChatResult, ProviderGateway
+from pipelines.composition import compose_scene, stitch
 from pipelines.settings import ProviderKind, ProviderSettings, Settings
 
 NAMESPACE = "showrunner"
@@ -97,3 +98,9 @@ def coordinator_actor(
             output_root=output_root,
         )
     )
+
+
+# CPU work: one CPU each, spread over the cluster's nodes by Ray. No retries: a composition that
+# fails says why, and a cancelled one kills its ffmpeg (see ``pipelines.composition``).
+compose_scene_task = ray.remote(num_cpus=1, max_retries=0)(compose_scene)
+stitch_task = ray.remote(num_cpus=1, max_retries=0)(stitch)
