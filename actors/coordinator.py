@@ -18,14 +18,18 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from actors.errors import ProviderError
+from pipelines import media_stages as media
+from pipelines.composition import Line, MediaError, compose_scene, pan_clip, stitch
 from pipelines.episode_state import EpisodeRecord, Event, NodeRecord, NodeState
+from pipelines.media_stages import voice_for
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.planner import EpisodePlan, Node, NodeKind
+from pipelines.planner import SCRIPT_KINDS, EpisodePlan, Node, NodeKind
 from pipelines.screenplay import write_episode_files
 from pipelines.settings import Settings
 from pipelines.stages import StageCall, StageOutputError, content_call, dialogue_call, outline_call
@@ -40,6 +44,31 @@ class ChatProvider(Protocol):
     """What the coordinator needs of a text provider (a gateway, or a Ray actor's adapter)."""
 
     async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any: ...
+
+
+class MediaTasks(Protocol):
+    """CPU work of the media nodes: Ray tasks in a cluster, threads without Ray."""
+
+    async def compose(self, lines: list[Line], clip: str, out_path: str) -> dict[str, Any]: ...
+
+    async def stitch(self, scenes: list[dict[str, Any]], poster: str | None,
+                     folder: str) -> dict[str, str]: ...
+
+    async def pan(self, image: str, out_path: str) -> str: ...
+
+
+class ThreadMediaTasks:
+    """Media CPU work in this process's threads: for use without Ray (and its tests)."""
+
+    async def compose(self, lines: list[Line], clip: str, out_path: str) -> dict[str, Any]:
+        return await asyncio.to_thread(compose_scene, lines, clip, out_path)
+
+    async def stitch(self, scenes: list[dict[str, Any]], poster: str | None,
+                     folder: str) -> dict[str, str]:
+        return await asyncio.to_thread(stitch, scenes, poster, folder)
+
+    async def pan(self, image: str, out_path: str) -> str:
+        return await asyncio.to_thread(pan_clip, image, out_path)
 
 
 class ConcurrencyWindow:
@@ -73,10 +102,12 @@ class EpisodeCoordinator:
         providers: Mapping[str, ChatProvider],
         *,
         output_root: str | None = None,
+        tasks: MediaTasks | None = None,
     ) -> None:
         self.settings = settings
         self.providers = dict(providers)
         self.output_root = output_root
+        self.tasks = tasks or ThreadMediaTasks()
         self.records: dict[str, EpisodeRecord] = {}
         self._arrivals = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -90,6 +121,8 @@ class EpisodeCoordinator:
         episode_id = episode_id or uuid.uuid4().hex[:12]
         if episode_id in self.records:
             return episode_id  # idempotent: the same id is the same episode
+        if request.media and self.output_root is None:
+            raise ValueError("media needs an output folder: start the coordinator with one")
         self._arrivals += 1
         record = EpisodeRecord(
             id=episode_id, request=request, submitted_at=time.time(), arrival=self._arrivals
@@ -238,7 +271,7 @@ class EpisodeCoordinator:
                 window.on_result(node_record.rate_limited > 0)
                 if error is None:
                     continue
-                if not isinstance(error, (ProviderError, StageOutputError)):
+                if not isinstance(error, (ProviderError, StageOutputError, MediaError)):
                     raise error
                 self._fail_node(record, plan, plan.nodes[nid], error, skip)
                 if not skip or plan.nodes[nid].kind is NodeKind.OUTLINE:
@@ -295,9 +328,11 @@ class EpisodeCoordinator:
         node_record = record.nodes[node.id]
         node_record.started_s = self._elapsed(record)
         self._emit(record, "node_started", node=node.id)
-        call = self._stage_call(record, plan, node)
-        value = await self._ask(record, node, call)
-        self._store(record, node, value)
+        if node.kind in SCRIPT_KINDS:
+            call = self._stage_call(record, plan, node)
+            self._store(record, node, await self._ask(record, node, call))
+        else:
+            await self._make_media(record, node)
         node_record.state = NodeState.DONE
         node_record.finished_s = self._elapsed(record)
         self._emit(record, "node_finished", node=node.id)
@@ -314,11 +349,7 @@ class EpisodeCoordinator:
                 max_tokens=call.max_tokens,
                 seed=_seed(record, node.id, attempt),
             )
-            node_record.calls += 1
-            node_record.latency_s += result.latency_s
-            node_record.wait_s += result.wait_s
-            node_record.rate_limited += result.rate_limited
-            node_record.cost_usd += result.cost_usd
+            _account(node_record, result)
             try:
                 return call.parse(result.text)
             except ValidationError as err:
@@ -329,6 +360,57 @@ class EpisodeCoordinator:
                     ) from err
                 call = call.with_correction(result.text, err)
         raise AssertionError("unreachable")
+
+    async def _make_media(self, record: EpisodeRecord, node: Node) -> None:
+        """Speech, a picture, a clip, a composed scene or the stitched episode: each a file in
+        the episode's folder; only paths travel between actors."""
+        assert self.output_root is not None  # checked at submit
+        folder = Path(self.output_root) / record.id
+        node_record = record.nodes[node.id]
+        scene = node.index
+        started = time.monotonic()
+        if node.kind is NodeKind.SPEECH:
+            line = record.dialogues[scene].lines[node.line - 1]
+            result = await self.providers["tts"].speech(
+                line.text, voice=voice_for(record.request, line.speaker), episode_id=record.id,
+                out_path=str(media.speech_path(folder, scene, node.line)))
+            _account(node_record, result)
+            record.media[node.id] = result.path
+        elif node.kind is NodeKind.IMAGE:
+            outline = record.scene_outlines()[scene - 1]
+            result = await self.providers["image"].image(
+                media.image_prompt(record.request, outline, record.contents[scene]),
+                out_path=str(media.image_path(folder, scene)), episode_id=record.id)
+            _account(node_record, result)
+            record.media[node.id] = result.path
+        elif node.kind is NodeKind.CLIP:
+            image = record.media[f"image:{scene}"]
+            out = str(media.clip_path(folder, scene))
+            if "video" in self.providers:
+                outline = record.scene_outlines()[scene - 1]
+                result = await self.providers["video"].clip(
+                    media.clip_prompt(outline, record.contents[scene]), image_path=image,
+                    out_path=out, episode_id=record.id)
+                _account(node_record, result)
+                record.media[node.id] = result.path
+            else:  # no video provider configured: a slow pan across the scene's picture
+                record.media[node.id] = await self.tasks.pan(image, out)
+                node_record.latency_s += time.monotonic() - started
+        elif node.kind is NodeKind.COMPOSE:
+            lines = [Line(line.speaker, line.text, record.media[f"speech:{scene}.{i}"])
+                     for i, line in enumerate(record.dialogues[scene].lines, start=1)]
+            record.scene_videos[scene] = await self.tasks.compose(
+                lines, record.media[f"clip:{scene}"], str(media.scene_video_path(folder, scene)))
+            node_record.latency_s += time.monotonic() - started
+        else:  # the stitch: every composed scene, in order
+            scenes = [record.scene_videos[s] for s in sorted(record.scene_videos)]
+            if not scenes:
+                raise StageOutputError("no scene could be composed, so there is no episode")
+            first_image = min((s for s in record.media if s.startswith("image:")),
+                              key=lambda k: int(k.split(":")[1]), default=None)
+            record.files = await self.tasks.stitch(
+                scenes, record.media[first_image] if first_image else None, str(folder))
+            node_record.latency_s += time.monotonic() - started
 
     def _stage_call(self, record: EpisodeRecord, plan: EpisodePlan, node: Node) -> StageCall[Any]:
         request = record.request
@@ -368,6 +450,15 @@ class EpisodeCoordinator:
         signal = self._signals.pop(record.id, None)
         if signal is not None:
             signal.set()
+
+
+def _account(node_record: NodeRecord, result: Any) -> None:
+    """Add one provider call's figures (a ``ChatResult`` or a ``MediaResult``) to its node."""
+    node_record.calls += 1
+    node_record.latency_s += result.latency_s
+    node_record.wait_s += result.wait_s
+    node_record.rate_limited += result.rate_limited
+    node_record.cost_usd += result.cost_usd
 
 
 def _seed(record: EpisodeRecord, node_id: str, attempt: int) -> int:

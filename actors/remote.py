@@ -14,8 +14,8 @@ import ray
 from ray.exceptions import RayTaskError
 
 from actors.coordinator import EpisodeCoordinator
-from actors.gateway import ChatResult, ProviderGateway
-from pipelines.composition import compose_scene, stitch
+from actors.gateway import ChatResult, MediaResult, ProviderGateway
+from pipelines.composition import Line, compose_scene, pan_clip, stitch
 from pipelines.settings import ProviderKind, ProviderSettings, Settings
 
 NAMESPACE = "showrunner"
@@ -68,16 +68,44 @@ class RayProvider:
         self.handle = handle
 
     async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResult:
-        ref = self.handle.chat.remote(messages, **kwargs)
-        try:
-            return await ref
-        except asyncio.CancelledError:
-            ray.cancel(ref)
-            raise
-        except RayTaskError as err:
-            if isinstance(err.cause, Exception):
-                raise err.cause from None
-            raise
+        return await _await(self.handle.chat.remote(messages, **kwargs))
+
+    async def speech(self, text: str, **kwargs: Any) -> MediaResult:
+        return await _await(self.handle.speech.remote(text, **kwargs))
+
+    async def image(self, prompt: str, **kwargs: Any) -> MediaResult:
+        return await _await(self.handle.image.remote(prompt, **kwargs))
+
+    async def clip(self, prompt: str, **kwargs: Any) -> MediaResult:
+        return await _await(self.handle.clip.remote(prompt, **kwargs))
+
+
+async def _await(ref: Any) -> Any:
+    """Await a Ray call: cancelling the waiter cancels the call; a task's own error is raised
+    as itself, not wrapped."""
+    try:
+        return await ref
+    except asyncio.CancelledError:
+        ray.cancel(ref)
+        raise
+    except RayTaskError as err:
+        if isinstance(err.cause, Exception):
+            raise err.cause from None
+        raise
+
+
+class RayMediaTasks:
+    """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster."""
+
+    async def compose(self, lines: list[Line], clip: str, out_path: str) -> dict[str, Any]:
+        return await _await(compose_scene_task.remote(lines, clip, out_path))
+
+    async def stitch(self, scenes: list[dict[str, Any]], poster: str | None,
+                     folder: str) -> dict[str, str]:
+        return await _await(stitch_task.remote(scenes, poster, folder))
+
+    async def pan(self, image: str, out_path: str) -> str:
+        return await _await(pan_clip_task.remote(image, out_path))
 
 
 def coordinator_actor(
@@ -96,6 +124,7 @@ def coordinator_actor(
             settings,
             {kind: RayProvider(handle) for kind, handle in providers.items()},
             output_root=output_root,
+            tasks=RayMediaTasks(),
         )
     )
 
@@ -104,3 +133,4 @@ def coordinator_actor(
 # fails says why, and a cancelled one kills its ffmpeg (see ``pipelines.composition``).
 compose_scene_task = ray.remote(num_cpus=1, max_retries=0)(compose_scene)
 stitch_task = ray.remote(num_cpus=1, max_retries=0)(stitch)
+pan_clip_task = ray.remote(num_cpus=1, max_retries=0)(pan_clip)

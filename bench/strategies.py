@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     latency = REAL_LATENCY_S / args.scale
     requests = [
         EpisodeRequest(premise=f"Episode {i + 1} of a series about a night-shift radio station.",
-                       scenes=args.scenes, lines_per_scene=args.lines, seed=i)
+                       scenes=args.scenes, lines_per_scene=args.lines, seed=i, media=False)
         for i in range(args.episodes)
     ]
     rows: list[Row] = []

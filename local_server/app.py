@@ -23,7 +23,7 @@ from aiohttp import web
 from local_server.buckets import EndpointLimits
 from local_server.config import ServerConfig
 from local_server.images import DEFAULT_SIZE, SIZES, scene_card
-from local_server.speech import VOICES, Speaker
+from local_server.speech import VOICES, speaker
 from local_server.textgen import answer, count_tokens, prompt_text
 from local_server.videos import SECONDS as VIDEO_SECONDS
 from local_server.videos import SIZES as VIDEO_SIZES
@@ -316,19 +316,16 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
             },
         }, prompt_tokens + completion_tokens
 
-    speaker: list[Speaker] = []  # started on first use: eSpeak takes a moment to load
-
     async def speech(raw: Any, stats: EndpointStats, request_id: str
                      ) -> tuple[web.Response, int]:
         body = _speech_body(raw)
-        if not speaker:
-            speaker.append(await asyncio.to_thread(Speaker))
         voice, speed, text = body.get("voice", "alloy"), body.get("speed", 1.0), body["input"]
+        voice_of = await asyncio.to_thread(speaker)  # loaded on first use
         if body.get("response_format", "wav") == "pcm":
-            audio = await asyncio.to_thread(speaker[0].pcm, text, voice, speed)
+            audio = await asyncio.to_thread(voice_of.pcm, text, voice, speed)
             kind = "audio/pcm"
         else:
-            audio = await asyncio.to_thread(speaker[0].wav, text, voice, speed)
+            audio = await asyncio.to_thread(voice_of.wav, text, voice, speed)
             kind = "audio/wav"
         return web.Response(body=audio, content_type=kind), 0
 

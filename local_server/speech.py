@@ -46,8 +46,22 @@ VOICES: dict[str, Voice] = {
 }
 
 
+_INSTANCE: Speaker | None = None
+_INSTANCE_LOCK = threading.Lock()
+
+
+def speaker() -> Speaker:
+    """The process's one ``Speaker``: eSpeak NG has one global state and one callback, so a
+    second initialisation would steal the first one's audio."""
+    global _INSTANCE
+    with _INSTANCE_LOCK:
+        if _INSTANCE is None:
+            _INSTANCE = Speaker()
+        return _INSTANCE
+
+
 class Speaker:
-    """Turns text into 16-bit mono PCM at ``sample_rate`` Hz."""
+    """Turns text into 16-bit mono PCM at ``sample_rate`` Hz. Use ``speaker()``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ from typing import Any
 import imageio_ffmpeg
 
 from local_server.images import scene_card
+from pipelines.composition import pan_filter
 
 SECONDS = ("4", "8", "12")
 SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
@@ -103,10 +104,7 @@ class VideoJobs:
         source.write_bytes(image or await asyncio.to_thread(scene_card, job.prompt))
         target = folder / f"{job.id}.mp4"
         seconds = int(job.seconds)
-        # Fill the frame 20% larger than the clip, then pan across it over the clip's length.
-        vf = (f"scale={int(width * 1.2)}:{int(height * 1.2)}:force_original_aspect_ratio="
-              f"increase,crop={width}:{height}:x='(in_w-out_w)*t/{seconds}':"
-              f"y='(in_h-out_h)/2',format=yuv420p")
+        vf = pan_filter(width, height, seconds)
         process = await asyncio.create_subprocess_exec(
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
             "-loop", "1", "-i", str(source), "-vf", vf, "-t", str(seconds), "-r", str(FPS),

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lines", type=int, metavar="K", help="dialogue lines per scene (1-40)")
     run.add_argument("--continuity", metavar="MODE",
                      help="chain (default), none, window:K or batch:K")
+    run.add_argument("--script-only", action="store_true",
+                     help="stop at the script: no speech, pictures, clips or MP4")
     _add_output_flags(run)
 
     demo = commands.add_parser(
@@ -133,6 +135,8 @@ def _requests(args: argparse.Namespace) -> list[EpisodeRequest]:
                 for i, p in enumerate(DEMO_PREMISES)]
     defaults = {k: v for k, v in (("scenes", args.scenes), ("lines_per_scene", args.lines),
                                   ("continuity", args.continuity)) if v is not None}
+    if args.script_only:
+        defaults["media"] = False
     if args.premise is not None:
         base = [build_request({**defaults, "premise": args.premise})]
     else:

@@ -89,6 +89,10 @@ def _filter_path(path: Path) -> str:
     return str(path).replace("\\", "\\\\").replace(":", "\\:").replace("'", "\\'")
 
 
+class MediaError(RuntimeError):
+    """ffmpeg could not make a file; the message carries the end of its error output."""
+
+
 def run_ffmpeg(args: Sequence[str]) -> None:
     """Run ffmpeg; on any interruption kill it, so no child outlives the task."""
     process = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel",
@@ -101,7 +105,29 @@ def run_ffmpeg(args: Sequence[str]) -> None:
         process.wait()
         raise
     if process.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed: {stderr.decode(errors='replace')[-500:]}")
+        raise MediaError(f"ffmpeg failed: {stderr.decode(errors='replace')[-500:]}")
+
+
+def pan_filter(width: int, height: int, seconds: float) -> str:
+    """Fill the frame 20% larger than the clip, then pan across it over the clip's length."""
+    return (f"scale={int(width * 1.2)}:{int(height * 1.2)}:force_original_aspect_ratio=increase,"
+            f"crop={width}:{height}:x='(in_w-out_w)*t/{seconds}':y='(in_h-out_h)/2',"
+            f"format=yuv420p")
+
+
+def pan_clip(image: str, out_path: str, seconds: int = 4) -> str:
+    """A clip made locally from a still: what a scene gets when no video provider is set."""
+    target = Path(out_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial.mp4")
+    try:
+        run_ffmpeg(["-loop", "1", "-i", image, "-vf", pan_filter(WIDTH, HEIGHT, seconds),
+                    "-t", str(seconds), "-r", str(FPS), "-c:v", "libx264", "-preset",
+                    "veryfast", str(partial)])
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return str(target)
 
 
 def compose_scene(lines: Sequence[Line], clip: str, out_path: str,

@@ -8,6 +8,7 @@ records, never stored twice.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -71,9 +72,13 @@ class EpisodeRecord(BaseModel):
     events: list[Event] = Field(default_factory=list)
     error: str | None = None
     output_dir: str | None = None
+    media: dict[str, str] = Field(default_factory=dict)  # node id -> the file it made
+    scene_videos: dict[int, dict[str, Any]] = Field(default_factory=dict)  # composed scenes
+    files: dict[str, str] = Field(default_factory=dict)  # episode.mp4, .srt, poster.png
 
     def plan(self) -> EpisodePlan:
-        return plan_episode(self.request.scenes, self.request.continuity_mode)
+        lines = self.request.lines_per_scene if self.request.media else 0
+        return plan_episode(self.request.scenes, self.request.continuity_mode, lines)
 
     def scene_outlines(self) -> list[SceneOutline]:
         """The outline's scenes so far, numbered as the plan numbers them (1, 2, ...)."""
@@ -84,18 +89,21 @@ class EpisodeRecord(BaseModel):
         return scenes
 
     def scene_states(self) -> list[SceneState]:
+        """Each scene's state, from the states of all of its nodes."""
+        by_scene: dict[int, list[NodeState]] = {}
+        for node in self.plan().nodes.values():
+            if node.scene is not None:
+                by_scene.setdefault(node.scene, []).append(self.nodes[node.id].state)
         states = []
         for scene in range(1, self.request.scenes + 1):
-            content = self.nodes.get(f"content:{scene}", NodeRecord())
-            dialogue = self.nodes.get(f"dialogue:{scene}", NodeRecord())
-            pair = (content.state, dialogue.state)
-            if NodeState.FAILED in pair:
+            mine = by_scene.get(scene, [])
+            if NodeState.FAILED in mine:
                 states.append(SceneState.FAILED)
-            elif NodeState.SKIPPED in pair:
+            elif NodeState.SKIPPED in mine:
                 states.append(SceneState.SKIPPED)
-            elif dialogue.state is NodeState.DONE:
+            elif mine and all(s is NodeState.DONE for s in mine):
                 states.append(SceneState.DONE)
-            elif NodeState.RUNNING in pair or content.state is NodeState.DONE:
+            elif any(s is not NodeState.PENDING for s in mine):
                 states.append(SceneState.RUNNING)
             else:
                 states.append(SceneState.PENDING)
@@ -139,4 +147,5 @@ class EpisodeRecord(BaseModel):
             "cost_usd": round(self.cost_usd, 6),
             "error": self.error,
             "output_dir": self.output_dir,
+            "files": dict(self.files),
         }

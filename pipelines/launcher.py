@@ -26,7 +26,7 @@ from pipelines.report import build_report
 from pipelines.screenplay import write_atomic
 from pipelines.settings import Settings
 
-TEXT_PROVIDERS = ("llm",)
+BUNDLED = ("llm", "tts", "image")  # served by the local server when their base_url is unset
 POLL_S = 0.25
 
 
@@ -44,13 +44,13 @@ class Run:
 def local_server_if_needed(settings: Settings, latency_scale: float, seed: int = 0
                            ) -> Iterator[str | None]:
     """The bundled server, with the limits the settings give, if some provider has no URL."""
-    needs = [k for k in TEXT_PROVIDERS if settings.provider(k).base_url is None]  # type: ignore
+    needs = [k for k in BUNDLED if settings.provider(k).base_url is None]  # type: ignore
     if not needs:
         yield None
         return
-    llm = settings.llm
     with LocalServer(
-        latency_scale=latency_scale, seed=seed, llm_rpm=llm.rpm, llm_tpm=llm.tpm
+        latency_scale=latency_scale, seed=seed, llm_rpm=settings.llm.rpm,
+        llm_tpm=settings.llm.tpm, tts_rpm=settings.tts.rpm, image_rpm=settings.image.rpm,
     ) as server:
         yield server.base_url
 
@@ -69,10 +69,12 @@ def ensure_ray() -> None:
 
 def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
               prefix: str = "showrunner") -> Run:
+    # A video provider only when one is configured; otherwise clips are made locally.
+    kinds = [*BUNDLED, *(["video"] if settings.video.base_url is not None else [])]
     providers = {
         kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,  # type: ignore[arg-type]
                              name=f"{prefix}:{kind}")
-        for kind in TEXT_PROVIDERS
+        for kind in kinds
     }
     coordinator = coordinator_actor(settings, providers, output_root=str(output_dir.resolve()),
                                     name=f"{prefix}:coordinator")

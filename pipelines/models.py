@@ -98,6 +98,9 @@ class EpisodeRequest(BaseModel):
     on_scene_failure: Literal["fail", "skip"] = Field(
         "fail", description="fail: a failed scene fails the episode; skip: finish without it."
     )
+    media: bool = Field(
+        True, description="Go on from the script to speech, pictures, clips and one MP4."
+    )
 
     @field_validator("continuity")
     @classmethod

@@ -31,18 +31,28 @@ class NodeKind(StrEnum):
     OUTLINE = "outline"
     CONTENT = "content"
     DIALOGUE = "dialogue"
+    SPEECH = "speech"  # one per dialogue line
+    IMAGE = "image"
+    CLIP = "clip"
+    COMPOSE = "compose"  # CPU work: a Ray task
+    STITCH = "stitch"  # CPU work: a Ray task, once per episode
 
 
-# Which provider each kind of node calls.
+# Which provider each kind of node calls; the rest are CPU work (or, for a clip with no video
+# provider configured, a local render).
 PROVIDER_OF: dict[NodeKind, str] = {
     NodeKind.OUTLINE: "llm",
     NodeKind.CONTENT: "llm",
     NodeKind.DIALOGUE: "llm",
+    NodeKind.SPEECH: "tts",
+    NodeKind.IMAGE: "image",
+    NodeKind.CLIP: "video",
 }
+SCRIPT_KINDS = (NodeKind.OUTLINE, NodeKind.CONTENT, NodeKind.DIALOGUE)
 
 
-def node_id(kind: NodeKind, index: int) -> str:
-    return f"{kind.value}:{index}"
+def node_id(kind: NodeKind, index: int, line: int = 0) -> str:
+    return f"{kind.value}:{index}.{line}" if line else f"{kind.value}:{index}"
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,16 @@ class Node:
     kind: NodeKind
     index: int
     deps: tuple[str, ...]
+    line: int = 0  # the dialogue line of a speech node, from 1
 
     @property
-    def provider(self) -> str:
-        return PROVIDER_OF[self.kind]
+    def provider(self) -> str | None:
+        return PROVIDER_OF.get(self.kind)
+
+    @property
+    def scene(self) -> int | None:
+        """The scene this node belongs to (None for outline chunks and the stitch)."""
+        return None if self.kind in (NodeKind.OUTLINE, NodeKind.STITCH) else self.index
 
 
 @dataclass(frozen=True)
@@ -110,15 +126,16 @@ class EpisodePlan:
         return max(finish.values(), default=0.0)
 
 
-def plan_episode(scenes: int, continuity: Continuity) -> EpisodePlan:
-    """The graph of one episode of ``scenes`` scenes under ``continuity``."""
+def plan_episode(scenes: int, continuity: Continuity, lines: int = 0) -> EpisodePlan:
+    """The graph of one episode of ``scenes`` scenes under ``continuity``; with ``lines`` (the
+    lines per scene) it goes on to speech, pictures, clips, scenes and the stitched episode."""
     if scenes < 1:
         raise ValueError("an episode needs at least one scene")
     nodes: dict[str, Node] = {}
 
-    def add(kind: NodeKind, index: int, deps: Iterable[str]) -> None:
-        nid = node_id(kind, index)
-        nodes[nid] = Node(nid, kind, index, tuple(deps))
+    def add(kind: NodeKind, index: int, deps: Iterable[str], line: int = 0) -> None:
+        nid = node_id(kind, index, line)
+        nodes[nid] = Node(nid, kind, index, tuple(deps), line)
 
     chunks = (scenes - 1) // OUTLINE_CHUNK + 1
     for chunk in range(1, chunks + 1):
@@ -128,6 +145,15 @@ def plan_episode(scenes: int, continuity: Continuity) -> EpisodePlan:
     for scene in range(1, scenes + 1):
         earlier = [node_id(NodeKind.DIALOGUE, s) for s in continuity.sees(scene)]
         add(NodeKind.DIALOGUE, scene, [node_id(NodeKind.CONTENT, scene), *earlier])
+    if lines:
+        for scene in range(1, scenes + 1):
+            for line in range(1, lines + 1):
+                add(NodeKind.SPEECH, scene, [node_id(NodeKind.DIALOGUE, scene)], line)
+            add(NodeKind.IMAGE, scene, [node_id(NodeKind.CONTENT, scene)])
+            add(NodeKind.CLIP, scene, [node_id(NodeKind.IMAGE, scene)])
+            speech = [node_id(NodeKind.SPEECH, scene, line) for line in range(1, lines + 1)]
+            add(NodeKind.COMPOSE, scene, [*speech, node_id(NodeKind.CLIP, scene)])
+        add(NodeKind.STITCH, 0, [node_id(NodeKind.COMPOSE, s) for s in range(1, scenes + 1)])
     plan = EpisodePlan(scenes, continuity, nodes)
     plan.rank.update(_ranks(nodes))
     return plan

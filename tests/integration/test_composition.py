@@ -10,7 +10,7 @@ import imageio_ffmpeg
 import pytest
 
 from local_server.images import scene_card
-from local_server.speech import Speaker
+from local_server.speech import speaker as get_speaker
 from pipelines.composition import GAP_S, Line, compose_scene, run_ffmpeg, stitch, wav_seconds
 
 
@@ -24,7 +24,7 @@ def probe(path: Path) -> tuple[str, float]:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("media")
-    speaker = Speaker()
+    speaker = get_speaker()
     lines = []
     for i, (who, text, voice) in enumerate([
         ("Ada", "The lamp is still broken.", "nova"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,49 @@ from local_server.process import LocalServer
 from pipelines.episode_state import EpisodeRecord, NodeState
 from pipelines.models import EpisodeRequest
 from pipelines.report import build_report
-from pipelines.settings import LLMSettings, Settings
+from pipelines.settings import ImageSettings, LLMSettings, Settings, TTSSettings
 
 Start = Callable[..., LocalServer]
 
 
-def make(server: LocalServer, tmp_path: Path, *, wrap: Callable[[Any], Any] | None = None,
-         **settings: Any) -> tuple[EpisodeCoordinator, ProviderGateway]:
+def script(**fields: Any) -> EpisodeRequest:
+    """A request that stops at the script: these tests are about scheduling, not media."""
+    return EpisodeRequest(media=False, **fields)
+
+
+OPEN: list[ProviderGateway] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_gateways() -> AsyncIterator[None]:
+    yield
+    while OPEN:
+        await OPEN.pop().close()
+
+
+def make(
+    server: LocalServer,
+    tmp_path: Path,
+    *,
+    wrap: Callable[[Any], Any] | None = None,
+    **settings: Any,
+) -> tuple[EpisodeCoordinator, ProviderGateway]:
+    """A coordinator on real gateways to ``server``: text, and speech and images for media."""
     llm = LLMSettings(model="test", rpm=None, tpm=None, max_attempts=2, timeout_s=10)
-    gateway = ProviderGateway("llm", llm, local_base_url=server.base_url)
-    provider = wrap(gateway) if wrap else gateway
+    tts = TTSSettings(rpm=None, timeout_s=10)
+    image = ImageSettings(rpm=None, timeout_s=10)
+    gateways = {
+        kind: ProviderGateway(kind, conf, local_base_url=server.base_url)
+        for kind, conf in (("llm", llm), ("tts", tts), ("image", image))
+    }
+    OPEN.extend(gateways.values())
+    providers: dict[str, Any] = dict(gateways)
+    if wrap:
+        providers["llm"] = wrap(gateways["llm"])
     coordinator = EpisodeCoordinator(
-        Settings(llm=llm, **settings), {"llm": provider}, output_root=str(tmp_path)
+        Settings(llm=llm, tts=tts, image=image, **settings), providers, output_root=str(tmp_path)
     )
-    return coordinator, gateway
+    return coordinator, gateways["llm"]
 
 
 def interval(record: EpisodeRecord, node: str) -> tuple[float, float]:
@@ -59,8 +88,9 @@ class FailFor:
 async def test_chain_keeps_continuity_yet_pipelines(local_server: Start, tmp_path: Path) -> None:
     server = local_server(latency_scale=0.05)
     coordinator, _ = make(server, tmp_path)
-    eid = await coordinator.submit(EpisodeRequest(premise="A heist at a bakery.", scenes=5,
-                                                  lines_per_scene=3, seed=7))
+    eid = await coordinator.submit(
+        script(premise="A heist at a bakery.", scenes=5, lines_per_scene=3, seed=7)
+    )
     [summary] = await coordinator.wait([eid])
     assert summary["status"] == "completed" and summary["scenes"] == ["done"] * 5
     record = await coordinator.episode(eid)
@@ -79,7 +109,7 @@ async def test_chain_keeps_continuity_yet_pipelines(local_server: Start, tmp_pat
 async def test_max_parallel_scenes_one_is_sequential(local_server: Start, tmp_path: Path) -> None:
     server = local_server(latency_scale=0.02)
     coordinator, _ = make(server, tmp_path, max_parallel_scenes=1)
-    request = EpisodeRequest(premise="Ghost ship.", scenes=3, continuity="none")
+    request = script(premise="Ghost ship.", scenes=3, continuity="none")
     eid = await coordinator.submit(request)
     await coordinator.wait([eid])
     record = await coordinator.episode(eid)
@@ -92,10 +122,10 @@ async def test_episodes_wait_by_priority_and_never_exceed_the_cap(
 ) -> None:
     server = local_server(latency_scale=0.03)
     coordinator, _ = make(server, tmp_path, max_parallel_episodes=2)
-    low = await coordinator.submit(EpisodeRequest(premise="low", scenes=2, priority=0))
-    mid = await coordinator.submit(EpisodeRequest(premise="mid", scenes=2, priority=1))
-    late_high = await coordinator.submit(EpisodeRequest(premise="high", scenes=2, priority=5))
-    late_low = await coordinator.submit(EpisodeRequest(premise="low2", scenes=2, priority=0))
+    low = await coordinator.submit(script(premise="low", scenes=2, priority=0))
+    mid = await coordinator.submit(script(premise="mid", scenes=2, priority=1))
+    late_high = await coordinator.submit(script(premise="high", scenes=2, priority=5))
+    late_low = await coordinator.submit(script(premise="low2", scenes=2, priority=0))
     await coordinator.wait()
     records = {i: await coordinator.episode(i) for i in (low, mid, late_high, late_low)}
     starts = sorted((r.started_at, i) for i, r in records.items())
@@ -115,8 +145,8 @@ async def test_a_failed_scene_fails_its_episode_only(local_server: Start, tmp_pa
         return wrapped[0]
 
     coordinator, _ = make(server, tmp_path, wrap=wrap)
-    await coordinator.submit(EpisodeRequest(premise="p", scenes=4), episode_id="doomed")
-    await coordinator.submit(EpisodeRequest(premise="q", scenes=4), episode_id="fine")
+    await coordinator.submit(script(premise="p", scenes=4), episode_id="doomed")
+    await coordinator.submit(script(premise="q", scenes=4), episode_id="fine")
     doomed, fine = await coordinator.wait(["doomed", "fine"])
     assert doomed["status"] == "failed" and "content:2" in doomed["error"]
     assert "injected fault" in doomed["error"]
@@ -129,9 +159,7 @@ async def test_skip_mode_completes_without_the_failed_scene(
 ) -> None:
     server = local_server(latency_scale=0.02)
     coordinator, _ = make(server, tmp_path, wrap=lambda g: FailFor(g, "Write scene 2:"))
-    eid = await coordinator.submit(
-        EpisodeRequest(premise="p", scenes=4, on_scene_failure="skip")
-    )
+    eid = await coordinator.submit(script(premise="p", scenes=4, on_scene_failure="skip"))
     [summary] = await coordinator.wait([eid])
     assert summary["status"] == "completed"
     assert summary["scenes"] == ["done", "failed", "done", "done"]
@@ -158,9 +186,10 @@ async def test_an_invalid_answer_is_retried_once_with_the_error(
             return result
 
     holder: list[FirstAnswerBroken] = []
-    coordinator, _ = make(server, tmp_path,
-                          wrap=lambda g: holder.append(FirstAnswerBroken(g)) or holder[0])
-    eid = await coordinator.submit(EpisodeRequest(premise="p", scenes=1))
+    coordinator, _ = make(
+        server, tmp_path, wrap=lambda g: holder.append(FirstAnswerBroken(g)) or holder[0]
+    )
+    eid = await coordinator.submit(script(premise="p", scenes=1))
     [summary] = await coordinator.wait([eid])
     assert summary["status"] == "completed"
     retry = holder[0].prompts[1]
@@ -173,7 +202,7 @@ async def test_cancel_ends_work_within_a_second_and_keeps_what_finished(
 ) -> None:
     server = local_server(latency_scale=2.0)  # slow calls, so some are in flight when cancelled
     coordinator, gateway = make(server, tmp_path)
-    eid = await coordinator.submit(EpisodeRequest(premise="p", scenes=6, continuity="none"))
+    eid = await coordinator.submit(script(premise="p", scenes=6, continuity="none"))
     deadline = time.monotonic() + 30
     while (await coordinator.episode(eid)).nodes["outline:1"].state is not NodeState.DONE:
         assert time.monotonic() < deadline
@@ -195,7 +224,7 @@ async def test_cancel_ends_work_within_a_second_and_keeps_what_finished(
 async def test_report_explains_the_speedup(local_server: Start, tmp_path: Path) -> None:
     server = local_server(latency_scale=0.05)
     coordinator, gateway = make(server, tmp_path)
-    ids = [await coordinator.submit(EpisodeRequest(premise=f"p{i}", scenes=3)) for i in range(3)]
+    ids = [await coordinator.submit(script(premise=f"p{i}", scenes=3)) for i in range(3)]
     await coordinator.wait(ids)
     records = [await coordinator.episode(i) for i in ids]
     report = build_report(records, {"llm": gateway.snapshot()}, coordinator.settings)
@@ -225,10 +254,48 @@ async def test_a_bug_fails_its_episode_not_the_coordinator(
             return await self.gateway.chat(messages, **kwargs)
 
     coordinator, _ = make(server, tmp_path, wrap=Broken)
-    await coordinator.submit(EpisodeRequest(premise="p", scenes=2), episode_id="buggy")
-    await coordinator.submit(EpisodeRequest(premise="q", scenes=2), episode_id="fine")
+    await coordinator.submit(script(premise="p", scenes=2), episode_id="buggy")
+    await coordinator.submit(script(premise="q", scenes=2), episode_id="fine")
     buggy, fine = await coordinator.wait(["buggy", "fine"])
     assert buggy["status"] == "failed" and "internal error" in buggy["error"]
     assert fine["status"] == "completed"
     record = await coordinator.episode("buggy")
     assert all(n.state is not NodeState.RUNNING for n in record.nodes.values())
+
+
+async def test_an_episode_becomes_one_mp4_with_speech_and_subtitles(
+    local_server: Start, tmp_path: Path
+) -> None:
+    import re
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from pipelines.composition import GAP_S, wav_seconds
+
+    server = local_server(latency_scale=0.02)
+    coordinator, _ = make(server, tmp_path)
+    request = EpisodeRequest(
+        premise="A radio host hears the past.", scenes=2, lines_per_scene=2, seed=3
+    )
+    eid = await coordinator.submit(request)
+    [summary] = await coordinator.wait([eid])
+    assert summary["status"] == "completed", summary["error"]
+    files = summary["files"]
+    lines = sorted((tmp_path / eid / "media").glob("scene*/line*.wav"))
+    assert len(lines) == 4
+    expected = sum(wav_seconds(str(p)) for p in lines) + GAP_S * len(lines)
+    info = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", files["video"]],
+        capture_output=True,
+        text=True,
+    ).stderr
+    h, m, sec = re.search(r"Duration: (\d+):(\d+):([\d.]+)", info).groups()
+    assert "Video: h264" in info and "Audio: aac" in info
+    assert int(h) * 3600 + int(m) * 60 + float(sec) == pytest.approx(expected, rel=0.10)
+    assert Path(files["subtitles"]).read_text().count(" --> ") == 4
+    assert Path(files["poster"]).is_file()
+    record = await coordinator.episode(eid)
+    # Speech started as soon as its scene's dialogue existed, before later scenes were done.
+    assert record.nodes["speech:1.1"].started_s < record.nodes["dialogue:2"].finished_s
+    assert record.cost_usd > 0 and record.stage_busy_s()["speech"] > 0

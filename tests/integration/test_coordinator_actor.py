@@ -25,7 +25,7 @@ async def test_events_stream_and_cancel_through_ray(
     settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None), max_parallel_scenes=4)
     run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-actor")
     [eid] = await run.coordinator.submit_many.remote(
-        [EpisodeRequest(premise="A night ferry.", scenes=6, continuity="none")]
+        [EpisodeRequest(media=False, premise="A night ferry.", scenes=6, continuity="none")]
     )
     # Long-poll the events the way an SSE stream does, resuming from the last seq seen.
     seen: list[str] = []
@@ -76,7 +76,7 @@ async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
     run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-thousand")
     await run.coordinator.list_episodes.remote()
     workers_before = _ray_worker_processes()
-    requests = [EpisodeRequest(premise=f"Story {i}", scenes=20, lines_per_scene=1,
+    requests = [EpisodeRequest(media=False, premise=f"Story {i}", scenes=20, lines_per_scene=1,
                                continuity="none") for i in range(50)]
     ids = await run.coordinator.submit_many.remote(requests)
     summaries = await run.coordinator.wait.remote(ids)

@@ -82,7 +82,7 @@ def test_concurrency_window_halves_on_429s_and_recovers() -> None:
 
 
 def _record() -> EpisodeRecord:
-    request = EpisodeRequest(premise="A heist at a bakery.", scenes=2)
+    request = EpisodeRequest(premise="A heist at a bakery.", scenes=2, media=False)
     record = EpisodeRecord(id="ep1", request=request, submitted_at=0.0,
                            status=EpisodeStatus.COMPLETED)
     record.nodes = {nid: NodeRecord(state=NodeState.DONE) for nid in record.plan().nodes}

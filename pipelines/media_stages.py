@@ -1,0 +1,52 @@
+"""What the media nodes ask for: each character's voice, the picture and clip prompts, and
+where each file goes in the episode's folder. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipelines.models import EpisodeRequest, SceneContent, SceneOutline
+
+# OpenAI's voice names; the bundled server speaks each with a different eSpeak voice.
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
+          "verse")
+
+
+def voice_for(request: EpisodeRequest, speaker: str) -> str:
+    """The request's voice for a character, else one fixed by the name: the same character
+    keeps the same voice in every scene (and every run)."""
+    for character in request.characters:
+        if character.voice and character.name.casefold() == speaker.casefold():
+            return character.voice
+    digest = hashlib.blake2b(speaker.casefold().encode(), digest_size=2).digest()
+    return VOICES[int.from_bytes(digest, "big") % len(VOICES)]
+
+
+def image_prompt(request: EpisodeRequest, outline: SceneOutline, content: SceneContent) -> str:
+    return (f"{outline.title}. {content.setting} {content.mood} mood. Style: {request.style}, "
+            f"cinematic still, no text. Characters: {', '.join(outline.characters)}.")
+
+
+def clip_prompt(outline: SceneOutline, content: SceneContent) -> str:
+    return f"{outline.title}. {content.action}"[:2000]
+
+
+def scene_folder(episode_folder: Path, scene: int) -> Path:
+    return episode_folder / "media" / f"scene{scene:03d}"
+
+
+def speech_path(episode_folder: Path, scene: int, line: int) -> Path:
+    return scene_folder(episode_folder, scene) / f"line{line:02d}.wav"
+
+
+def image_path(episode_folder: Path, scene: int) -> Path:
+    return scene_folder(episode_folder, scene) / "image.png"
+
+
+def clip_path(episode_folder: Path, scene: int) -> Path:
+    return scene_folder(episode_folder, scene) / "clip.mp4"
+
+
+def scene_video_path(episode_folder: Path, scene: int) -> Path:
+    return scene_folder(episode_folder, scene) / "scene.mp4"
