@@ -30,8 +30,11 @@ from local_server.videos import SIZES as VIDEO_SIZES
 from local_server.videos import Job, VideoJobs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# An endpoint's own work: the body (JSON-ready, or a ready response for bytes) and its tokens.
-Work = Callable[[Any, "EndpointStats", str], Awaitable[tuple[Any, int]]]
+# An endpoint's own work, in two steps: checking the request and counting its tokens, at once;
+# then making the answer (JSON-ready, or a ready response for bytes), only once it is admitted.
+# Admission happens on arrival, as a provider's does: slow work before it would reorder requests.
+Make = Callable[[], Awaitable[Any]]
+Work = Callable[[Any, "EndpointStats", str], Awaitable[tuple[int, Make]]]
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
@@ -265,7 +268,7 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
                     raise ClientError(400, "The request body is not valid "
                                       f"{'form data' if form else 'JSON'}.") from None
                 try:
-                    body, tokens = await work(raw, stats, request_id)
+                    tokens, make = await work(raw, stats, request_id)
                 except ClientError as err:
                     if err.status == 400:
                         stats.bad_request += 1
@@ -274,7 +277,8 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
                 broken = await server.maybe_fault(stats)
                 if broken is not None:
                     return broken
-                await asyncio.sleep(server.latency(endpoint))
+                # The answer is made during the latency, not after it.
+                body, _ = await asyncio.gather(make(), asyncio.sleep(server.latency(endpoint)))
                 stats.accepted += 1
                 headers["x-request-id"] = request_id
                 if isinstance(body, web.Response):
@@ -288,8 +292,7 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
 
         return handle
 
-    async def chat(raw: Any, stats: EndpointStats, request_id: str
-                   ) -> tuple[dict[str, Any], int]:
+    async def chat(raw: Any, stats: EndpointStats, request_id: str) -> tuple[int, Make]:
         body = _chat_body(raw)
         text = answer(body, config.seed)
         finish = "stop"
@@ -298,7 +301,8 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
             text, finish = text[: cap * 4], "length"
         prompt_tokens = count_tokens(prompt_text(body["messages"]))
         completion_tokens = count_tokens(text)
-        return {
+        # The answer is cheap to write and its length is the token charge: write it now.
+        completion = {
             "id": f"chatcmpl-{request_id[4:]}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -314,46 +318,59 @@ def build_app(config: ServerConfig, clock: Callable[[], float] = time.monotonic
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
-        }, prompt_tokens + completion_tokens
+        }
 
-    async def speech(raw: Any, stats: EndpointStats, request_id: str
-                     ) -> tuple[web.Response, int]:
+        async def made() -> dict[str, Any]:
+            return completion
+
+        return prompt_tokens + completion_tokens, made
+
+    async def speech(raw: Any, stats: EndpointStats, request_id: str) -> tuple[int, Make]:
         body = _speech_body(raw)
         voice, speed, text = body.get("voice", "alloy"), body.get("speed", 1.0), body["input"]
-        voice_of = await asyncio.to_thread(speaker)  # loaded on first use
-        if body.get("response_format", "wav") == "pcm":
-            audio = await asyncio.to_thread(voice_of.pcm, text, voice, speed)
-            kind = "audio/pcm"
-        else:
-            audio = await asyncio.to_thread(voice_of.wav, text, voice, speed)
-            kind = "audio/wav"
-        return web.Response(body=audio, content_type=kind), 0
+        pcm = body.get("response_format", "wav") == "pcm"
 
-    async def image(raw: Any, stats: EndpointStats, request_id: str
-                    ) -> tuple[dict[str, Any], int]:
+        async def make() -> web.Response:
+            voice_of = await asyncio.to_thread(speaker)  # loaded on first use
+            audio = await asyncio.to_thread(voice_of.pcm if pcm else voice_of.wav, text, voice,
+                                            speed)
+            return web.Response(body=audio, content_type="audio/pcm" if pcm else "audio/wav")
+
+        return 0, make
+
+    async def image(raw: Any, stats: EndpointStats, request_id: str) -> tuple[int, Make]:
         body = _image_body(raw)
-        png = await asyncio.to_thread(scene_card, body["prompt"], body.get("size", DEFAULT_SIZE))
-        return {
-            "created": int(time.time()),
-            "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
-                      "revised_prompt": body["prompt"]}],
-        }, 0
+
+        async def make() -> dict[str, Any]:
+            png = await asyncio.to_thread(scene_card, body["prompt"],
+                                          body.get("size", DEFAULT_SIZE))
+            return {
+                "created": int(time.time()),
+                "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
+                          "revised_prompt": body["prompt"]}],
+            }
+
+        return 0, make
 
     jobs = VideoJobs(random.Random(config.seed + 1), config.video_fail_rate)
 
     async def create_video(raw: Any, stats: EndpointStats, request_id: str
-                           ) -> tuple[dict[str, Any], int]:
+                           ) -> tuple[int, Make]:
         fields = _video_fields(raw)
         if jobs.running >= config.video_max_jobs:
             raise ClientError(429, f"{config.video_max_jobs} video jobs are already in "
                               "progress; try again when one finishes.", code="too_many_jobs",
                               kind="requests", headers={"retry-after": "1",
                                                         "retry-after-ms": "1000"})
-        duration = max(0.0, config.video_job_s + server.random.uniform(
-            -config.video_job_jitter_s, config.video_job_jitter_s)) * config.latency_scale
-        job = jobs.create(fields["model"], fields["prompt"], fields["seconds"], fields["size"],
-                          fields["image"], duration)
-        return job.view(), 0
+
+        async def make() -> dict[str, Any]:  # the job exists only once the request is admitted
+            duration = max(0.0, config.video_job_s + server.random.uniform(
+                -config.video_job_jitter_s, config.video_job_jitter_s)) * config.latency_scale
+            job = jobs.create(fields["model"], fields["prompt"], fields["seconds"],
+                              fields["size"], fields["image"], duration)
+            return job.view()
+
+        return 0, make
 
     def _job(request: web.Request) -> Job:
         server.check_auth(request, server.stats["video"])
