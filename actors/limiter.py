@@ -74,8 +74,7 @@ class TokenBucket:
     def __init__(self, per_second: float, burst_s: float, now: float, reserve: float = 0.0
                  ) -> None:
         self.reserve = reserve
-        self.rate = per_second
-        self.capacity = self._capacity(per_second, burst_s)
+        self.rate, self.capacity = self._shape(per_second, burst_s)
         self.level = self.capacity
         self._updated = now
         # Net amount ever taken (takes minus refunds): lets a server's old answer be replayed
@@ -115,13 +114,20 @@ class TokenBucket:
             self.level = implied
 
     def retune(self, per_second: float, burst_s: float) -> None:
-        self.rate = per_second
-        self.capacity = self._capacity(per_second, burst_s)
+        self.rate, self.capacity = self._shape(per_second, burst_s)
         self.level = min(self.level, self.capacity)
 
-    def _capacity(self, per_second: float, burst_s: float) -> float:
-        # At least one whole unit, or a limit under one per burst could never admit anything.
-        return max(1.0, per_second * burst_s * (1.0 - self.reserve))
+    def _shape(self, per_second: float, burst_s: float) -> tuple[float, float]:
+        """The refill rate and capacity that keep ``reserve`` of the burst back.
+
+        A bucket holds at least one whole unit, or a limit under one per burst could never admit
+        anything. Such a bucket cannot hold part of a unit back, so the reserve is kept in time
+        instead: each unit comes ``reserve * burst_s`` seconds later than the limit allows.
+        """
+        capacity = per_second * burst_s * (1.0 - self.reserve)
+        if capacity >= 1.0:
+            return per_second, capacity
+        return per_second / (1.0 + per_second * self.reserve * burst_s), 1.0
 
 
 class Permit:

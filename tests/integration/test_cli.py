@@ -88,6 +88,9 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
                           "output_dir"}
         folder = Path(e["output_dir"])
         assert (folder / "script.json").is_file() and (folder / "script.md").is_file()
+        for name in ("episode.mp4", "episode.srt", "poster.png"):
+            assert (folder / name).is_file()
+    assert set(report["totals"]["providers"]) == {"llm", "tts", "image"}
     assert "speedup" in result.stderr
 
 

@@ -74,6 +74,14 @@ async def test_a_reserve_keeps_part_of_the_burst_back_but_not_the_rate() -> None
     assert len(rec.grants) == 190  # the full rate once the burst is spent
 
 
+async def test_below_one_unit_per_burst_the_reserve_is_kept_in_time() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=30, reserve=0.1), clock)  # 0.5/s: a bucket of one
+    assert limiter._requests is not None
+    assert limiter._requests.capacity == 1
+    assert 1 / limiter._requests.rate == pytest.approx(2.0 + 0.1)  # 100 ms later each time
+
+
 async def test_round_robin_across_episodes_so_a_short_one_is_not_starved() -> None:
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=60, burst_s=1.0), clock)  # one per second, capacity 1
