@@ -92,3 +92,19 @@ async def test_a_failed_clip_job_is_started_again_then_reported(
     stats = gw.snapshot()
     assert stats["errors"]["GenerationFailed"] == 2 and stats["retries"] >= 1
     assert not (tmp_path / "clip.mp4").exists()
+
+
+async def test_a_clip_job_that_outlives_its_timeout_has_failed(
+    local_server: Start, gateway: Build, tmp_path: Path
+) -> None:
+    import time
+
+    from actors.errors import ProviderTimeout
+
+    server = local_server(latency_scale=1.0, video_latency=0, video_job_s=3600)  # never ends
+    gw = gateway("video", server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
+                 clip_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeout, match="clip timeout"):
+        await gw.clip("x", out_path=str(tmp_path / "clip.mp4"))
+    assert time.monotonic() - started < 5
