@@ -75,40 +75,34 @@ class Answer(Generic[T]):
 
 @dataclass(frozen=True)
 class Attempts:
-    """How a call went: where it landed, how many tries, how long it waited and ran."""
+    """How a call went: where it landed, how many tries, how long it waited and ran. Every
+    result carries these, so callers account for any call the same way."""
 
     deployment: str
     attempts: int
-    rate_limited: int
-    latency_s: float
-    wait_s: float
+    rate_limited: int  # 429s met on the way, so callers can back off their own concurrency
+    latency_s: float  # of the successful attempt, from send to parsed answer
+    wait_s: float  # spent waiting for the limiter, all attempts together
     cost_usd: float
 
 
 @dataclass(frozen=True)
-class MediaResult:
+class MediaResult(Attempts):
     """A generated file, written to ``path``: the bytes stay on disk, not in actor messages."""
 
     path: str
     size_bytes: int
     units: float  # speech characters, images, or video seconds
     request_id: str | None
-    deployment: str
-    attempts: int
-    rate_limited: int
-    latency_s: float
-    wait_s: float
-    cost_usd: float
 
     @classmethod
     def of(cls, path: Path, data: bytes, answer: Answer[Any], how: Attempts) -> MediaResult:
-        return cls(str(path), len(data), answer.usage.units, answer.headers.get("x-request-id"),
-                   how.deployment, how.attempts, how.rate_limited, how.latency_s, how.wait_s,
-                   how.cost_usd)
+        return cls(**vars(how), path=str(path), size_bytes=len(data), units=answer.usage.units,
+                   request_id=answer.headers.get("x-request-id"))
 
 
 @dataclass(frozen=True)
-class ChatResult:
+class ChatResult(Attempts):
     """A chat completion, reduced to what the pipeline uses (cheap to send between actors)."""
 
     text: str
@@ -116,12 +110,6 @@ class ChatResult:
     tokens_in: int
     tokens_out: int
     request_id: str | None
-    deployment: str
-    attempts: int
-    rate_limited: int  # 429s met on the way, so callers can back off their own concurrency
-    latency_s: float  # of the successful attempt, from send to parsed answer
-    wait_s: float  # spent waiting for the limiter, all attempts together
-    cost_usd: float
 
 
 def deployment_label(base_url: str) -> str:
@@ -291,17 +279,12 @@ class ProviderGateway:
         self.estimator.learn(messages, max_output, answer.usage)
         choice = answer.value["choices"][0]
         return ChatResult(
+            **vars(how),
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason"),
             tokens_in=answer.usage.tokens_in,
             tokens_out=answer.usage.tokens_out,
             request_id=answer.headers.get("x-request-id"),
-            deployment=how.deployment,
-            attempts=how.attempts,
-            rate_limited=how.rate_limited,
-            latency_s=how.latency_s,
-            wait_s=how.wait_s,
-            cost_usd=how.cost_usd,
         )
 
     async def speech(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,12 +39,3 @@ def local_server() -> Iterator[Callable[..., LocalServer]]:
     yield start
     for server in started:
         server.__exit__(None, None, None)
-
-
-def wait_for_condition(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Poll ``check`` until it holds; fail with a clear message after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.02)

@@ -12,6 +12,7 @@ import pytest
 from local_server.images import scene_card
 from local_server.speech import speaker as get_speaker
 from pipelines.composition import GAP_S, Line, compose_scene, run_ffmpeg, stitch, wav_seconds
+from tests.support import processes
 
 
 def probe(path: Path) -> tuple[str, float]:
@@ -68,16 +69,8 @@ def test_an_episode_is_its_scenes_in_order_with_subtitles_and_a_poster(media: di
 
 
 def _ffmpeg_writing(target: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ffmpeg" in cmdline and str(target.parent).encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
+    folder = str(target.parent).encode()
+    return processes(lambda cmdline: b"ffmpeg" in cmdline and folder in cmdline)
 
 
 @pytest.mark.usefixtures("ray_session")

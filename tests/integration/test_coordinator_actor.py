@@ -14,6 +14,7 @@ from local_server.process import LocalServer
 from pipelines import launcher
 from pipelines.models import EpisodeRequest
 from pipelines.settings import LLMSettings, Settings
+from tests.support import processes
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -56,15 +57,7 @@ async def test_events_stream_and_cancel_through_ray(
 
 
 def _ray_worker_processes() -> int:
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            count += title.startswith(b"ray::")
-    return count
+    return len(processes(lambda cmdline: cmdline.startswith(b"ray::")))
 
 
 async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
