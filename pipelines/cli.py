@@ -131,7 +131,7 @@ DEMO_PREMISES = (
 
 def _requests(args: argparse.Namespace) -> list[EpisodeRequest]:
     if args.command == "demo":
-        return [build_request({"premise": p, "scenes": 6, "lines_per_scene": 6, "seed": i})
+        return [build_request({"premise": p, "scenes": 6, "lines_per_scene": 4, "seed": i})
                 for i, p in enumerate(DEMO_PREMISES)]
     defaults = {k: v for k, v in (("scenes", args.scenes), ("lines_per_scene", args.lines),
                                   ("continuity", args.continuity)) if v is not None}
