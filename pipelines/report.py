@@ -35,6 +35,7 @@ def episode_entry(record: EpisodeRecord) -> dict[str, Any]:
         "critical_path_s": _round(plan.critical_path(latencies)),
         "cost_usd": round(record.cost_usd, 6),
         "output_dir": record.output_dir,
+        "files": dict(record.files),
         "error": record.error,
     }
 
