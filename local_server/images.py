@@ -48,10 +48,11 @@ def scene_card(prompt: str, size: str = DEFAULT_SIZE) -> bytes:
         shade = tuple(max(0, c - 25) for c in bottom)
         draw.rectangle([x, height - h, x + w, height], fill=shade)
     title, rest = _title_and_rest(prompt)
-    margin = width // 16
-    draw.text((margin, margin), title, font=_font(max(18, width // 24)), fill=(250, 245, 235))
-    body = textwrap.fill(rest, width=max(20, width // 22))
-    draw.multiline_text((margin, margin + width // 12), body, font=_font(max(12, width // 48)),
+    # Wide margins: a clip pans across the picture and crops a tenth of each edge.
+    left, top = width // 7, height // 6
+    draw.text((left, top), title, font=_font(max(18, width // 26)), fill=(250, 245, 235))
+    body = textwrap.fill(rest, width=max(20, width // 26))
+    draw.multiline_text((left, top + width // 14), body, font=_font(max(12, width // 52)),
                         fill=(235, 230, 220), spacing=6)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)

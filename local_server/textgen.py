@@ -94,7 +94,9 @@ class Writer:
         named = re.findall(r"(?:Characters?:|\(with)\s*([^\n)]+)", prompt)
         cast = [n.strip() for group in named for n in group.split(",")]
         cast = [n for n in dict.fromkeys(cast) if re.fullmatch(r"[A-Z][\w'-]{0,30}", n)]
-        self.cast = cast or rng.sample(FIRST_NAMES, k=4)
+        # Two at least, so nobody confronts themselves.
+        extra = [n for n in rng.sample(FIRST_NAMES, k=4) if n not in cast]
+        self.cast = cast + extra[: max(0, 2 - len(cast))] if cast else extra
 
     def word(self) -> str:
         return self.rng.choice(self.words)
