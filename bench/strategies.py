@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +58,7 @@ class Episode:
     outline: list[Any] = field(default_factory=list)
     contents: dict[int, Any] = field(default_factory=dict)
     dialogues: dict[int, SceneDialogue] = field(default_factory=dict)
+    scene_videos: dict[int, dict[str, Any]] = field(default_factory=dict)  # media runs only
 
     def outline_call(self) -> StageCall[Any]:
         return outline_call(self.request, range(1, self.request.scenes + 1), [])
@@ -216,9 +218,11 @@ def run_thread_strategy(
 
 
 def run_showrunner(requests: list[EpisodeRequest], base_url: str, rpm: float, tpm: float,
-                   name: str) -> tuple[float, dict[str, Any]]:
+                   name: str, providers: dict[str, Any] | None = None
+                   ) -> tuple[float, dict[str, Any]]:
     llm = LLMSettings(model="bench", rpm=rpm, tpm=tpm, max_inflight=256, timeout_s=60)
-    settings = Settings(llm=llm, max_parallel_episodes=len(requests), max_parallel_scenes=8)
+    settings = Settings(llm=llm, max_parallel_episodes=len(requests), max_parallel_scenes=8,
+                        **(providers or {}))
     with tempfile.TemporaryDirectory() as out:
         run = launcher.start_run(settings, Path(out), base_url, prefix=f"bench-{name}")
         # Actors are long-lived in use; their one-off process start is not part of a run.
@@ -251,7 +255,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=40.0, help="time compression")
     parser.add_argument("--skip-slow", action="store_true",
                         help="leave out the one-episode-at-a-time runs of the slowest designs")
-    args = parser.parse_args(argv)
+    parser.add_argument("--media", action="store_true",
+                        help="with speech, pictures, clips and MP4s (see bench/media.py)")
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "--media" in raw:  # the media run has its own flags and smaller defaults
+        from bench import media
+
+        media.main([a for a in raw if a != "--media"])
+        return
+    args = parser.parse_args(raw)
     rpm, tpm = REAL_RPM * args.scale, REAL_TPM * args.scale
     latency = REAL_LATENCY_S / args.scale
     requests = [

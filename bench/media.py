@@ -1,0 +1,319 @@
+"""The prior strategies with the media stages, beside Showrunner: `python -m bench.strategies
+--media` (or `python -m bench.media`).
+
+Every episode becomes an MP4: the script as in the text benchmark, then speech for every line,
+a picture and a clip per scene (a clip is a provider job: create, poll, download), each scene
+composed (lines, looped clip, subtitles) and the scenes stitched. Realistic latencies and limits,
+time-scaled like the rest: speech 1.5 s and 300 RPM, images 6 s and 50 RPM, clips 60 s as a job
+and at most 10 in flight. Composition is the same ffmpeg work for every strategy.
+
+The prior strategies keep their own concurrency control and the SDK's default retries; where a
+source used threads, the same limits are kept with asyncio semaphores (at these latencies the
+difference is nil). The workload is smaller than the text benchmark's by default: every clip and
+every composed scene is real CPU work, and this machine has two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import ray
+from rich.console import Console
+
+from bench.strategies import (
+    REAL_JITTER_S,
+    REAL_LATENCY_S,
+    REAL_RPM,
+    REAL_TPM,
+    Episode,
+    Row,
+    ask,
+    run_showrunner,
+    summarise,
+)
+from local_server.process import LocalServer
+from pipelines import media_stages as media
+from pipelines.composition import Line, compose_scene, stitch
+from pipelines.models import EpisodeRequest
+from pipelines.settings import ImageSettings, TTSSettings, VideoSettings
+
+TTS = (1.5, 0.5, 300)  # latency s, jitter s, RPM
+IMAGE = (6.0, 2.0, 50)
+CLIP_JOB_S, CLIP_JOBS, VIDEO_RPM = 60.0, 10, 60  # polls count against the video limit too
+
+
+class Media:
+    """What a prior strategy does for one scene's media, call by call, with the plain SDK."""
+
+    def __init__(self, client: openai.AsyncOpenAI, root: Path, poll_s: float) -> None:
+        self.client, self.root, self.poll_s = client, root, poll_s
+
+    def folder(self, ep: Episode) -> Path:
+        return self.root / f"ep{ep.request.seed}"
+
+    async def speech(self, ep: Episode, scene: int, line: int) -> None:
+        spoken = ep.dialogues[scene].lines[line - 1]
+        audio = await self.client.audio.speech.create(
+            model="tts", voice=media.voice_for(ep.request, spoken.speaker),  # type: ignore
+            input=spoken.text, response_format="wav")
+        path = media.speech_path(self.folder(ep), scene, line)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(audio.content)
+
+    async def image(self, ep: Episode, scene: int) -> None:
+        outline = ep.outline[0].scenes[scene - 1]
+        result = await self.client.images.generate(
+            model="img", prompt=media.image_prompt(ep.request, outline, ep.contents[scene]))
+        path = media.image_path(self.folder(ep), scene)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(result.data[0].b64_json or ""))
+
+    async def clip(self, ep: Episode, scene: int) -> None:
+        image = media.image_path(self.folder(ep), scene)
+        job = await self.client.videos.create(
+            prompt=media.clip_prompt(ep.outline[0].scenes[scene - 1], ep.contents[scene]),
+            input_reference=("image.png", image.read_bytes(), "image/png"), seconds="4")
+        while job.status not in ("completed", "failed"):  # their sources poll every 2 s
+            await asyncio.sleep(self.poll_s)
+            job = await self.client.videos.retrieve(job.id)
+        if job.status == "failed":
+            raise RuntimeError(f"clip {job.id} failed")
+        content = await self.client.videos.download_content(job.id)
+        media.clip_path(self.folder(ep), scene).write_bytes(content.content)
+
+    async def visuals(self, ep: Episode, scene: int) -> None:
+        await self.image(ep, scene)
+        await self.clip(ep, scene)
+
+    async def voice(self, ep: Episode, scene: int) -> None:
+        for line in range(1, ep.request.lines_per_scene + 1):
+            await self.speech(ep, scene, line)
+
+    async def compose(self, ep: Episode, scene: int) -> None:
+        folder = self.folder(ep)
+        lines = [Line(x.speaker, x.text, str(media.speech_path(folder, scene, i)))
+                 for i, x in enumerate(ep.dialogues[scene].lines, start=1)]
+        ep.scene_videos[scene] = await asyncio.to_thread(
+            compose_scene, lines, str(media.clip_path(folder, scene)),
+            str(media.scene_video_path(folder, scene)))
+
+    async def stitch(self, ep: Episode) -> None:
+        videos = ep.scene_videos
+        await asyncio.to_thread(stitch, [videos[s] for s in sorted(videos)],
+                                str(media.image_path(self.folder(ep), 1)), str(self.folder(ep)))
+
+
+async def script_in_order(client: openai.AsyncOpenAI, ep: Episode) -> None:
+    ep.outline.append(await ask(client, ep.outline_call()))
+    for s in range(1, ep.request.scenes + 1):
+        ep.contents[s] = await ask(client, ep.content_call(s))
+        ep.dialogues[s] = await ask(client, ep.dialogue_call(s, [s - 1] if s > 1 else []))
+
+
+def scenes(ep: Episode) -> range:
+    return range(1, ep.request.scenes + 1)
+
+
+async def sequential(client: openai.AsyncOpenAI, m: Media, ep: Episode) -> None:
+    await script_in_order(client, ep)
+    for s in scenes(ep):
+        await m.voice(ep, s)
+        await m.visuals(ep, s)
+        await m.compose(ep, s)
+    await m.stitch(ep)
+
+
+async def semaphore_of_3(client: openai.AsyncOpenAI, m: Media, ep: Episode) -> None:
+    ep.outline.append(await ask(client, ep.outline_call()))
+    gate = asyncio.Semaphore(3)
+
+    async def scene(s: int) -> None:
+        async with gate:
+            ep.contents[s] = await ask(client, ep.content_call(s))
+            ep.dialogues[s] = await ask(client, ep.dialogue_call(s, []))
+            await m.voice(ep, s)
+            await m.visuals(ep, s)
+            await m.compose(ep, s)
+
+    await asyncio.gather(*(scene(s) for s in scenes(ep)))
+    await m.stitch(ep)
+
+
+async def batches_of_5(client: openai.AsyncOpenAI, m: Media, ep: Episode) -> None:
+    ep.outline.append(await ask(client, ep.outline_call()))
+    order = list(scenes(ep))
+    for start in range(0, len(order), 5):
+        batch = order[start:start + 5]
+        before = list(range(1, batch[0]))
+
+        async def scene(s: int, sees: list[int] = before) -> None:
+            ep.contents[s] = await ask(client, ep.content_call(s))
+            ep.dialogues[s] = await ask(client, ep.dialogue_call(s, sees))
+            await m.voice(ep, s)
+            await m.visuals(ep, s)
+            await m.compose(ep, s)
+
+        await asyncio.gather(*(scene(s) for s in batch))  # the barrier
+    await m.stitch(ep)
+
+
+async def thread_pool(client: openai.AsyncOpenAI, m: Media, ep: Episode) -> None:
+    """The script in order, then the media calls 5 at a time, then the scenes composed."""
+    await script_in_order(client, ep)
+    gate = asyncio.Semaphore(5)
+
+    async def limited(call: Awaitable[None]) -> None:
+        async with gate:
+            await call
+
+    calls: list[Awaitable[None]] = [m.speech(ep, s, line) for s in scenes(ep)
+                                    for line in range(1, ep.request.lines_per_scene + 1)]
+    calls += [m.image(ep, s) for s in scenes(ep)]
+    await asyncio.gather(*(limited(c) for c in calls))
+    await asyncio.gather(*(limited(m.clip(ep, s)) for s in scenes(ep)))
+    await asyncio.gather(*(limited(m.compose(ep, s)) for s in scenes(ep)))
+    await m.stitch(ep)
+
+
+async def parallel_clips(client: openai.AsyncOpenAI, m: Media, ep: Episode) -> None:
+    """Everything in order except the clips, made in groups of 3."""
+    await script_in_order(client, ep)
+    for s in scenes(ep):
+        await m.voice(ep, s)
+        await m.image(ep, s)
+    order = list(scenes(ep))
+    for start in range(0, len(order), 3):
+        await asyncio.gather(*(m.clip(ep, s) for s in order[start:start + 3]))
+    for s in scenes(ep):
+        await m.compose(ep, s)
+    await m.stitch(ep)
+
+
+async def hybrid_two_phase(client: openai.AsyncOpenAI, m: Media, ep: Episode) -> None:
+    """Phase 1: content (and the pictures and clips it allows), 3 at a time. Phase 2, in order:
+    each scene's dialogue, then its speech, serially."""
+    ep.outline.append(await ask(client, ep.outline_call()))
+    gate = asyncio.Semaphore(3)
+
+    async def phase_one(s: int) -> None:
+        async with gate:
+            ep.contents[s] = await ask(client, ep.content_call(s))
+            await m.visuals(ep, s)
+
+    await asyncio.gather(*(phase_one(s) for s in scenes(ep)))
+    for s in scenes(ep):
+        ep.dialogues[s] = await ask(client, ep.dialogue_call(s, [s - 1] if s > 1 else []))
+        await m.voice(ep, s)
+    for s in scenes(ep):
+        await m.compose(ep, s)
+    await m.stitch(ep)
+
+
+Strategy = Callable[[openai.AsyncOpenAI, Media, Episode], Awaitable[None]]
+PRIOR: list[tuple[str, str, Strategy, int]] = [  # name, continuity, function, episodes at once
+    ("sequential", "chain", sequential, 1),
+    ("semaphore of 3", "none", semaphore_of_3, 1),
+    ("batches of 5", "batch:5", batches_of_5, 1),
+    ("thread pool 3 episodes", "chain", thread_pool, 3),
+    ("parallel clips", "chain", parallel_clips, 1),
+    ("hybrid two-phase", "chain", hybrid_two_phase, 1),
+]
+
+
+async def run_prior(fn: Strategy, requests: list[EpisodeRequest], base_url: str, at_once: int,
+                    poll_s: float) -> float:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="local")  # default retries: 2
+    with tempfile.TemporaryDirectory() as out:
+        m = Media(client, Path(out), poll_s)
+        gate = asyncio.Semaphore(at_once)
+
+        async def one(request: EpisodeRequest) -> None:
+            async with gate:
+                await fn(client, m, Episode(request))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(r) for r in requests))
+        elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.media",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--scenes", type=int, default=5)
+    parser.add_argument("--lines", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=40.0, help="time compression")
+    args = parser.parse_args(argv)
+    k = args.scale
+    requests = [
+        EpisodeRequest(premise=f"Episode {i + 1} of a series about a night-shift radio station.",
+                       scenes=args.scenes, lines_per_scene=args.lines, seed=i)
+        for i in range(args.episodes)
+    ]
+    server_flags = dict(
+        latency_scale=1 / k, llm_latency=REAL_LATENCY_S, llm_jitter=REAL_JITTER_S,
+        llm_rpm=REAL_RPM * k, llm_tpm=REAL_TPM * k, tts_latency=TTS[0], tts_jitter=TTS[1],
+        tts_rpm=TTS[2] * k, image_latency=IMAGE[0], image_jitter=IMAGE[1],
+        image_rpm=IMAGE[2] * k, video_job_s=CLIP_JOB_S, video_max_jobs=CLIP_JOBS,
+        video_rpm=VIDEO_RPM * k,
+    )
+    poll_s = 2.0 / k
+    rows: list[Row] = []
+    reports: dict[str, dict[str, Any]] = {}
+    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        with LocalServer(**server_flags) as server:
+            def rejected() -> int:
+                return sum(e["rate_limited"] for e in server.stats().values())
+
+            def measure(name: str, continuity: str, at_once: str, run: Callable[[], float],
+                        prior: bool = True) -> None:
+                server.reset_stats()
+                try:
+                    seconds = run()
+                except Exception as err:  # a design that breaks under load is a result too
+                    Console(stderr=True).print(f"  {name} ({at_once}): failed: {err!r:.200}")
+                    return
+                rows.append(Row(name, continuity, seconds, rejected(), at_once, prior))
+                Console(stderr=True).print(f"  {name} ({at_once}): {seconds:.2f} s")
+
+            url = server.base_url
+            for all_at_once in (False, True):
+                for name, continuity, fn, at_once in PRIOR:
+                    width = len(requests) if all_at_once else at_once
+                    label = f"all {len(requests)}" if all_at_once else str(at_once)
+                    measure(name, continuity, label, lambda f=fn, w=width: asyncio.run(
+                        run_prior(f, requests, url, w, poll_s)))
+            media_settings = {
+                "tts": TTSSettings(rpm=TTS[2] * k, timeout_s=60),
+                "image": ImageSettings(rpm=IMAGE[2] * k, timeout_s=60),
+                "video": VideoSettings(base_url=url, rpm=VIDEO_RPM * k, max_inflight=CLIP_JOBS,
+                                       poll_initial_s=poll_s, poll_max_s=10.0 / k,
+                                       timeout_s=60),
+            }
+
+            def showrunner() -> float:
+                seconds, reports["chain"] = run_showrunner(
+                    requests, url, REAL_RPM * k, REAL_TPM * k, "media", media_settings)
+                return seconds
+
+            measure("Showrunner (chain)", "chain", f"all {len(requests)}", showrunner,
+                    prior=False)
+    finally:
+        ray.shutdown()
+    print(json.dumps(summarise(rows, reports, args, REAL_LATENCY_S / k)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
