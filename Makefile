@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench bench-provider bench-strategies clean
+.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,10 @@ bench-provider: $(STAMP)
 bench-strategies: $(STAMP)
 	$(PY) -m bench.strategies
 
-bench: bench-provider bench-strategies
+bench-media: $(STAMP)
+	$(PY) -m bench.strategies --media
+
+bench: bench-provider bench-strategies bench-media
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info
