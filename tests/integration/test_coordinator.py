@@ -207,7 +207,9 @@ async def test_cancel_ends_work_within_a_second_and_keeps_what_finished(
     while (await coordinator.episode(eid)).nodes["outline:1"].state is not NodeState.DONE:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)  # the content calls are now in flight
+    while server.stats()["chat"]["inflight"] == 0:  # wait for content calls in flight
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
     started = time.monotonic()
     assert await coordinator.cancel(eid) == "cancelled"
     assert time.monotonic() - started < 1.0
