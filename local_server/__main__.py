@@ -1,3 +1,6 @@
+"""``python -m local_server [flags]``: see ``local_server.cli``."""
+
 from local_server.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

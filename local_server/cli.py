@@ -1,55 +1,76 @@
 """Flags of the bundled server, shared by ``python -m local_server`` and
-``showrunner local-server``."""
+``showrunner local-server``: ``add_arguments`` → ``config_from_args`` → ``run``.
+
+Importing this module has no side effects; only ``main`` and ``run`` do anything.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import sys
+from collections.abc import Callable
 
-from aiohttp import web
-
-from local_server.app import build_app
 from local_server.config import EndpointConfig, ServerConfig, default_endpoints
 
 HOST = "127.0.0.1"  # loopback only: this server has no authentication worth the name
+DEFAULT_PORT = 8000
 # Endpoint name -> the provider kind its flags are named after (--llm-rpm, --tts-rpm, ...).
 FLAG_PREFIX = {"chat": "llm", "speech": "tts", "image": "image", "video": "video"}
+# How long a stopping server lets requests in flight finish; hanging ones are then cancelled.
+SHUTDOWN_GRACE_S = 0.5
+# No access log (it costs more than a tiny answer); a client that disconnects cancels its
+# handler, so a hanging request does not outlive the client that gave up on it.
+RUNNER_OPTIONS = {"access_log": None, "handler_cancellation": True,
+                  "shutdown_timeout": SHUTDOWN_GRACE_S}
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
-    return value
+def _number(check: str, test: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: a float passing ``test``, else the message ``must be <check>``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {check}, not {text}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
-    return value
+_fraction = _number("from 0 to 1", lambda v: 0.0 <= v <= 1.0)
+_positive = _number("above 0", lambda v: v > 0)
+_non_negative = _number("0 or more", lambda v: v >= 0)
 
 
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
+def _count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text}")
+        return value
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, not {text}")
-    return value
+    parse.__name__ = "integer"
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
+    """Add the server's flags to ``parser`` (its own, or a subcommand's)."""
+    parser.add_argument("--port", type=_count(0, 65535), default=DEFAULT_PORT,
+                        help=f"port on 127.0.0.1; 0 picks a free one (default {DEFAULT_PORT})")
     parser.add_argument("--seed", type=int, default=0, help="fixes answers, latencies, faults")
-    parser.add_argument("--latency-scale", type=_non_negative, default=1.0,
+    parser.add_argument("--latency-scale", type=_non_negative, default=1.0, metavar="X",
                         help="multiplies every latency (0: answer at once)")
     for endpoint, flag in FLAG_PREFIX.items():
         default = default_endpoints()[endpoint]
@@ -59,34 +80,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}-jitter", type=_non_negative, default=None, metavar="S",
                             help=f"{endpoint} latency varies uniformly by +/- this "
                                  f"(default {default.jitter_s:g})")
-        parser.add_argument(f"--{flag}-rpm", type=_positive, default=None,
+        parser.add_argument(f"--{flag}-rpm", type=_positive, default=None, metavar="R",
                             help=f"{endpoint} requests per minute (default: no limit)")
-    parser.add_argument("--llm-tpm", type=_positive, default=None,
+    parser.add_argument("--llm-tpm", type=_positive, default=None, metavar="T",
                         help="chat tokens per minute (default: no limit)")
-    parser.add_argument("--video-job-s", type=_non_negative, default=60.0, metavar="S",
-                        help="how long a clip job takes, seconds before scaling (default 60)")
-    parser.add_argument("--video-max-jobs", type=int, default=10, metavar="N",
-                        help="clip jobs in progress at once; more is a 429 (default 10)")
-    parser.add_argument("--video-fail-rate", type=_fraction, default=0.0,
-                        help="share of clip jobs that end failed")
-    parser.add_argument("--burst-s", type=_positive, default=1.0,
-                        help="bucket capacity in seconds of quota (OpenAI: about 1)")
-    parser.add_argument("--fault-rate", type=_fraction, default=0.0, help="share of 5xx answers")
-    parser.add_argument("--hang-rate", type=_fraction, default=0.0,
-                        help="share of requests held past any sane timeout")
-    parser.add_argument("--hang-s", type=_positive, default=600.0, help="how long a hang lasts")
-    parser.add_argument("--malformed-rate", type=_fraction, default=0.0,
-                        help="share of 200s whose body is not JSON")
+    parser.add_argument("--burst-s", type=_positive, default=1.0, metavar="S",
+                        help="bucket capacity in seconds of quota (default 1, as OpenAI)")
+    parser.add_argument("--fault-rate", type=_fraction, default=0.0, metavar="F",
+                        help="share of admitted requests answered 500/502/503")
+    parser.add_argument("--hang-rate", type=_fraction, default=0.0, metavar="H",
+                        help="share of admitted requests held --hang-s before the answer")
+    parser.add_argument("--hang-s", type=_non_negative, default=600.0, metavar="S",
+                        help="how long a hang lasts (default 600)")
+    parser.add_argument("--malformed-rate", type=_fraction, default=0.0, metavar="M",
+                        help="share of admitted requests answered 200 with a body not JSON")
     parser.add_argument("--quota-exhausted", action="store_true",
                         help="answer every request 429 insufficient_quota")
     parser.add_argument("--require-key", default=None, metavar="KEY",
-                        help="refuse (401) any other bearer key")
+                        help="answer 401 invalid_api_key to any other bearer key")
+    parser.add_argument("--video-job-s", type=_non_negative, default=60.0, metavar="S",
+                        help="how long a clip job takes, seconds before scaling (default 60)")
+    parser.add_argument("--video-max-jobs", type=_count(0, 100_000), default=10, metavar="N",
+                        help="clip jobs in progress at once; more is a 429 (default 10)")
+    parser.add_argument("--video-fail-rate", type=_fraction, default=0.0, metavar="F",
+                        help="share of clip jobs that end failed")
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    endpoints = {}
+def config_from_args(args: argparse.Namespace,
+                     parser: argparse.ArgumentParser | None = None) -> ServerConfig:
+    """The config the flags describe. A combination no single flag can reject (fault, hang and
+    malformed rates summing past 1) exits 2 with an argparse-style message, through ``parser``
+    when given."""
+    endpoints: dict[str, EndpointConfig] = {}
     for endpoint, default in default_endpoints().items():
-        flag = FLAG_PREFIX[endpoint].replace("-", "_")
+        flag = FLAG_PREFIX[endpoint]
         latency = getattr(args, f"{flag}_latency")
         jitter = getattr(args, f"{flag}_jitter")
         endpoints[endpoint] = EndpointConfig(
@@ -95,35 +122,53 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             rpm=getattr(args, f"{flag}_rpm"),
             tpm=args.llm_tpm if endpoint == "chat" else None,
         )
-    return ServerConfig(
-        seed=args.seed, latency_scale=args.latency_scale, burst_s=args.burst_s,
-        fault_rate=args.fault_rate, hang_rate=args.hang_rate, hang_s=args.hang_s,
-        malformed_rate=args.malformed_rate, quota_exhausted=args.quota_exhausted,
-        require_key=args.require_key, endpoints=endpoints,
-        video_job_s=args.video_job_s, video_max_jobs=args.video_max_jobs,
-        video_fail_rate=args.video_fail_rate,
-    )
+    try:
+        return ServerConfig(
+            seed=args.seed, latency_scale=args.latency_scale, burst_s=args.burst_s,
+            fault_rate=args.fault_rate, hang_rate=args.hang_rate, hang_s=args.hang_s,
+            malformed_rate=args.malformed_rate, quota_exhausted=args.quota_exhausted,
+            require_key=args.require_key, endpoints=endpoints,
+            video_job_s=args.video_job_s, video_max_jobs=args.video_max_jobs,
+            video_fail_rate=args.video_fail_rate,
+        )
+    except ValueError as err:
+        if parser is not None:
+            parser.error(str(err))  # exits 2
+        print(f"local_server: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
-async def serve(config: ServerConfig, host: str = HOST, port: int = 8000) -> None:
+async def serve(config: ServerConfig, host: str = HOST, port: int = DEFAULT_PORT) -> None:
     """Serve until SIGTERM or SIGINT; announce the bound port on one stdout line."""
-    runner = web.AppRunner(build_app(config), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    bound = runner.addresses[0][1]
-    print(f"listening on http://{host}:{bound}", flush=True)
+    # Imported here: building a parser (``showrunner --help``) needs none of the server.
+    from aiohttp import web
+
+    from local_server.app import build_app
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before the port is announced: a parent may signal as soon as it reads the line.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        # Not in the main thread (an embedding app): the caller stops us by cancelling.
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(build_app(config), **RUNNER_OPTIONS)  # type: ignore[arg-type]
+    await runner.setup()
     try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound = runner.addresses[0][1]
+        print(f"listening on http://{host}:{bound}", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.remove_signal_handler(sig)
 
 
-def run(config: ServerConfig, host: str = HOST, port: int = 8000) -> None:
+def run(config: ServerConfig, host: str = HOST, port: int = DEFAULT_PORT) -> None:
+    """Serve ``config`` on ``host:port`` (0: a free port) until SIGTERM or Ctrl-C."""
     asyncio.run(serve(config, host, port))
 
 
@@ -134,9 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
+    config = config_from_args(args, parser)
     try:
-        run(config_from_args(args), port=args.port)
+        run(config, port=args.port)
     except OSError as err:
-        print(f"local_server: error: cannot listen on port {args.port}: {err.strerror}",
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        print(f"local_server: error: cannot listen on {HOST}:{args.port}: {reason}",
               file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C before the server was up: nothing to clean
+        sys.exit(130)

@@ -1,22 +1,40 @@
-"""What the bundled server simulates: latency, limits and faults, per endpoint."""
+"""What the bundled server simulates: latency, limits and faults, per endpoint.
+
+Endpoints are entries of one table keyed by name (``chat``, ``speech``, ``image``, ``video``), so
+a new kind of model call gets its own latency and limits by adding an entry, not new fields.
+The config is checked on construction: ``build_app`` can be called without the CLI (tests do), and
+a rate of 1.5 or a negative latency would otherwise only show up as odd behaviour under load.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """One endpoint kind (chat now; speech, images and video join the same table)."""
+    """Latency and limits of one endpoint kind.
 
-    latency_s: float  # mean, before latency_scale
-    jitter_s: float  # uniform +/- around the mean, before latency_scale
+    Latency is drawn per request, uniformly in ``latency_s +/- jitter_s``, clipped at 0, then
+    multiplied by ``ServerConfig.latency_scale``. ``rpm``/``tpm`` of ``None`` mean no limit.
+    """
+
+    latency_s: float
+    jitter_s: float
     rpm: float | None = None
     tpm: float | None = None
 
+    def __post_init__(self) -> None:
+        _check(self.latency_s >= 0, f"latency_s must be 0 or more, not {self.latency_s}")
+        _check(self.jitter_s >= 0, f"jitter_s must be 0 or more, not {self.jitter_s}")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"{name} must be above 0 or None, not {value}")
+
 
 def default_endpoints() -> dict[str, EndpointConfig]:
-    """Latencies like a real provider's, before ``latency_scale``."""
+    """Latencies like a real provider's, before ``latency_scale``; no limits."""
     return {
         "chat": EndpointConfig(latency_s=0.8, jitter_s=0.3),
         "speech": EndpointConfig(latency_s=1.5, jitter_s=0.5),
@@ -27,20 +45,50 @@ def default_endpoints() -> dict[str, EndpointConfig]:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """Everything that shapes the server's behaviour; the same config and seed replay the same
+    answers, latencies and faults (for requests arriving in the same order)."""
+
     seed: int = 0
     latency_scale: float = 1.0
+    # Bucket capacity in seconds of quota: OpenAI documents that 60,000 RPM may be enforced as
+    # 1,000 requests per second, so a burst of a whole minute's quota is refused.
     burst_s: float = 1.0
-    fault_rate: float = 0.0
-    hang_rate: float = 0.0
-    malformed_rate: float = 0.0
+    fault_rate: float = 0.0  # share of admitted requests answered 500/502/503
+    hang_rate: float = 0.0  # share held for ``hang_s`` before the answer
+    malformed_rate: float = 0.0  # share answered 200 with a body that is not JSON
     hang_s: float = 600.0
-    quota_exhausted: bool = False
-    require_key: str | None = None
+    quota_exhausted: bool = False  # every request: 429 insufficient_quota
+    require_key: str | None = None  # any other bearer key: 401 invalid_api_key
     video_job_s: float = 60.0  # how long a clip job takes, before latency_scale
     video_job_jitter_s: float = 15.0
     video_max_jobs: int = 10  # jobs in progress at once; more is a 429
     video_fail_rate: float = 0.0  # share of jobs that end "failed"
     endpoints: dict[str, EndpointConfig] = field(default_factory=default_endpoints)
 
+    def __post_init__(self) -> None:
+        for name in ("fault_rate", "hang_rate", "malformed_rate", "video_fail_rate"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{name} must be from 0 to 1, not {value}")
+        _check(self.fault_rate + self.hang_rate + self.malformed_rate <= 1.0 + 1e-9,
+               "fault_rate + hang_rate + malformed_rate must not exceed 1")
+        _check(self.latency_scale >= 0, f"latency_scale must be 0 or more, not "
+                                        f"{self.latency_scale}")
+        _check(self.burst_s > 0, f"burst_s must be above 0, not {self.burst_s}")
+        _check(self.hang_s >= 0, f"hang_s must be 0 or more, not {self.hang_s}")
+        _check(self.video_job_s >= 0 and self.video_job_jitter_s >= 0,
+               "video_job_s and video_job_jitter_s must be 0 or more")
+        _check(self.video_max_jobs >= 0, f"video_max_jobs must be 0 or more, not "
+                                         f"{self.video_max_jobs}")
+
     def endpoint(self, name: str) -> EndpointConfig:
         return self.endpoints[name]
+
+    def with_endpoint(self, name: str, **changes: float | None) -> ServerConfig:
+        """A copy with one endpoint's settings changed: ``with_endpoint("chat", rpm=600)``."""
+        endpoints = {**self.endpoints, name: dataclasses.replace(self.endpoints[name], **changes)}
+        return dataclasses.replace(self, endpoints=endpoints)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -20,11 +20,19 @@ from typing import Any
 import imageio_ffmpeg
 
 from local_server.images import scene_card
-from pipelines.composition import pan_filter
 
 SECONDS = ("4", "8", "12")
 SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
 FPS = 24
+
+
+def pan_filter(width: int, height: int, seconds: float) -> str:
+    """ffmpeg filter: fill the frame 20% larger than the clip, then pan across it over the clip's
+    length. (The same move as ``pipelines.composition``'s local clips; kept here so the server
+    depends on nothing of the pipeline.)"""
+    return (f"scale={int(width * 1.2)}:{int(height * 1.2)}:force_original_aspect_ratio=increase,"
+            f"crop={width}:{height}:x='(in_w-out_w)*t/{seconds}':y='(in_h-out_h)/2',"
+            f"format=yuv420p")
 
 
 @dataclass

@@ -1,10 +1,24 @@
-"""The bundled server over loopback, driven by the real ``openai`` SDK."""
+"""The bundled server as a child process over loopback, driven by the real ``openai`` SDK.
+
+One server per configuration, shared by the module's tests (a start costs about 0.3 s); a test
+that counts requests reads the counters of a server no other test uses.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import os
-from collections.abc import Callable
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import wave
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -12,94 +26,161 @@ from pydantic import BaseModel, Field
 
 from local_server.process import LocalServer, LocalServerError
 
-Start = Callable[..., LocalServer]
-MESSAGES = [{"role": "user", "content": "Premise: A choir rehearses during a blackout."}]
+pytestmark = pytest.mark.integration
+
+MESSAGES: list[Any] = [{"role": "user",
+                        "content": "Premise: A choir rehearses during a blackout.\n"
+                                   "Characters: Ines, Tomas, Bea"}]
 
 
-class Beat(BaseModel):
+class Voice(BaseModel):
+    name: str
+    part: str | None
+
+
+class Rehearsal(BaseModel):
     title: str
-    characters: list[str] = Field(min_length=2, max_length=4)
-    mood: str | None
+    setting: str
+    voices: list[Voice] = Field(min_length=2, max_length=3)
+    lines: list[str] = Field(min_length=1, max_length=4)
 
 
-def client(server: LocalServer, **kwargs: object) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.base_url, api_key=kwargs.pop("api_key", "test"),
-                              max_retries=0, **kwargs)
+def _server(**flags: Any) -> Iterator[LocalServer]:
+    with LocalServer(latency_scale=flags.pop("latency_scale", 0.0), **flags) as server:
+        yield server
 
 
-async def test_structured_outputs_parse_with_the_sdk(local_server: Start) -> None:
-    server = local_server()
-    completion = await client(server).chat.completions.parse(
-        model="any-model", messages=MESSAGES, response_format=Beat
-    )
-    beat = completion.choices[0].message.parsed
-    assert isinstance(beat, Beat) and 2 <= len(beat.characters) <= 4
-    assert completion.model == "any-model" and completion.usage.total_tokens > 0
+@pytest.fixture(scope="module")
+def plain() -> Iterator[LocalServer]:
+    yield from _server(llm_rpm=60_000, llm_tpm=10_000_000)  # limited, but never reached here
 
 
-async def test_every_200_carries_rate_limit_headers(local_server: Start) -> None:
-    server = local_server(llm_rpm=600, llm_tpm=100_000)
-    raw = await client(server).chat.completions.with_raw_response.create(
-        model="m", messages=MESSAGES
-    )
-    assert raw.headers["x-ratelimit-limit-requests"] == "600"
-    assert raw.headers["x-ratelimit-remaining-requests"] == "9"
-    assert raw.headers["x-ratelimit-reset-requests"].endswith("ms")
-    assert "x-ratelimit-remaining-tokens" in raw.headers and raw.headers["x-request-id"]
+@pytest.fixture(scope="module")
+def tight() -> Iterator[LocalServer]:
+    yield from _server(llm_rpm=60)  # a burst of one request, one more a second
+
+
+def client(server: LocalServer, **options: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url, max_retries=0,
+                              api_key=options.pop("api_key", "test"), **options)
+
+
+async def test_structured_outputs_parse_with_the_sdk(plain: LocalServer) -> None:
+    async with client(plain) as sdk:
+        completion = await sdk.chat.completions.parse(model="any-model", messages=MESSAGES,
+                                                      response_format=Rehearsal)
+    rehearsal = completion.choices[0].message.parsed
+    assert isinstance(rehearsal, Rehearsal) and 2 <= len(rehearsal.voices) <= 3
+    assert {v.name for v in rehearsal.voices} <= {"Ines", "Tomas", "Bea"}
+    assert completion.model == "any-model" and completion.id.startswith("chatcmpl-")
+    assert completion.usage is not None and completion.usage.total_tokens > 0
+
+
+async def test_plain_text_completion(plain: LocalServer) -> None:
+    async with client(plain) as sdk:
+        completion = await sdk.chat.completions.create(model="m", messages=MESSAGES)
+        cut = await sdk.chat.completions.create(model="m", messages=MESSAGES, max_tokens=3)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.role == "assistant"
+    assert any(w in choice.message.content for w in ("choir", "rehearses", "blackout"))
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 3
+
+
+async def test_a_200_carries_the_rate_limit_headers(plain: LocalServer) -> None:
+    async with client(plain) as sdk:
+        raw = await sdk.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+    headers = raw.headers
+    assert headers["x-ratelimit-limit-requests"] == "60000"
+    assert 0 <= int(headers["x-ratelimit-remaining-requests"]) < 1000
+    assert headers["x-ratelimit-limit-tokens"] == "10000000"
+    assert int(headers["x-ratelimit-remaining-tokens"]) < 10_000_000 // 60
+    assert headers["x-ratelimit-reset-requests"].endswith("ms")
+    assert headers["x-ratelimit-reset-tokens"].endswith("ms")
+    assert headers["x-request-id"].startswith("req_")
     assert raw.parse().choices[0].message.content
 
 
-async def test_over_the_limit_is_a_429_with_retry_after(local_server: Start) -> None:
-    server = local_server(llm_rpm=60)  # a burst of one request
-    sdk = client(server)
-    await sdk.chat.completions.create(model="m", messages=MESSAGES)
-    with pytest.raises(openai.RateLimitError) as caught:
+async def test_over_the_limit_is_a_rate_limit_error_the_server_counts(tight: LocalServer
+                                                                      ) -> None:
+    tight.reset_stats()
+    async with client(tight) as sdk:
         await sdk.chat.completions.create(model="m", messages=MESSAGES)
-    headers = caught.value.response.headers
-    assert 0 < int(headers["retry-after-ms"]) <= 1000 and headers["retry-after"] == "1"
-    assert caught.value.code == "rate_limit_exceeded"
-    stats = server.stats()["chat"]
-    assert (stats["accepted"], stats["rate_limited"]) == (1, 1)
-    assert server.reset_stats()["chat"]["accepted"] == 0
+        with pytest.raises(openai.RateLimitError) as caught:
+            await sdk.chat.completions.create(model="m", messages=MESSAGES)
+    error = caught.value
+    assert error.code == "rate_limit_exceeded" and error.type == "requests"
+    assert 0 < int(error.response.headers["retry-after-ms"]) <= 1000
+    assert error.response.headers["retry-after"] == "1"
+    assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
+    counted = tight.stats()["chat"]
+    assert (counted["accepted"], counted["rate_limited"]) == (1, 1)
+    assert tight.reset_stats()["chat"]["rate_limited"] == 0
 
 
-async def test_exhausted_quota_and_wrong_key(local_server: Start) -> None:
-    with pytest.raises(openai.RateLimitError) as caught:
-        await client(local_server(quota_exhausted=True)).chat.completions.create(
-            model="m", messages=MESSAGES)
+async def test_exhausted_quota_is_a_rate_limit_error_without_retry_after() -> None:
+    with LocalServer(latency_scale=0, quota_exhausted=True) as server:
+        async with client(server) as sdk:
+            with pytest.raises(openai.RateLimitError) as caught:
+                await sdk.chat.completions.create(model="m", messages=MESSAGES)
+        assert server.stats()["chat"]["quota_rejected"] == 1
     assert caught.value.code == "insufficient_quota"
     assert "retry-after" not in caught.value.response.headers
-    with pytest.raises(openai.AuthenticationError):
-        await client(local_server(require_key="k1"), api_key="k2").chat.completions.create(
-            model="m", messages=MESSAGES)
+    assert "retry-after-ms" not in caught.value.response.headers
 
 
-async def test_fault_modes(local_server: Start) -> None:
-    with pytest.raises(openai.InternalServerError):
-        await client(local_server(fault_rate=1.0)).chat.completions.create(
-            model="m", messages=MESSAGES)
-    with pytest.raises(openai.APITimeoutError):
-        await client(local_server(hang_rate=1.0), timeout=0.3).chat.completions.create(
-            model="m", messages=MESSAGES)
-    malformed = client(local_server(malformed_rate=1.0))
-    raw = await malformed.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
-    with pytest.raises(ValueError):  # the SDK's json.loads of a broken body
-        raw.parse()
-    with pytest.raises(openai.BadRequestError) as bad:
-        await client(local_server()).chat.completions.create(model="m", messages=[])
-    assert bad.value.param == "messages"
+async def test_a_wrong_key_is_an_authentication_error() -> None:
+    with LocalServer(latency_scale=0, require_key="sk-right") as server:
+        async with client(server, api_key="sk-wrong-key") as wrong:
+            with pytest.raises(openai.AuthenticationError) as caught:
+                await wrong.chat.completions.create(model="m", messages=MESSAGES)
+        async with client(server, api_key="sk-right") as right:
+            assert (await right.chat.completions.create(model="m", messages=MESSAGES)).choices
+    assert caught.value.code == "invalid_api_key"
 
 
-async def test_max_tokens_cuts_the_answer(local_server: Start) -> None:
-    completion = await client(local_server()).chat.completions.create(
-        model="m", messages=MESSAGES, max_tokens=3)
-    assert completion.choices[0].finish_reason == "length"
-    assert completion.usage.completion_tokens <= 3
+async def test_injected_server_errors_are_internal_server_errors() -> None:
+    with LocalServer(latency_scale=0, fault_rate=1.0) as server:
+        async with client(server) as sdk:
+            with pytest.raises(openai.InternalServerError) as caught:
+                await sdk.chat.completions.create(model="m", messages=MESSAGES)
+        assert server.stats()["chat"]["faults"]["server_error"] == 1
+    assert caught.value.status_code in (500, 502, 503)
 
 
-async def test_models_list(local_server: Start) -> None:
-    models = await client(local_server()).models.list()
-    assert "local-chat" in [m.id for m in models.data]
+async def test_a_malformed_body_is_a_json_decode_error_not_an_api_error() -> None:
+    with LocalServer(latency_scale=0, malformed_rate=1.0) as server:
+        async with client(server) as sdk:
+            with pytest.raises(json.JSONDecodeError) as caught:
+                await sdk.chat.completions.create(model="m", messages=MESSAGES)
+        assert server.stats()["chat"]["faults"]["malformed"] == 1
+    assert not isinstance(caught.value, openai.APIError)  # callers must catch ValueError too
+
+
+async def test_a_hang_is_a_timeout_and_frees_the_server() -> None:
+    with LocalServer(latency_scale=0, hang_rate=1.0) as server:
+        async with client(server, timeout=0.5) as sdk:
+            with pytest.raises(openai.APITimeoutError):
+                await sdk.chat.completions.create(model="m", messages=MESSAGES)
+        deadline = time.monotonic() + 10
+        while (counted := server.stats()["chat"])["inflight"]:
+            assert time.monotonic() < deadline, "the hanging handler outlived its client"
+            await asyncio.sleep(0.05)
+    assert counted["faults"]["hang"] == 1
+
+
+async def test_a_bad_body_is_a_bad_request_error(plain: LocalServer) -> None:
+    async with client(plain) as sdk:
+        with pytest.raises(openai.BadRequestError) as empty:
+            await sdk.chat.completions.create(model="m", messages=[])
+        with pytest.raises(openai.BadRequestError, match="streaming"):
+            await sdk.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    assert empty.value.param == "messages"
+
+
+async def test_models_are_listed(plain: LocalServer) -> None:
+    async with client(plain) as sdk:
+        models = await sdk.models.list()
+    assert {"local-llm", "local-tts", "local-image"} <= {m.id for m in models.data}
 
 
 def test_the_child_process_is_gone_after_exit() -> None:
@@ -108,99 +189,119 @@ def test_the_child_process_is_gone_after_exit() -> None:
         assert pid is not None and server.stats()["chat"]["accepted"] == 0
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    assert server.returncode == 0  # it stopped on SIGTERM by itself, not by a kill
+
+
+def test_stopping_with_a_request_hanging_is_prompt_and_clean() -> None:
+    with LocalServer(latency_scale=0, hang_rate=1.0) as server:
+        body = json.dumps({"model": "m", "messages": MESSAGES}).encode()
+        request = urllib.request.Request(f"{server.base_url}/chat/completions", data=body)
+        caller = threading.Thread(target=_ignore_errors, args=(request,), daemon=True)
+        caller.start()
+        deadline = time.monotonic() + 10
+        while server.stats()["chat"]["inflight"] == 0:
+            assert time.monotonic() < deadline, "the request never arrived"
+            time.sleep(0.01)
+        started = time.monotonic()
+    assert time.monotonic() - started < 4 and server.returncode == 0
+    caller.join(timeout=5)
+    assert not caller.is_alive()
+
+
+def _ignore_errors(request: urllib.request.Request) -> None:
+    try:
+        urllib.request.urlopen(request, timeout=30).read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        pass  # the server went away: what the test wants
 
 
 def test_bad_flags_fail_to_start_with_the_reason() -> None:
-    with pytest.raises(LocalServerError, match="fault-rate"), LocalServer(fault_rate=2):
-        pass
+    with pytest.raises(LocalServerError, match="fault-rate: must be from 0 to 1"):
+        LocalServer(fault_rate=2).start()
 
 
-async def test_speech_is_real_audio_and_voices_differ(local_server: Start) -> None:
-    import io
-    import wave
+# -- media endpoints ------------------------------------------------------------------------------
 
-    sdk = client(local_server(tts_rpm=600))
+
+async def test_speech_is_real_audio_and_voices_differ(plain: LocalServer) -> None:
     spoken = {}
-    for voice in ("onyx", "shimmer"):
-        audio = await sdk.audio.speech.create(model="tts", voice=voice, response_format="wav",
-                                              input="The lamp is still broken, Ben.")
-        data = audio.content
-        with wave.open(io.BytesIO(data)) as file:
-            assert (file.getnchannels(), file.getsampwidth()) == (1, 2)
-            seconds = file.getnframes() / file.getframerate()
-        assert 1.0 < seconds < 6.0  # a short sentence, spoken
-        spoken[voice] = data
+    async with client(plain) as sdk:
+        for voice in ("onyx", "shimmer"):
+            audio = await sdk.audio.speech.create(model="tts", voice=voice,
+                                                  response_format="wav",
+                                                  input="The lamp is still broken, Ben.")
+            with wave.open(io.BytesIO(audio.content)) as file:
+                assert (file.getnchannels(), file.getsampwidth()) == (1, 2)
+                seconds = file.getnframes() / file.getframerate()
+            assert 1.0 < seconds < 6.0  # a short sentence, spoken
+            spoken[voice] = audio.content
+        with pytest.raises(openai.BadRequestError, match="wav"):
+            await sdk.audio.speech.create(model="tts", voice="alloy", input="x",
+                                          response_format="mp3")
     assert spoken["onyx"] != spoken["shimmer"]
-    with pytest.raises(openai.BadRequestError, match="wav"):
-        await sdk.audio.speech.create(model="tts", voice="alloy", input="x",
-                                      response_format="mp3")
 
 
-async def test_images_are_pngs_of_the_asked_size(local_server: Start) -> None:
+async def test_images_are_pngs_of_the_asked_size(plain: LocalServer) -> None:
     import base64
-    import io
 
     from PIL import Image
 
-    result = await client(local_server()).images.generate(
-        model="img", prompt="The Lighthouse. Ada and Ben on the gallery.", size="1024x1024")
-    png = base64.b64decode(result.data[0].b64_json)
+    async with client(plain) as sdk:
+        result = await sdk.images.generate(model="img", size="1024x1024",
+                                           prompt="The Lighthouse. Ada and Ben on the gallery.")
+    png = base64.b64decode(result.data[0].b64_json or "")
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size == (1024, 1024)
-        assert len(image.getcolors(maxcolors=100_000) or []) > 10  # a picture, not a flat fill
+        assert len(image.getcolors(maxcolors=100_000) or []) > 10  # a picture, not a fill
 
 
-def _probe(path: str) -> str:
+def _probe(path: Path) -> str:
     """What ffmpeg says about a media file (its stream and duration lines)."""
-    import subprocess
-
     import imageio_ffmpeg
 
-    run = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", path],
+    run = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
                          capture_output=True, text=True)
     return run.stderr
 
 
-async def test_video_jobs_progress_complete_and_download(local_server: Start,
-                                                         tmp_path: Path) -> None:
-    import asyncio
-    import time
-
-    server = local_server(latency_scale=0.03)  # a 60 s job takes about 2 s
-    sdk = client(server)
-    job = await sdk.videos.create(prompt="A ferry in fog. The horn sounds.", seconds="4",
-                                  size="1280x720")
-    assert job.status == "queued" and job.progress == 0
-    seen = {job.status}
-    deadline = time.monotonic() + 30
-    while job.status not in ("completed", "failed"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-        job = await sdk.videos.retrieve(job.id)
-        seen.add(job.status)
-    assert job.status == "completed" and "in_progress" in seen and job.progress == 100
-    content = await sdk.videos.download_content(job.id)
+async def test_video_jobs_progress_complete_and_download(tmp_path: Path) -> None:
+    with LocalServer(latency_scale=0.03) as server:  # a 60 s job takes about 2 s
+        async with client(server) as sdk:
+            job = await sdk.videos.create(prompt="A ferry in fog. The horn sounds.",
+                                          seconds="4", size="1280x720")
+            assert job.status == "queued" and job.progress == 0
+            seen = {job.status}
+            deadline = time.monotonic() + 30
+            while job.status not in ("completed", "failed"):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+                job = await sdk.videos.retrieve(job.id)
+                seen.add(job.status)
+            assert job.status == "completed" and "in_progress" in seen and job.progress == 100
+            content = await sdk.videos.download_content(job.id)
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(content.content)
-    info = _probe(str(clip))
+    info = _probe(clip)
     assert "Video: h264" in info and "1280x720" in info and "Duration: 00:00:04" in info
 
 
-async def test_video_jobs_fail_on_cue_and_refuse_early_downloads(local_server: Start) -> None:
-    import asyncio
-    import time
-
-    sdk = client(local_server(latency_scale=0.03, video_fail_rate=1.0))
-    job = await sdk.videos.create(prompt="x", seconds="4")
-    with pytest.raises(openai.ConflictError):  # not ready yet
-        await sdk.videos.download_content(job.id)
-    deadline = time.monotonic() + 30
-    while job.status != "failed":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-        job = await sdk.videos.retrieve(job.id)
+async def test_video_jobs_fail_on_cue_and_refuse_early_downloads() -> None:
+    with LocalServer(latency_scale=0.03, video_fail_rate=1.0, video_max_jobs=1) as server:
+        async with client(server) as sdk:
+            job = await sdk.videos.create(prompt="x", seconds="4")
+            with pytest.raises(openai.ConflictError):  # not ready yet
+                await sdk.videos.download_content(job.id)
+            with pytest.raises(openai.RateLimitError) as busy:  # one job at a time
+                await sdk.videos.create(prompt="y", seconds="4")
+            deadline = time.monotonic() + 30
+            while job.status != "failed":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+                job = await sdk.videos.retrieve(job.id)
+            with pytest.raises(openai.NotFoundError):
+                await sdk.videos.retrieve("video_nope")
+            with pytest.raises(openai.BadRequestError, match="seconds"):
+                await sdk.videos.create(prompt="x", seconds="5")  # type: ignore[arg-type]
+        assert server.stats()["video"]["rate_limited"] == 1
+    assert busy.value.code == "too_many_jobs"
     assert job.error is not None and job.error.code == "video_generation_failed"
-    with pytest.raises(openai.NotFoundError):
-        await sdk.videos.retrieve("video_nope")
-    with pytest.raises(openai.BadRequestError, match="seconds"):
-        await sdk.videos.create(prompt="x", seconds="5")  # type: ignore[arg-type]

@@ -2,117 +2,246 @@
 
 from __future__ import annotations
 
+import datetime
 import json
-from typing import Literal
+import re
+import uuid
+from enum import StrEnum
+from typing import Any, Literal
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, Field
 
-from local_server.buckets import EndpointLimits, format_duration
-from local_server.textgen import answer
-from pipelines.models import OutlineDraft, SceneContent
-from pipelines.stages import dialogue_schema, outline_schema
+from local_server.textgen import SchemaError, answer, count_tokens
+from local_server.writer import kind_of_description, kind_of_name
+
+
+class Tone(StrEnum):
+    CALM = "calm"
+    ANGRY = "angry"
+    SLY = "sly"
 
 
 class Line(BaseModel):
     speaker: str
     text: str = Field(min_length=5, max_length=120)
-    tone: Literal["calm", "angry", "sly"]
+    direction: str = Field("", max_length=40)
+    tone: Tone
     pause_s: float | None = Field(ge=0, le=3)
+
+
+class Character(BaseModel):
+    name: str = Field(min_length=1, max_length=60)
+    description: str
 
 
 class Scene(BaseModel):
     number: int = Field(ge=1, le=50)
+    title: str
     setting: str
+    kind: Literal["interior", "exterior"]
     lines: list[Line] = Field(min_length=2, max_length=5)
     twist: bool
 
 
-def ask(model: type[BaseModel], prompt: str, seed: int = 0, **extra: object) -> str:
-    body = {
-        "model": "m",
-        "messages": [{"role": "user", "content": prompt}],
-        "response_format": {"type": "json_schema",
-                            "json_schema": {"name": model.__name__, "strict": True,
-                                            "schema": to_strict_json_schema(model)}},
-        **extra,
+class Outline(BaseModel):
+    title: str = Field(max_length=80)
+    logline: str = Field(min_length=40)
+    characters: list[Character] = Field(min_length=2, max_length=4)
+    scenes: list[Scene] = Field(min_length=3, max_length=3)
+    mood: str | None
+    episode_code: str = Field(pattern=r"^S\d{2}E\d{2}$")
+
+
+class Node(BaseModel):
+    """Recursive: the answer must end."""
+
+    label: str
+    children: list[Node] = Field(max_length=3)
+
+
+class Odd(BaseModel):
+    """The rarer shapes the SDK emits."""
+
+    at: datetime.datetime
+    id: uuid.UUID
+    tags: set[str] = Field(max_length=3)
+    pair: tuple[int, str]
+    counts: dict[str, int]
+    ratio: float = Field(gt=0, lt=1)
+    step: int = Field(multiple_of=5, ge=3, le=30)
+    tree: Node
+    maybe: Node | None
+
+
+PREMISE = "Premise: A lighthouse keeper hides a smuggler during a storm.\nCharacters: Mara, Joss"
+
+
+def messages(prompt: str) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": "You write television."},
+            {"role": "user", "content": prompt}]
+
+
+def schema_format(model: type[BaseModel]) -> dict[str, Any]:
+    """Exactly what ``client.chat.completions.parse(response_format=model)`` sends."""
+    return {"type": "json_schema", "json_schema": {
+        "name": model.__name__, "strict": True, "schema": to_strict_json_schema(model)}}
+
+
+def ask(model: type[BaseModel], prompt: str = PREMISE, seed: int = 0, **kw: Any) -> str:
+    return answer(messages(prompt), schema_format(model), seed=seed, **kw).text
+
+
+@pytest.mark.parametrize("model", [Scene, Outline, Odd, Line])
+@pytest.mark.parametrize("seed", range(5))
+def test_answers_validate_against_the_sdks_strict_schemas(model: type[BaseModel],
+                                                          seed: int) -> None:
+    model.model_validate_json(ask(model, seed=seed))
+
+
+def test_answers_read_like_a_script() -> None:
+    outline = Outline.model_validate_json(ask(Outline))
+    assert len(outline.scenes) == 3
+    assert [s.number for s in outline.scenes] == [1, 2, 3]  # numbered in order
+    assert {c.name for c in outline.characters} >= {"Mara", "Joss"}  # the prompt's cast
+    speakers = {line.speaker for scene in outline.scenes for line in scene.lines}
+    assert speakers <= {"Mara", "Joss"}
+    words = " ".join([outline.title, outline.logline] + [s.title for s in outline.scenes])
+    assert re.search(r"lighthouse|keeper|smuggler|storm", words.lower())
+    assert outline.title != outline.logline and outline.characters[0].description
+
+
+def test_the_pipelines_own_schemas_are_answered() -> None:
+    from pipelines.stages import dialogue_schema, outline_schema
+
+    for model in (outline_schema(7), dialogue_schema(4)):
+        model.model_validate_json(ask(model))
+    assert len(outline_schema(7).model_validate_json(ask(outline_schema(7))).scenes) == 7
+
+
+def test_same_seed_and_request_give_the_same_answer() -> None:
+    assert ask(Outline, seed=1) == ask(Outline, seed=1)
+    assert ask(Outline, seed=1) != ask(Outline, seed=2)
+    assert ask(Outline, request_seed=7) != ask(Outline, request_seed=8)
+
+
+def test_answers_vary_across_prompts() -> None:
+    subjects = ["dragons", "bakers", "pilots", "spies", "violins"] * 4
+    titles = {
+        json.loads(ask(Scene, f"Premise: episode {i} about rival {subject}"))["title"]
+        for i, subject in enumerate(subjects)
     }
-    return answer(body, seed)
+    assert len(titles) >= 8
 
 
-def test_answers_validate_against_the_sdks_strict_schemas() -> None:
-    for model in (Scene, SceneContent, OutlineDraft, outline_schema(7), dialogue_schema(4)):
-        text = ask(model, "Premise: A lighthouse keeper hides a smuggler during a storm.")
-        model.model_validate_json(text)
-    assert len(outline_schema(7).model_validate_json(
-        ask(outline_schema(7), "Premise: x")).scenes) == 7
+def test_prose_without_a_format_uses_the_prompts_words() -> None:
+    made = answer(messages("Premise: A submarine mutiny."))
+    assert made.finish_reason == "stop"
+    assert "submarine" in made.text or "mutiny" in made.text
+    assert made.completion_tokens == count_tokens(made.text)
+    assert made.prompt_tokens == -(-len("You write television.Premise: A submarine mutiny.") // 4)
 
 
-def test_answers_are_deterministic_and_varied() -> None:
-    prompt = "Premise: Two chefs compete for a haunted restaurant."
-    assert ask(Scene, prompt, seed=1) == ask(Scene, prompt, seed=1)
-    titles = {json.loads(ask(OutlineDraft, f"Premise: premise number {i} about "
-                                           f"{w}"))["title"]
-              for i, w in enumerate(["dragons", "bakers", "pilots", "spies", "violins"] * 4)}
-    assert len(titles) >= 5
+def test_json_object_format_is_a_json_object() -> None:
+    made = answer(messages(PREMISE), {"type": "json_object"})
+    assert isinstance(json.loads(made.text), dict)
 
 
-def test_prose_uses_the_premises_words_and_speakers_come_from_the_cast() -> None:
-    text = answer({"messages": [{"role": "user", "content": "Premise: A submarine mutiny."}]}, 0)
-    assert "submarine" in text or "mutiny" in text
-    dialogue = json.loads(ask(dialogue_schema(6), "Premise: x\nCharacters: Mara, Joss"))
-    assert {line["speaker"] for line in dialogue["lines"]} <= {"Mara", "Joss"}
+def test_max_tokens_cuts_the_answer_and_says_length() -> None:
+    full = answer(messages(PREMISE), schema_format(Outline))
+    cut = answer(messages(PREMISE), schema_format(Outline), max_tokens=5)
+    assert (cut.finish_reason, cut.completion_tokens) == ("length", 5)
+    assert full.text.startswith(cut.text) and len(cut.text) == 20
+    roomy = answer(messages(PREMISE), schema_format(Outline), max_tokens=100_000)
+    assert roomy.finish_reason == "stop" and roomy.text == full.text
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.recursive(
-    st.sampled_from([
-        {"type": "string"}, {"type": "integer", "minimum": 3, "maximum": 9},
-        {"type": "number"}, {"type": "boolean"}, {"enum": ["a", "b"]},
-        {"type": "string", "minLength": 30, "maxLength": 40},
-    ]),
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "pattern": r"^(q)\1z$"},  # a backreference: not written
+    {"type": "integer", "minimum": 5, "maximum": 4},
+    {"type": "array", "items": {"enum": ["a"]}, "minItems": 2, "uniqueItems": True},
+    {"$ref": "#/$defs/missing"},
+    {"type": "object", "properties": {"me": {"$ref": "#"}}, "required": ["me"]},  # no end
+])
+def test_unsatisfiable_schemas_are_refused(schema: dict[str, Any]) -> None:
+    with pytest.raises(SchemaError):
+        answer(messages("x"), {"type": "json_schema", "json_schema": {"name": "s",
+                                                                      "schema": schema}})
+
+
+# -- any simple schema ----------------------------------------------------------------------------
+
+LEAVES = st.sampled_from([
+    {"type": "string"},
+    {"type": "string", "minLength": 30, "maxLength": 40},
+    {"type": "string", "maxLength": 3},
+    {"type": "string", "format": "date"},
+    {"type": "string", "pattern": "^[a-z]{2}[0-9]+$"},
+    {"type": "integer", "minimum": 3, "maximum": 9},
+    {"type": "integer", "exclusiveMaximum": -10},
+    {"type": "number", "exclusiveMinimum": 0.5, "exclusiveMaximum": 0.6},
+    {"type": "number"},
+    {"type": "boolean"},
+    {"type": "null"},
+    {"enum": ["a", "b", 3]},
+    {"const": "fixed"},
+    {"type": ["string", "null"]},
+])
+NAMES = st.sampled_from(["title", "name", "speaker", "text", "mood", "setting", "summary",
+                         "number", "direction", "x", "n"])
+
+
+def _object(props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props),
+            "additionalProperties": False}
+
+
+SCHEMAS = st.recursive(
+    LEAVES,
     lambda inner: st.one_of(
-        st.builds(lambda items, lo: {"type": "array", "items": items, "minItems": lo,
-                                     "maxItems": lo + 2}, inner, st.integers(0, 3)),
-        st.dictionaries(st.sampled_from(["title", "name", "text", "mood", "n", "x"]), inner,
-                        min_size=1, max_size=4).map(lambda props: {
-                            "type": "object", "properties": props,
-                            "required": list(props), "additionalProperties": False}),
+        st.builds(lambda items, lo, extra: {"type": "array", "items": items, "minItems": lo,
+                                            "maxItems": lo + extra},
+                  inner, st.integers(0, 3), st.integers(0, 3)),
+        st.dictionaries(NAMES, inner, min_size=1, max_size=4).map(_object),
         st.builds(lambda a: {"anyOf": [a, {"type": "null"}]}, inner),
+        st.builds(lambda a, b: {"anyOf": [a, b]}, inner, inner),
     ),
     max_leaves=12,
-))
-def test_any_simple_schema_gets_a_valid_document(schema: dict) -> None:
-    from jsonschema import validate
-
-    body = {"messages": [{"role": "user", "content": "Premise: a"}],
-            "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
-    validate(json.loads(answer(body, 3)), schema)
+)
 
 
-def test_buckets_burst_refill_and_refusal_consume_nothing() -> None:
-    now = [0.0]
-    limits = EndpointLimits(rpm=600, tpm=6000, burst_s=1.0, clock=lambda: now[0])
-    assert all(limits.admit(5).admitted for _ in range(10))  # one second of burst
-    refused = limits.admit(5)
-    assert not refused.admitted and refused.kind == "requests"
-    assert refused.retry_after_s == 0.1 or abs(refused.retry_after_s - 0.1) < 1e-9
-    now[0] = 0.1
-    assert limits.admit(5).admitted
-    now[0] = 1.2
-    big = limits.admit(95)  # 100 - 55 + 110 refilled, capped at 100: 95 fits exactly
-    assert big.admitted
-    headers = limits.headers()
-    assert headers["x-ratelimit-limit-requests"] == "600"
-    assert headers["x-ratelimit-remaining-tokens"] == "5"
-    assert limits.admit(50).kind == "tokens"
-    assert limits.headers()["x-ratelimit-remaining-tokens"] == "5"  # the refusal took nothing
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(schema=SCHEMAS, seed=st.integers(0, 2**32))
+def test_any_simple_schema_gets_a_valid_document(schema: dict[str, Any], seed: int) -> None:
+    # Reached through $ref and an Optional, as the SDK lays out nested models.
+    root = _object({"a": {"$ref": "#/$defs/Inner"},
+                    "b": {"anyOf": [{"$ref": "#/$defs/Inner"}, {"type": "null"}]}})
+    root["$defs"] = {"Inner": schema}
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": root}}
+    document = json.loads(answer(messages("Premise: a heist at the opera"), fmt, seed=seed).text)
+    Draft202012Validator(root).validate(document)
 
 
-def test_reset_durations_look_like_openais() -> None:
-    assert format_duration(0.25) == "250ms"
-    assert format_duration(1) == "1s"
-    assert format_duration(360) == "6m0s"
-    assert format_duration(3723.5) == "1h2m3.5s"
+@pytest.mark.parametrize(("name", "kind"), [
+    ("title", "title"), ("sceneTitle", "title"), ("speaker", "speaker"), ("name", "character"),
+    ("character_description", "description"), ("setting", "place"), ("tone", "mood"),
+    ("stage_direction", "direction"), ("text", "line"), ("logline", "summary"),
+    ("summary", "summary"), ("foo", None),
+])
+def test_field_names_decide_what_is_written(name: str, kind: str | None) -> None:
+    assert kind_of_name(name) == kind
+
+
+def test_a_description_decides_when_the_name_says_nothing() -> None:
+    assert kind_of_description("A line of dialogue spoken by a character.") == "line"
+    assert kind_of_description("The character's name.") == "character"
+    assert kind_of_description("Where the scene takes place, its setting.") == "place"
+
+    class Quip(BaseModel):
+        q: str = Field(description="The title of the episode")
+
+    assert json.loads(ask(Quip))["q"].startswith("The ")

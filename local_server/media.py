@@ -1,0 +1,162 @@
+"""The media endpoints: speech (eSpeak NG), images (Pillow) and video jobs (ffmpeg).
+
+Each checks its body as OpenAI does and makes its bytes in a worker thread once admitted, so the
+event loop keeps serving chat while a picture is drawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+
+from local_server.endpoint import Admission
+from local_server.errors import ApiError, bad_request
+from local_server.images import DEFAULT_SIZE, SIZES, scene_card
+from local_server.speech import VOICES, speaker
+from local_server.state import ServerState
+from local_server.videos import SECONDS as VIDEO_SECONDS
+from local_server.videos import SIZES as VIDEO_SIZES
+from local_server.videos import Job, VideoJobs
+
+
+def _model(raw: dict[str, Any]) -> None:
+    if not isinstance(raw.get("model"), str) or not raw["model"]:
+        raise bad_request("you must provide a model parameter", param="model")
+
+
+def _prompt(raw: Any) -> str:
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > 32_000:
+        raise bad_request("'prompt' must be text of 1 to 32,000 characters.", param="prompt")
+    return prompt
+
+
+def speech_admission(raw: Any, request_id: str) -> Admission:
+    """``POST /v1/audio/speech``: WAV or raw PCM of the input, spoken."""
+    if not isinstance(raw, dict):
+        raise bad_request("The request body must be a JSON object.")
+    _model(raw)
+    text = raw.get("input")
+    if not isinstance(text, str) or not text.strip() or len(text) > 4096:
+        raise bad_request("'input' must be text of 1 to 4096 characters.", param="input")
+    voice = raw.get("voice", "alloy")
+    if voice not in VOICES:
+        raise bad_request(f"Unknown voice {voice!r}; use one of {', '.join(sorted(VOICES))}.",
+                          param="voice")
+    fmt = raw.get("response_format", "wav")
+    if fmt not in ("wav", "pcm"):
+        raise bad_request("The local server speaks 'wav' or 'pcm' only.",
+                          param="response_format")
+    speed = raw.get("speed", 1.0)
+    if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0.25 <= speed <= 4:
+        raise bad_request("'speed' must be from 0.25 to 4.", param="speed")
+
+    async def make() -> web.Response:
+        voice_of = await asyncio.to_thread(speaker)  # loaded on first use
+        say = voice_of.pcm if fmt == "pcm" else voice_of.wav
+        audio = await asyncio.to_thread(say, text, voice, speed)
+        return web.Response(body=audio, content_type=f"audio/{fmt}")
+
+    return Admission(make=make)
+
+
+def image_admission(raw: Any, request_id: str) -> Admission:
+    """``POST /v1/images/generations``: one PNG scene card, as ``b64_json``."""
+    if not isinstance(raw, dict):
+        raise bad_request("The request body must be a JSON object.")
+    prompt = _prompt(raw)
+    if raw.get("n", 1) != 1:
+        raise bad_request("The local server makes one image per request.", param="n")
+    size = raw.get("size", DEFAULT_SIZE)
+    size = DEFAULT_SIZE if size == "auto" else size
+    if size not in SIZES:
+        raise bad_request(f"Unsupported size {size!r}; use one of {', '.join(SIZES)}.",
+                          param="size")
+    if raw.get("response_format", "b64_json") != "b64_json":
+        raise bad_request("The local server returns images as b64_json only.",
+                          param="response_format")
+
+    async def make() -> dict[str, Any]:
+        png = await asyncio.to_thread(scene_card, prompt, size)
+        return {"created": int(time.time()),
+                "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
+                          "revised_prompt": prompt}]}
+
+    return Admission(make=make)
+
+
+class Videos:
+    """``POST /v1/videos`` (a job), ``GET /v1/videos/{id}`` and ``GET .../content``."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        config = state.config
+        self.jobs = VideoJobs(random.Random(config.seed + 1), config.video_fail_rate)
+
+    def admission(self, raw: Any, request_id: str) -> Admission:
+        config = self.state.config
+        prompt = _prompt(raw)
+        seconds = str(raw.get("seconds", "4"))
+        if seconds not in VIDEO_SECONDS:
+            raise bad_request(f"'seconds' must be one of {', '.join(VIDEO_SECONDS)}.",
+                              param="seconds")
+        size = str(raw.get("size", "1280x720"))
+        if size not in VIDEO_SIZES:
+            raise bad_request(f"'size' must be one of {', '.join(VIDEO_SIZES)}.", param="size")
+        reference = raw.get("input_reference")
+        image = reference.file.read() if hasattr(reference, "file") else None
+        model = str(raw.get("model", "sora-2"))
+        if self.jobs.running >= config.video_max_jobs:
+            headers = {**self.state.limits["video"].headers(), "retry-after": "1",
+                       "retry-after-ms": "1000"}
+            raise ApiError(429, f"{config.video_max_jobs} video jobs are already in progress; "
+                           "try again when one finishes.", type="requests",
+                           code="too_many_jobs", headers=headers, counter="rate_limited")
+
+        async def make() -> dict[str, Any]:  # the job exists only once the request is admitted
+            jitter = self.state.random.uniform(-config.video_job_jitter_s,
+                                               config.video_job_jitter_s)
+            duration = max(0.0, config.video_job_s + jitter) * config.latency_scale
+            return self.jobs.create(model, prompt, seconds, size, image, duration).view()
+
+        return Admission(make=make)
+
+    def _job(self, request: web.Request) -> Job:
+        try:
+            self.state.check_auth(request.headers)
+        except ApiError as err:
+            self.state.stats["video"].count(err.counter)
+            raise
+        job = self.jobs.jobs.get(request.match_info["video_id"])
+        if job is None:
+            raise ApiError(404, "No video job with that id.", code="not_found")
+        return job
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        request_id = self.state.request_id()
+        try:
+            return web.json_response(self._job(request).view(),
+                                     headers={"x-request-id": request_id})
+        except ApiError as err:
+            return err.response(request_id)
+
+    async def content(self, request: web.Request) -> web.StreamResponse:
+        request_id = self.state.request_id()
+        try:
+            job = self._job(request)
+            if job.status != "completed" or job.path is None:
+                raise ApiError(409, f"The video is {job.status}, not completed.",
+                               code="video_not_ready")
+            return web.FileResponse(job.path, headers={"Content-Type": "video/mp4",
+                                                       "x-request-id": request_id})
+        except ApiError as err:
+            return err.response(request_id)
+
+    async def close(self, app: web.Application) -> None:
+        """Stop running jobs (and their ffmpeg children) when the server stops."""
+        await self.jobs.close()
