@@ -186,6 +186,47 @@ class VideoSettings(ProviderSettings):
     default_prices: ClassVar[dict[str, float]] = {"per_video_second": 0.10}
 
 
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
+
+
+class EncodingSettings(BaseModel):
+    """How scenes and episodes are encoded: smaller and faster for previews and benchmarks."""
+
+    model_config = _STRICT
+
+    width: int = Field(1280, ge=160, le=3840, multiple_of=2, description="Video width, pixels.")
+    height: int = Field(720, ge=90, le=2160, multiple_of=2, description="Video height, pixels.")
+    fps: int = Field(24, ge=1, le=60, description="Frames per second of the episode video.")
+    x264_preset: X264Preset = Field(
+        "veryfast", description="H.264 speed/size trade-off; `ultrafast` for previews."
+    )
+
+
+class ServiceSettings(BaseModel):
+    """The HTTP service (`showrunner serve`, `serve run serve_app:app`)."""
+
+    model_config = _STRICT
+
+    host: str = Field("127.0.0.1", description="Address to listen on; loopback without API keys.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    output_dir: Path = Field(
+        Path("showrunner-output"), description="Folder where episodes' files are written."
+    )
+    max_active_episodes: PositiveInt = Field(
+        20, le=10_000, description="Per tenant: episodes queued plus running at once."
+    )
+    max_scenes_per_request: PositiveInt = Field(
+        1000, le=1_000_000, description="Per tenant: scenes in one request, all its episodes."
+    )
+    requests_per_minute: PositiveInt = Field(
+        600, le=1_000_000, description="Per tenant and per replica: HTTP requests a minute."
+    )
+    max_batch: PositiveInt = Field(50, le=1000, description="Episodes in one batch request.")
+    max_body_bytes: PositiveInt = Field(
+        1 << 20, le=64 << 20, description="Largest request body accepted, bytes (else 413)."
+    )
+
+
 class Settings(BaseSettings):
     """Everything Showrunner reads at start."""
 
@@ -205,6 +246,18 @@ class Settings(BaseSettings):
     )
     max_parallel_scenes: PositiveInt = Field(
         8, le=10_000, description="Scene nodes running at once within one episode."
+    )
+    encoding: EncodingSettings = Field(
+        default_factory=EncodingSettings, description="Video encoding of scenes and episodes."
+    )
+    service: ServiceSettings = Field(
+        default_factory=ServiceSettings, description="The HTTP service."
+    )
+    api_keys: SecretStr | None = Field(
+        None, description="HTTP API keys, comma-separated; each key is one tenant."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of HTTP API keys, one a line (`#` comments allowed)."
     )
 
     @classmethod
