@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media clean
+.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,13 @@ bench-strategies: $(STAMP)
 bench-media: $(STAMP)
 	$(PY) -m bench.strategies --media
 
-bench: bench-provider bench-strategies bench-media
+bench-http: $(STAMP)
+	$(PY) -m bench.http
+
+bench: bench-provider bench-strategies bench-media bench-http
+
+serve: $(STAMP)
+	$(PY) -m pipelines serve
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from actors import metrics
 from actors.errors import ProviderError
 from pipelines import media_stages as media
 from pipelines.composition import Line, MediaError, compose_scene, pan_clip, stitch
@@ -30,14 +31,23 @@ from pipelines.episode_state import EpisodeRecord, Event, NodeRecord, NodeState
 from pipelines.media_stages import voice_for
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.planner import SCRIPT_KINDS, EpisodePlan, Node, NodeKind
+from pipelines.report import episode_entry
 from pipelines.screenplay import write_episode_files
-from pipelines.settings import Settings
+from pipelines.settings import EncodingSettings, Settings
 from pipelines.stages import StageCall, StageOutputError, content_call, dialogue_call, outline_call
 
 log = logging.getLogger("showrunner.coordinator")
 
 # Events kept per episode: enough for a 200-scene episode's whole history.
 MAX_EVENTS = 5000
+
+
+class QuotaExceeded(Exception):
+    """Submitting would put an owner over its limit of unfinished episodes."""
+
+
+class IdempotencyConflict(Exception):
+    """An episode id already names a different request (an idempotency key reused)."""
 
 
 class ChatProvider(Protocol):
@@ -47,7 +57,11 @@ class ChatProvider(Protocol):
 
 
 class MediaTasks(Protocol):
-    """CPU work of the media nodes: Ray tasks in a cluster, threads without Ray."""
+    """CPU work of the media nodes: Ray tasks in a cluster, threads without Ray.
+
+    A composed scene's dict carries ``cpu_s``: the CPU seconds of its ffmpeg work, its locally
+    made clip's included, which the report sets against the cluster's CPUs.
+    """
 
     async def compose(self, lines: list[Line], clip: str, out_path: str) -> dict[str, Any]: ...
 
@@ -58,17 +72,33 @@ class MediaTasks(Protocol):
 
 
 class ThreadMediaTasks:
-    """Media CPU work in this process's threads: for use without Ray (and its tests)."""
+    """Media CPU work in this process's threads: for use without Ray (and its tests).
+
+    ``run`` is the one place the work is started; ``actors.remote.RayMediaTasks`` starts it as
+    Ray tasks instead and keeps the rest.
+    """
+
+    def __init__(self, encoding: EncodingSettings | None = None) -> None:
+        self.encoding = encoding or EncodingSettings()
+        # CPU seconds of clips made here, by path, until their scene is composed.
+        self._clip_cpu_s: dict[str, float] = {}
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
 
     async def compose(self, lines: list[Line], clip: str, out_path: str) -> dict[str, Any]:
-        return await asyncio.to_thread(compose_scene, lines, clip, out_path)
+        scene = await self.run(compose_scene, lines, clip, out_path, self.encoding)
+        scene["cpu_s"] = round(scene["cpu_s"] + self._clip_cpu_s.pop(clip, 0.0), 4)
+        return scene
 
     async def stitch(self, scenes: list[dict[str, Any]], poster: str | None,
                      folder: str) -> dict[str, str]:
-        return await asyncio.to_thread(stitch, scenes, poster, folder)
+        return await self.run(stitch, scenes, poster, folder)
 
     async def pan(self, image: str, out_path: str) -> str:
-        return await asyncio.to_thread(pan_clip, image, out_path)
+        made = await self.run(pan_clip, image, out_path, 4, self.encoding)
+        self._clip_cpu_s[str(made["path"])] = float(made["cpu_s"])  # type: ignore[arg-type]
+        return str(made["path"])
 
 
 class ConcurrencyWindow:
@@ -107,25 +137,39 @@ class EpisodeCoordinator:
         self.settings = settings
         self.providers = dict(providers)
         self.output_root = output_root
-        self.tasks = tasks or ThreadMediaTasks()
+        self.tasks = tasks or ThreadMediaTasks(settings.encoding)
         self.records: dict[str, EpisodeRecord] = {}
         self._arrivals = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._signals: dict[str, asyncio.Event] = {}
         self._mono_start: dict[str, float] = {}
+        self._nodes_in_flight = 0
+        self._version = 0  # counts changes to any episode, for ``changes``
+        self._changed: dict[str, int] = {}  # episode id -> the number of its last change
+        self._changed_signal = asyncio.Event()
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
-    async def submit(self, request: EpisodeRequest, episode_id: str | None = None) -> str:
-        """Queue one episode; it starts as soon as a slot is free. Returns its id."""
+    async def submit(self, request: EpisodeRequest, episode_id: str | None = None,
+                     owner: str = "") -> str:
+        """Queue one episode; it starts as soon as a slot is free. Returns its id.
+
+        Idempotent: the same id with the same request and owner is the same episode; the same id
+        with anything else is an ``IdempotencyConflict``.
+        """
         episode_id = episode_id or uuid.uuid4().hex[:12]
-        if episode_id in self.records:
-            return episode_id  # idempotent: the same id is the same episode
+        existing = self.records.get(episode_id)
+        if existing is not None:
+            if existing.owner != owner or existing.request != request:
+                raise IdempotencyConflict(
+                    f"episode {episode_id!r} was submitted with a different request")
+            return episode_id
         if request.media and self.output_root is None:
             raise ValueError("media needs an output folder: start the coordinator with one")
         self._arrivals += 1
         record = EpisodeRecord(
-            id=episode_id, request=request, submitted_at=time.time(), arrival=self._arrivals
+            id=episode_id, request=request, owner=owner, submitted_at=time.time(),
+            arrival=self._arrivals,
         )
         record.nodes = {nid: NodeRecord() for nid in record.plan().nodes}
         self.records[episode_id] = record
@@ -133,8 +177,27 @@ class EpisodeCoordinator:
         self._admit()
         return episode_id
 
-    async def submit_many(self, requests: list[EpisodeRequest]) -> list[str]:
-        return [await self.submit(r) for r in requests]
+    async def submit_many(self, requests: list[EpisodeRequest], *, owner: str = "",
+                          ids: list[str] | None = None, max_active: int | None = None
+                          ) -> list[str]:
+        """Queue several episodes, all or none: over ``max_active`` unfinished episodes of this
+        owner (counting these) is a ``QuotaExceeded`` and queues nothing."""
+        ids_or_none: list[str | None] = list(ids) if ids is not None else [None] * len(requests)
+        if len(ids_or_none) != len(requests):
+            raise ValueError("ids and requests differ in length")
+        for request, episode_id in zip(requests, ids_or_none, strict=True):
+            existing = self.records.get(episode_id) if episode_id else None
+            if existing is not None and (existing.owner != owner or existing.request != request):
+                raise IdempotencyConflict(
+                    f"episode {episode_id!r} was submitted with a different request")
+        fresh = sum(1 for i in ids_or_none if i is None or i not in self.records)
+        if max_active is not None and fresh:
+            active = self.active_count(owner)
+            if active + fresh > max_active:
+                raise QuotaExceeded(
+                    f"{active} episodes are queued or running and this request adds {fresh}; "
+                    f"the limit is {max_active} at once")
+        return [await self.submit(r, i, owner) for r, i in zip(requests, ids_or_none, strict=True)]
 
     async def cancel(self, episode_id: str) -> str:
         """End all of an episode's work; what finished is kept. Idempotent."""
@@ -159,6 +222,56 @@ class EpisodeCoordinator:
 
     async def list_episodes(self) -> list[dict[str, Any]]:
         return [r.summary() for r in self.records.values()]
+
+    async def page(self, owner: str, status: str | None = None, limit: int = 20,
+                   after: int = 0) -> tuple[list[dict[str, Any]], int | None]:
+        """One owner's episodes in submission order, from arrival number ``after`` on; returns
+        the page and the cursor of the next one (``None`` at the end)."""
+        mine = [r for r in self.records.values() if r.owner == owner and r.arrival > after
+                and (status is None or r.status.value == status)]
+        mine.sort(key=lambda r: r.arrival)
+        page = mine[:limit]
+        more = len(mine) > limit
+        return [r.summary() for r in page], (page[-1].arrival if more else None)
+
+    async def report(self, episode_id: str) -> dict[str, Any]:
+        """The episode's report entry so far (see ``pipelines.report``)."""
+        return episode_entry(self._record(episode_id))
+
+    async def view(self, episode_id: str, owner: str) -> dict[str, Any] | None:
+        """What the HTTP API shows of an episode; ``None`` unless it exists and is the owner's
+        (another tenant's episode does not exist for them)."""
+        record = self.records.get(episode_id)
+        if record is None or record.owner != owner:
+            return None
+        return _view(record)
+
+    async def changes(self, since: int, timeout_s: float = 30.0
+                      ) -> tuple[int, dict[str, dict[str, Any]]]:
+        """The views of every episode changed after change number ``since`` (waiting up to
+        ``timeout_s`` for one), and the number to ask from next.
+
+        What each Serve replica follows to answer status polls from memory: one long poll per
+        replica instead of one actor call per poll.
+        """
+        if self._version <= since:
+            self._changed_signal.clear()
+            try:
+                await asyncio.wait_for(self._changed_signal.wait(), max(0.0, timeout_s))
+            except TimeoutError:
+                return since, {}
+        views = {i: _view(self.records[i]) for i, v in self._changed.items() if v > since}
+        return self._version, views
+
+    async def summaries(self, episode_ids: list[str]) -> list[dict[str, Any]]:
+        return [self._record(i).summary() for i in episode_ids]
+
+    def active_count(self, owner: str) -> int:
+        return sum(1 for r in self.records.values()
+                   if r.owner == owner and not r.status.finished)
+
+    async def ping(self) -> str:
+        return "ok"
 
     async def events(self, episode_id: str, after: int = 0, timeout_s: float = 0.0) -> list[Event]:
         """Events numbered above ``after``; waits up to ``timeout_s`` for one if there is none.
@@ -327,14 +440,19 @@ class EpisodeCoordinator:
     async def _execute(self, record: EpisodeRecord, plan: EpisodePlan, node: Node) -> None:
         node_record = record.nodes[node.id]
         node_record.started_s = self._elapsed(record)
-        self._emit(record, "node_started", node=node.id)
-        if node.kind in SCRIPT_KINDS:
-            call = self._stage_call(record, plan, node)
-            self._store(record, node, await self._ask(record, node, call))
-        else:
-            await self._make_media(record, node)
+        self._nodes_in_flight += 1
+        try:
+            self._emit(record, "node_started", node=node.id)
+            if node.kind in SCRIPT_KINDS:
+                call = self._stage_call(record, plan, node)
+                self._store(record, node, await self._ask(record, node, call))
+            else:
+                await self._make_media(record, node)
+        finally:
+            self._nodes_in_flight -= 1
         node_record.state = NodeState.DONE
         node_record.finished_s = self._elapsed(record)
+        metrics.observe_stage(node.kind.value, node_record.finished_s - node_record.started_s)
         self._emit(record, "node_finished", node=node.id)
 
     async def _ask(self, record: EpisodeRecord, node: Node, call: StageCall[Any]) -> Any:
@@ -450,6 +568,24 @@ class EpisodeCoordinator:
         signal = self._signals.pop(record.id, None)
         if signal is not None:
             signal.set()
+        self._version += 1
+        self._changed[record.id] = self._version
+        self._changed_signal.set()
+        self._publish_gauges()
+
+    def _publish_gauges(self) -> None:
+        queued = running = 0
+        for r in self.records.values():
+            queued += r.status is EpisodeStatus.QUEUED
+            running += r.status is EpisodeStatus.RUNNING
+        metrics.set_episode_gauges(queued, running, self._nodes_in_flight)
+
+
+def _view(record: EpisodeRecord) -> dict[str, Any]:
+    """An episode as the HTTP API shows it: its summary, its owner, its report entry so far, and
+    its last event's number (views of one episode are ordered by it)."""
+    return {**record.summary(), "owner": record.owner, "last_event_id": record.events[-1].seq,
+            "report": episode_entry(record)}
 
 
 def _account(node_record: NodeRecord, result: Any) -> None:

@@ -20,6 +20,7 @@ import json
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,34 @@ class Deployment:
             self.cooldown_until = now + min(2.0**extra, MAX_COOLDOWN_S)
 
 
+def remaining_s(status: dict[str, Any], elapsed_s: float) -> float | None:
+    """The time a running job should still take, from its ``progress`` (percent), if it says."""
+    progress = status.get("progress")
+    if status.get("status") != "in_progress" or not isinstance(progress, int | float):
+        return None
+    if not 0 < progress < 100:
+        return None
+    return elapsed_s * (100 - progress) / progress
+
+
+class JobDurations:
+    """How long the provider's clip jobs take (the last 50), to time the first poll."""
+
+    QUANTILE = 0.2  # a fifth of jobs end sooner: they wait a little; the rest skip useless polls
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque(maxlen=50)
+
+    def add(self, seconds: float) -> None:
+        self._recent.append(seconds)
+
+    def first_poll_s(self) -> float:
+        if len(self._recent) < 5:  # too few to tell: poll from the start
+            return 0.0
+        ordered = sorted(self._recent)
+        return ordered[int(self.QUANTILE * (len(ordered) - 1))]
+
+
 class ProviderGateway:
     """Calls one provider for every episode: limits, retries, routing, counters."""
 
@@ -227,8 +256,11 @@ class ProviderGateway:
         self.kind = kind
         self.settings = settings
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
-        self.stats = ProviderStats()
+        self.stats = ProviderStats(kind)
         self.estimator = TokenEstimator()
+        # Clip jobs hold a slot from create to download: a provider caps jobs, not requests.
+        self._job_slots = asyncio.Semaphore(getattr(settings, "max_jobs", 1_000_000))
+        self.job_durations = JobDurations()
         self._clock = clock or LoopClock()
         self._rng = rng or random.Random()
         deployments = settings.resolved_deployments()
@@ -339,11 +371,11 @@ class ProviderGateway:
             try:
                 return await self._one_clip(prompt, out_path, image_path, seconds, size,
                                             episode_id, video)
-            except GenerationFailed:
+            except GenerationFailed as err:
                 if job_attempt == self.policy.max_attempts:
-                    self.stats.failed += 1
+                    self.stats.gave_up(err.deployment)
                     raise
-                self.stats.retries += 1
+                self.stats.retried(err.deployment)
         raise AssertionError("unreachable")
 
     async def _one_clip(self, prompt: str, out_path: str, image_path: str | None,
@@ -358,28 +390,13 @@ class ProviderGateway:
             raw = await client.videos.with_raw_response.create(**params)
             return Answer(json.loads(raw.content), Usage(), raw.headers)
 
-        job, _ = await self._call(episode_id, 0, create)
-        job_id = job.value["id"]
-        deadline = time.monotonic() + getattr(video, "clip_timeout_s", 1200.0)
-        interval = getattr(video, "poll_initial_s", 2.0)
-        status = job.value
-        while status["status"] not in ("completed", "failed"):
-            if time.monotonic() > deadline:
-                raise ProviderTimeout(f"clip job {job_id} took longer than the clip timeout",
-                                      provider=self.kind)
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, getattr(video, "poll_max_s", 10.0))
-
-            async def poll(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
-                raw = await client.videos.with_raw_response.retrieve(job_id)
-                return Answer(json.loads(raw.content), Usage(), raw.headers)
-
-            status = (await self._call(episode_id, 0, poll))[0].value
+        async with self._job_slots:  # held while the provider counts the job: until it ends
+            job_id, status, how = await self._run_job(create, episode_id, video)
         if status["status"] == "failed":
             error = status.get("error") or {}
-            self.stats.errors["GenerationFailed"] += 1
+            self.stats.attempt_failed(how.deployment, GenerationFailed.__name__)
             raise GenerationFailed(f"clip job {job_id} failed: {error.get('message', '?')}",
-                                   provider=self.kind)
+                                   provider=self.kind, deployment=how.deployment)
 
         async def download(client: openai.AsyncOpenAI) -> Answer[bytes]:
             raw = await client.videos.with_raw_response.download_content(job_id)
@@ -389,6 +406,38 @@ class ProviderGateway:
         path = Path(out_path)
         write_atomic(path, answer.value)
         return MediaResult.of(path, answer.value, answer, how)
+
+    async def _run_job(self, create: Any, episode_id: str, video: Any
+                       ) -> tuple[str, dict[str, Any], Any]:
+        """Create a clip job and poll it until it ends; returns its id, last status and route."""
+        job, how = await self._call(episode_id, 0, create)
+        job_id = job.value["id"]
+        created = time.monotonic()
+        deadline = created + getattr(video, "clip_timeout_s", 1200.0)
+        initial = getattr(video, "poll_initial_s", 2.0)
+        # The first poll waits most of a typical job, as measured: polls share the request limit.
+        longest = getattr(video, "poll_max_s", 10.0)
+        wait, interval = max(initial, self.job_durations.first_poll_s()), initial
+        status = job.value
+        while status["status"] not in ("completed", "failed"):
+            if time.monotonic() > deadline:
+                raise ProviderTimeout(f"clip job {job_id} took longer than the clip timeout",
+                                      provider=self.kind)
+            await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            wait, interval = interval, min(interval * 1.5, longest)
+
+            async def poll(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
+                raw = await client.videos.with_raw_response.retrieve(job_id)
+                return Answer(json.loads(raw.content), Usage(), raw.headers)
+
+            polled, how = await self._call(episode_id, 0, poll)
+            status = polled.value
+            remaining = remaining_s(status, time.monotonic() - created)
+            if remaining is not None:  # the job says how far it is: poll when it should end
+                wait = min(max(initial / 4, remaining), longest)
+        if status["status"] == "completed":
+            self.job_durations.add(time.monotonic() - created)
+        return job_id, status, how
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, plus each deployment's live state (labels only: no keys)."""
@@ -424,7 +473,7 @@ class ProviderGateway:
         estimate: int,
         attempt_fn: Callable[[openai.AsyncOpenAI], Awaitable[Answer[T]]],
     ) -> tuple[Answer[T], Attempts]:
-        self.stats.calls += 1
+        self.stats.started()
         wait_s = 0.0
         attempt = rate_limited = 0
         last: Deployment | None = None
@@ -435,7 +484,7 @@ class ProviderGateway:
             permit = await deployment.limiter.acquire(episode_id, estimate)
             waited = time.perf_counter() - waited_from
             wait_s += waited
-            self.stats.limiter_wait_s += waited
+            self.stats.waited(deployment.label, waited)
             sent = time.perf_counter()
             used: int | None = 0  # nothing reached the server unless we learn otherwise
             try:
@@ -445,10 +494,10 @@ class ProviderGateway:
                 # A 429 or a request that never arrived was not counted by the server.
                 permit.release(used, counted=err.status is not None and err.status != 429)
                 last = deployment
-                self.stats.errors[type(err).__name__] += 1
+                self.stats.attempt_failed(deployment.label, type(err).__name__,
+                                          rate_limited=isinstance(err, RateLimited))
                 if isinstance(err, RateLimited):
                     rate_limited += 1
-                    self.stats.rate_limited += 1
                     response = getattr(err.__cause__, "response", None)
                     if response is not None:
                         self._observe(deployment, permit, response.headers)
@@ -456,9 +505,9 @@ class ProviderGateway:
                 else:
                     deployment.record(ok=False, now=self._clock.now())
                 if not should_retry(err, attempt, self.policy):
-                    self.stats.failed += 1
+                    self.stats.gave_up(deployment.label)
                     raise
-                self.stats.retries += 1
+                self.stats.retried(deployment.label)
                 if not isinstance(err, RateLimited):  # a 429's wait is the limiter's pause
                     await asyncio.sleep(backoff_s(attempt, self.policy, self._rng.random()))
                 continue
@@ -470,7 +519,11 @@ class ProviderGateway:
             self._observe(deployment, permit, outcome.headers)
             permit.release(used if used else None)
             deployment.record(ok=True, now=self._clock.now())
-            cost = self._account(outcome.usage, latency)
+            cost = cost_usd(self.settings.prices, outcome.usage, self.kind)
+            self.stats.succeeded(
+                deployment.label, latency_s=latency, tokens_in=outcome.usage.tokens_in,
+                tokens_out=outcome.usage.tokens_out, units=outcome.usage.units, cost_usd=cost,
+            )
             return outcome, Attempts(
                 deployment.label, attempt, rate_limited, latency, wait_s, cost
             )
@@ -493,16 +546,6 @@ class ProviderGateway:
             limit_requests=hints.limit_requests, remaining_requests=hints.remaining_requests,
             limit_tokens=hints.limit_tokens, remaining_tokens=hints.remaining_tokens,
         )
-
-    def _account(self, usage: Usage, latency_s: float) -> float:
-        cost = cost_usd(self.settings.prices, usage, self.kind)
-        self.stats.ok += 1
-        self.stats.tokens_in += usage.tokens_in
-        self.stats.tokens_out += usage.tokens_out
-        self.stats.units += usage.units
-        self.stats.cost_usd += cost
-        self.stats.latency.observe(latency_s * 1000)
-        return cost
 
 
 def _parse_chat(response: httpx2.Response) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from actors.coordinator import EpisodeCoordinator
+from actors.coordinator import EpisodeCoordinator, ThreadMediaTasks
 from actors.gateway import ChatResult, MediaResult, ProviderGateway
-from pipelines.composition import Line, compose_scene, pan_clip, stitch
+from pipelines.composition import compose_scene, pan_clip, stitch
 from pipelines.settings import ProviderKind, ProviderSettings, Settings
 
 NAMESPACE = "showrunner"
@@ -68,19 +68,19 @@ class RayProvider:
         self.handle = handle
 
     async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResult:
-        return await _await(self.handle.chat.remote(messages, **kwargs))
+        return await await_call(self.handle.chat.remote(messages, **kwargs))
 
     async def speech(self, text: str, **kwargs: Any) -> MediaResult:
-        return await _await(self.handle.speech.remote(text, **kwargs))
+        return await await_call(self.handle.speech.remote(text, **kwargs))
 
     async def image(self, prompt: str, **kwargs: Any) -> MediaResult:
-        return await _await(self.handle.image.remote(prompt, **kwargs))
+        return await await_call(self.handle.image.remote(prompt, **kwargs))
 
     async def clip(self, prompt: str, **kwargs: Any) -> MediaResult:
-        return await _await(self.handle.clip.remote(prompt, **kwargs))
+        return await await_call(self.handle.clip.remote(prompt, **kwargs))
 
 
-async def _await(ref: Any) -> Any:
+async def await_call(ref: Any) -> Any:
     """Await a Ray call: cancelling the waiter cancels the call; a task's own error is raised
     as itself, not wrapped."""
     try:
@@ -94,18 +94,14 @@ async def _await(ref: Any) -> Any:
         raise
 
 
-class RayMediaTasks:
-    """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster."""
+class RayMediaTasks(ThreadMediaTasks):
+    """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster; the
+    encoding and the CPU accounting are ``ThreadMediaTasks``'s."""
 
-    async def compose(self, lines: list[Line], clip: str, out_path: str) -> dict[str, Any]:
-        return await _await(compose_scene_task.remote(lines, clip, out_path))
-
-    async def stitch(self, scenes: list[dict[str, Any]], poster: str | None,
-                     folder: str) -> dict[str, str]:
-        return await _await(stitch_task.remote(scenes, poster, folder))
-
-    async def pan(self, image: str, out_path: str) -> str:
-        return await _await(pan_clip_task.remote(image, out_path))
+    async def run(self, fn: Any, *args: Any) -> Any:
+        task = {compose_scene: compose_scene_task, stitch: stitch_task,
+                pan_clip: pan_clip_task}[fn]
+        return await await_call(task.remote(*args))
 
 
 def coordinator_actor(
@@ -124,7 +120,7 @@ def coordinator_actor(
             settings,
             {kind: RayProvider(handle) for kind, handle in providers.items()},
             output_root=output_root,
-            tasks=RayMediaTasks(),
+            tasks=RayMediaTasks(settings.encoding),
         )
     )
 

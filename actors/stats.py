@@ -1,4 +1,8 @@
-"""Counters of one provider, so a run can say where the time and the money went."""
+"""Counters of one provider, so a run can say where the time and the money went.
+
+Each event is one method that updates the counters here and the Prometheus metrics
+(``actors.metrics``) together, so ``stats()`` and the dashboards never disagree.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from actors.metrics import ProviderMetrics
 
 # Upper bounds in milliseconds; wide enough for a 5 ms local call and a 10-minute video job.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -53,8 +59,12 @@ class Histogram:
 
 @dataclass
 class ProviderStats:
-    """What one provider actor did. ``errors`` counts failed attempts by error class."""
+    """What one provider actor did. ``errors`` counts failed attempts by error class.
 
+    ``deployment`` arguments are deployment labels (scheme, host, port: never a key); the
+    counters here add them up, the metrics keep them apart."""
+
+    provider: str = ""
     calls: int = 0
     ok: int = 0
     failed: int = 0
@@ -67,6 +77,47 @@ class ProviderStats:
     cost_usd: float = 0.0
     limiter_wait_s: float = 0.0
     latency: Histogram = field(default_factory=Histogram)
+    metrics: ProviderMetrics = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ProviderMetrics(self.provider)
+
+    # -- events, in the order a call meets them -------------------------------------------------
+
+    def started(self) -> None:
+        self.calls += 1
+
+    def waited(self, deployment: str, seconds: float) -> None:
+        """An attempt got its limiter permit after ``seconds``."""
+        self.limiter_wait_s += seconds
+        self.metrics.waited(deployment, seconds)
+
+    def attempt_failed(self, deployment: str, error: str, *, rate_limited: bool = False) -> None:
+        """An attempt failed with the error class ``error``; a 429 when ``rate_limited``."""
+        self.errors[error] += 1
+        if rate_limited:
+            self.rate_limited += 1
+            self.metrics.rate_limited(deployment)
+
+    def retried(self, deployment: str) -> None:
+        """Another attempt follows one that failed at ``deployment``."""
+        self.retries += 1
+        self.metrics.retried(deployment)
+
+    def gave_up(self, deployment: str) -> None:
+        """The call failed for good (its last attempt was at ``deployment``)."""
+        self.failed += 1
+        self.metrics.gave_up(deployment)
+
+    def succeeded(self, deployment: str, *, latency_s: float, tokens_in: int, tokens_out: int,
+                  units: float, cost_usd: float) -> None:
+        self.ok += 1
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.units += units
+        self.cost_usd += cost_usd
+        self.latency.observe(latency_s * 1000)
+        self.metrics.succeeded(deployment, latency_s, tokens_in, tokens_out, cost_usd)
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -41,6 +41,7 @@ from local_server.process import LocalServer
 from pipelines import launcher
 from pipelines.models import Continuity, EpisodeRequest, SceneDialogue
 from pipelines.planner import plan_episode
+from pipelines.report import build_report
 from pipelines.settings import LLMSettings, Settings
 from pipelines.stages import StageCall, content_call, dialogue_call, outline_call
 
@@ -218,11 +219,15 @@ def run_thread_strategy(
 
 
 def run_showrunner(requests: list[EpisodeRequest], base_url: str, rpm: float, tpm: float,
-                   name: str, providers: dict[str, Any] | None = None
-                   ) -> tuple[float, dict[str, Any]]:
+                   name: str, overrides: dict[str, Any] | None = None,
+                   records: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    """Showrunner's real path on ``requests``; ``overrides`` are more ``Settings`` fields (the
+    media providers, the encoding). Returns the makespan and the run's report, whose CPU term
+    uses the Ray cluster's CPUs. ``records``, when given, receives the episode records."""
     llm = LLMSettings(model="bench", rpm=rpm, tpm=tpm, max_inflight=256, timeout_s=60)
-    settings = Settings(llm=llm, max_parallel_episodes=len(requests), max_parallel_scenes=8,
-                        **(providers or {}))
+    fields: dict[str, Any] = {"llm": llm, "max_parallel_episodes": len(requests),
+                              "max_parallel_scenes": 8, **(overrides or {})}
+    settings = Settings(**fields)
     with tempfile.TemporaryDirectory() as out:
         run = launcher.start_run(settings, Path(out), base_url, prefix=f"bench-{name}")
         # Actors are long-lived in use; their one-off process start is not part of a run.
@@ -232,7 +237,12 @@ def run_showrunner(requests: list[EpisodeRequest], base_url: str, rpm: float, tp
         ids = launcher.submit(run, requests)
         ray.get(run.coordinator.wait.remote(ids))
         elapsed = time.perf_counter() - started
-        report = launcher.collect_report(run, ids)
+        snapshot = ray.get(run.coordinator.records_snapshot.remote())
+        stats = {kind: ray.get(actor.stats.remote()) for kind, actor in run.providers.items()}
+        report = build_report([snapshot[i] for i in ids], stats, settings,
+                              cpus=ray.cluster_resources().get("CPU"))
+        if records is not None:
+            records.update({i: snapshot[i] for i in ids})
         for actor in (run.coordinator, *run.providers.values()):
             ray.kill(actor)
     failed = [e for e in report["episodes"] if e["status"] != "completed"]
@@ -344,13 +354,19 @@ def summarise(rows: list[Row], reports: dict[str, dict[str, Any]], args: argpars
         f"Lower bound of the chain run (measured critical path vs. rate limits): {bound:.2f} s, "
         f"set by {reports['chain']['totals']['bottleneck']}. '÷ its bound' uses the nominal "
         f"latency and each row's own continuity.")
+    return result_line(showrunner, bound, best, rows)
+
+
+def result_line(showrunner: Row, bound: float, best: Row | None, rows: list[Row]
+                ) -> dict[str, Any]:
+    """The JSON line every strategies benchmark ends with (text and media alike)."""
     return {
         "showrunner_s": round(showrunner.seconds, 3),
         "lower_bound_s": round(bound, 3),
         "showrunner_vs_bound": round(showrunner.seconds / bound, 3),
-        "best_baseline": best.name,
-        "best_baseline_s": round(best.seconds, 3),
-        "speedup_vs_best_baseline": round(best.seconds / showrunner.seconds, 3),
+        "best_baseline": best.name if best else None,
+        "best_baseline_s": round(best.seconds, 3) if best else None,
+        "speedup_vs_best_baseline": round(best.seconds / showrunner.seconds, 3) if best else None,
         "showrunner_429": showrunner.server_429,
         "baseline_429": {f"{r.name} ({r.episodes_at_once})": r.server_429
                          for r in rows if r.prior},

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from local_server.config import EndpointConfig, ServerConfig, default_endpoints
+from local_server.config import EndpointConfig, ServerConfig, default_endpoints, parse_size
 
 HOST = "127.0.0.1"  # loopback only: this server has no authentication worth the name
 DEFAULT_PORT = 8000
@@ -65,6 +65,15 @@ def _count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _size(text: str) -> str:
+    """An argparse type: ``WIDTHxHEIGHT`` with even sides."""
+    try:
+        parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server's flags to ``parser`` (its own, or a subcommand's)."""
     parser.add_argument("--port", type=_count(0, 65535), default=DEFAULT_PORT,
@@ -104,6 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clip jobs in progress at once; more is a 429 (default 10)")
     parser.add_argument("--video-fail-rate", type=_fraction, default=0.0, metavar="F",
                         help="share of clip jobs that end failed")
+    parser.add_argument("--video-render-size", type=_size, default=None, metavar="WxH",
+                        help="render every clip this size, whatever the job asks: cheap clips "
+                             "for benchmarks (default: the job's size)")
+    parser.add_argument("--video-render-fps", type=_count(1, 60), default=24, metavar="N",
+                        help="frames per second of rendered clips (default 24)")
 
 
 def config_from_args(args: argparse.Namespace,
@@ -129,7 +143,8 @@ def config_from_args(args: argparse.Namespace,
             malformed_rate=args.malformed_rate, quota_exhausted=args.quota_exhausted,
             require_key=args.require_key, endpoints=endpoints,
             video_job_s=args.video_job_s, video_max_jobs=args.video_max_jobs,
-            video_fail_rate=args.video_fail_rate,
+            video_fail_rate=args.video_fail_rate, video_render_size=args.video_render_size,
+            video_render_fps=args.video_render_fps,
         )
     except ValueError as err:
         if parser is not None:

@@ -63,6 +63,10 @@ class ServerConfig:
     video_job_jitter_s: float = 15.0
     video_max_jobs: int = 10  # jobs in progress at once; more is a 429
     video_fail_rate: float = 0.0  # share of jobs that end "failed"
+    # Clips rendered this size ("WxH") whatever the job asks, and at this frame rate: cheap
+    # clips for benchmarks on a small machine. None: the size the job asks for.
+    video_render_size: str | None = None
+    video_render_fps: int = 24
     endpoints: dict[str, EndpointConfig] = field(default_factory=default_endpoints)
 
     def __post_init__(self) -> None:
@@ -79,6 +83,10 @@ class ServerConfig:
                "video_job_s and video_job_jitter_s must be 0 or more")
         _check(self.video_max_jobs >= 0, f"video_max_jobs must be 0 or more, not "
                                          f"{self.video_max_jobs}")
+        _check(1 <= self.video_render_fps <= 60, f"video_render_fps must be from 1 to 60, not "
+                                                 f"{self.video_render_fps}")
+        if self.video_render_size is not None:
+            parse_size(self.video_render_size)  # a ValueError that says what is wrong
 
     def endpoint(self, name: str) -> EndpointConfig:
         return self.endpoints[name]
@@ -87,6 +95,17 @@ class ServerConfig:
         """A copy with one endpoint's settings changed: ``with_endpoint("chat", rpm=600)``."""
         endpoints = {**self.endpoints, name: dataclasses.replace(self.endpoints[name], **changes)}
         return dataclasses.replace(self, endpoints=endpoints)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320x180"`` → ``(320, 180)``; even sides from 16 to 4096 (H.264 wants even sides)."""
+    width, sep, height = text.partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise ValueError(f"a size is WIDTHxHEIGHT, like 320x180, not {text!r}")
+    w, h = int(width), int(height)
+    if not (16 <= w <= 4096 and 16 <= h <= 4096 and w % 2 == 0 and h % 2 == 0):
+        raise ValueError(f"a size's sides must be even and from 16 to 4096, not {text!r}")
+    return w, h
 
 
 def _check(ok: bool, message: str) -> None:

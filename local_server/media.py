@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import random
 import time
 from typing import Any
@@ -90,13 +91,17 @@ def image_admission(raw: Any, request_id: str) -> Admission:
     return Admission(make=make)
 
 
+JOB_CAP_RETRY_S = 1.0  # the wait a 429 for too many jobs asks for, before latency_scale
+
+
 class Videos:
     """``POST /v1/videos`` (a job), ``GET /v1/videos/{id}`` and ``GET .../content``."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
         config = state.config
-        self.jobs = VideoJobs(random.Random(config.seed + 1), config.video_fail_rate)
+        self.jobs = VideoJobs(random.Random(config.seed + 1), config.video_fail_rate,
+                              config.video_render_size, config.video_render_fps)
 
     def admission(self, raw: Any, request_id: str) -> Admission:
         config = self.state.config
@@ -112,8 +117,11 @@ class Videos:
         image = reference.file.read() if hasattr(reference, "file") else None
         model = str(raw.get("model", "sora-2"))
         if self.jobs.running >= config.video_max_jobs:
-            headers = {**self.state.limits["video"].headers(), "retry-after": "1",
-                       "retry-after-ms": "1000"}
+            # "Try again in about a second", on the server's clock like its latencies are.
+            wait_ms = max(1, round(JOB_CAP_RETRY_S * 1000 * config.latency_scale))
+            headers = {**self.state.limits["video"].headers(),
+                       "retry-after": str(max(1, math.ceil(wait_ms / 1000))),
+                       "retry-after-ms": str(wait_ms)}
             raise ApiError(429, f"{config.video_max_jobs} video jobs are already in progress; "
                            "try again when one finishes.", type="requests",
                            code="too_many_jobs", headers=headers, counter="rate_limited")

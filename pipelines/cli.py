@@ -39,6 +39,7 @@ def _settings_view(settings: Settings) -> dict:
         provider["base_url"] = provider["base_url"] or "(bundled local server)"
         for deployment in provider["deployments"]:
             deployment["api_key"] = "(set)" if deployment["api_key"] else None
+    data["api_keys"] = "(set)" if data["api_keys"] else None
     return data
 
 
@@ -86,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_flags(demo)
 
+    serve = commands.add_parser(
+        "serve", help="run the HTTP API (Ray Serve) until Ctrl-C"
+    )
+    serve.add_argument("--host", help="address to listen on (default: settings, 127.0.0.1); "
+                       "anything but loopback needs API keys")
+    serve.add_argument("--port", type=int, help="port (default: settings, 8000)")
+    serve.add_argument("--latency-scale", type=float, metavar="X",
+                       help="scale the bundled server's latencies (default: settings, 1)")
+
     server = commands.add_parser(
         "local-server", help="run the bundled OpenAI-compatible server on 127.0.0.1"
     )
@@ -109,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(settings_reference() if args.reference
               else json.dumps(_settings_view(settings), indent=2))
         return 0
+    if args.command == "serve":
+        return _serve(settings, args)
     if not 0 <= args.latency_scale <= 100:
         return _fail(f"--latency-scale must be from 0 to 100, not {args.latency_scale}")
     try:
@@ -120,6 +132,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return run_and_show(settings, requests, output_dir,
                         Path(args.report) if args.report else None, args.latency_scale)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from pipelines.access import ApiKeys
+    from pipelines.settings import describe_validation_error
+
+    changes = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                 ("local_latency_scale", args.latency_scale)) if v is not None}
+    try:
+        service = type(settings.service).model_validate(
+            {**settings.service.model_dump(), **changes})
+        keys = ApiKeys.from_settings(settings)
+    except ValidationError as err:
+        return _fail(describe_validation_error(err).replace("invalid setting ", "invalid --"))
+    except SettingsError as err:
+        return _fail(str(err))
+    from serve_app import is_loopback, serve_forever
+
+    if not keys.enabled and not is_loopback(service.host):
+        return _fail(f"no API keys are configured (SHOWRUNNER_API_KEYS or "
+                     f"SHOWRUNNER_API_KEYS_FILE): refusing to listen on {service.host}; "
+                     "set keys, or listen on 127.0.0.1")
+    return serve_forever(settings.model_copy(update={"service": service}), keys.enabled)
 
 
 DEMO_PREMISES = (

@@ -4,14 +4,22 @@ A scene: its lines' speech laid end to end with short gaps, its clip looped or c
 length, ``Speaker: text`` subtitles burned in, H.264 video and AAC audio. An episode: its scenes
 in order in one MP4 that plays in a browser, with ``episode.srt`` and ``poster.png`` beside it.
 
-The timing and subtitle logic is pure; ``run_ffmpeg`` is the only I/O, and it kills its child if
-the caller is interrupted (a cancelled Ray task), so no ffmpeg outlives its task.
+How big and how fast is the caller's ``EncodingSettings`` (``settings.encoding``): 1280x720 at
+24 fps by default, a small ``ultrafast`` profile for previews and benchmarks.
+
+The timing and subtitle logic is pure; ``run_ffmpeg`` is the only I/O. It kills its child if the
+caller is interrupted (a cancelled Ray task), so no ffmpeg outlives its task, and it returns the
+CPU seconds that child used, read from the child's own resource usage (``os.wait4``): the
+process-wide ``RUSAGE_CHILDREN`` would mix in every other thread's children. Compositions report
+them (``cpu_s``) so the run report can say how much of the run the CPUs alone force.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
+import time
 import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,9 +29,10 @@ import imageio_ffmpeg
 from PIL import ImageFont
 
 from pipelines.screenplay import write_atomic
+from pipelines.settings import EncodingSettings
 
 GAP_S = 0.35  # silence between two lines
-WIDTH, HEIGHT, FPS = 1280, 720, 24
+DEFAULT_ENCODING = EncodingSettings()  # 1280x720, 24 fps, x264 veryfast
 AUDIO_RATE = 24_000
 FONT_NAME = "Aileron"  # Pillow's embedded font, written out for libass: no system font needed
 
@@ -93,46 +102,83 @@ class MediaError(RuntimeError):
     """ffmpeg could not make a file; the message carries the end of its error output."""
 
 
-def run_ffmpeg(args: Sequence[str]) -> None:
-    """Run ffmpeg; on any interruption kill it, so no child outlives the task."""
+def run_ffmpeg(args: Sequence[str]) -> float:
+    """Run ffmpeg and return the CPU seconds (user + system) it used; on any interruption kill
+    it, so no child outlives the task."""
     process = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel",
                                 "error", "-y", *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _, stderr = process.communicate()
+        assert process.stderr is not None
+        with process.stderr:
+            stderr = process.stderr.read()  # EOF when ffmpeg exits (it writes little: errors)
+        # Reap it ourselves: wait4 returns this child's own usage, which Popen.wait discards.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
     except BaseException:
         process.kill()
         process.wait()
         raise
     if process.returncode != 0:
         raise MediaError(f"ffmpeg failed: {stderr.decode(errors='replace')[-500:]}")
+    return usage.ru_utime + usage.ru_stime
 
 
-def pan_filter(width: int, height: int, seconds: float) -> str:
-    """Fill the frame 20% larger than the clip, then pan across it over the clip's length."""
+PREVIEW_PRESETS = ("ultrafast", "superfast")
+# One thread for every decoder, filter graph and encoder: each composition is a task holding one
+# CPU (``num_cpus=1`` in Ray), and ffmpeg's own threads would run on CPUs other tasks hold.
+ONE_THREAD = ("-threads", "1")
+
+
+def x264(encoding: EncodingSettings) -> list[str]:
+    return ["-c:v", "libx264", "-preset", encoding.x264_preset]
+
+
+def aac(encoding: EncodingSettings) -> list[str]:
+    """AAC at the scene's sample rate. With a preview preset, ffmpeg's ``fast`` coder: a third
+    of the default (``twoloop``) coder's CPU, which otherwise costs more than a small video."""
+    coder = ["-aac_coder", "fast"] if encoding.x264_preset in PREVIEW_PRESETS else []
+    return ["-c:a", "aac", *coder, "-ar", str(AUDIO_RATE)]
+
+
+def pan_filter(width: int, height: int, seconds: float, fps: int) -> str:
+    """From one still: fill the frame 20% larger than the clip, then pan across it over the
+    clip's length. The still is decoded and scaled once and its frame repeated (``-loop 1`` on
+    the input would decode and scale it again for every frame, which costs most of the work)."""
     return (f"scale={int(width * 1.2)}:{int(height * 1.2)}:force_original_aspect_ratio=increase,"
+            f"loop=loop=-1:size=1,setpts=N/{fps}/TB,"
             f"crop={width}:{height}:x='(in_w-out_w)*t/{seconds}':y='(in_h-out_h)/2',"
             f"format=yuv420p")
 
 
-def pan_clip(image: str, out_path: str, seconds: int = 4) -> str:
-    """A clip made locally from a still: what a scene gets when no video provider is set."""
+def pan_clip(image: str, out_path: str, seconds: int = 4,
+             encoding: EncodingSettings = DEFAULT_ENCODING) -> dict[str, object]:
+    """A clip made locally from a still: what a scene gets when no video provider is set.
+    Returns its ``path`` and the ``cpu_s`` it took."""
+    started = time.monotonic()
     target = Path(out_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial.mp4")
     try:
-        run_ffmpeg(["-loop", "1", "-i", image, "-vf", pan_filter(WIDTH, HEIGHT, seconds),
-                    "-t", str(seconds), "-r", str(FPS), "-c:v", "libx264", "-preset",
-                    "veryfast", str(partial)])
+        cpu_s = run_ffmpeg(["-filter_threads", "1", *ONE_THREAD, "-i", image, "-vf",
+                            pan_filter(encoding.width, encoding.height, seconds, encoding.fps),
+                            "-t", str(seconds), "-r", str(encoding.fps), *x264(encoding),
+                            *ONE_THREAD, str(partial)])
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    return str(target)
+    return {"path": str(target), "cpu_s": round(cpu_s, 4),
+            "run_s": round(time.monotonic() - started, 4)}
 
 
 def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
+                  encoding: EncodingSettings = DEFAULT_ENCODING,
                   gap_s: float = GAP_S) -> dict[str, object]:
-    """Write the scene's MP4; return its length and its subtitle cues (from 0)."""
+    """Write the scene's MP4; return its length, its subtitle cues (from 0), and what it took:
+    ``cpu_s`` (ffmpeg's CPU seconds) and ``run_s`` (seconds from start to end of this call,
+    without any time spent queued for a CPU before it)."""
+    started = time.monotonic()
+    width, height, fps = encoding.width, encoding.height, encoding.fps
     durations = [wav_seconds(line.audio) for line in lines]
     length = scene_length(durations, gap_s)
     target = Path(out_path)
@@ -142,27 +188,29 @@ def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
         subtitles = folder / "scene.srt"
         scene_cues = cues(lines, durations, gap_s)
         subtitles.write_text(srt(scene_cues), encoding="utf-8")
-        inputs: list[str] = ["-stream_loop", "-1", "-i", clip]
+        inputs: list[str] = ["-filter_complex_threads", "1", "-stream_loop", "-1", *ONE_THREAD,
+                             "-i", clip]
         chains = []
         for i, line in enumerate(lines, start=1):
-            inputs += ["-i", line.audio]
+            inputs += [*ONE_THREAD, "-i", line.audio]
             chains.append(f"[{i}:a]aresample={AUDIO_RATE},aformat=channel_layouts=mono,"
                           f"apad=pad_dur={gap_s}[a{i}]")
         joined = "".join(f"[a{i}]" for i in range(1, len(lines) + 1))
         style = f"FontName={FONT_NAME},FontSize=20,Outline=2,MarginV=28"
-        video = (f"[0:v]scale={WIDTH}:{HEIGHT}:force_original_aspect_ratio=decrease,"
-                 f"pad={WIDTH}:{HEIGHT}:(ow-iw)/2:(oh-ih)/2,fps={FPS},"
+        # Subtitle sizes are in libass's script units, which scale with the frame's height.
+        video = (f"[0:v]scale={width}:{height}:force_original_aspect_ratio=decrease,"
+                 f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,fps={fps},"
                  f"subtitles={_filter_path(subtitles)}:fontsdir="
                  f"{_filter_path(font_dir(folder))}:force_style='{style}',format=yuv420p[v]")
         graph = ";".join([*chains, f"{joined}concat=n={len(lines)}:v=0:a=1[a]", video])
         partial = folder / "scene.mp4"
-        run_ffmpeg([*inputs, "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
-                    "-t", f"{length:.3f}", "-c:v", "libx264", "-preset", "veryfast",
-                    "-c:a", "aac", "-ar", str(AUDIO_RATE), "-movflags", "+faststart",
-                    str(partial)])
+        cpu_s = run_ffmpeg([*inputs, "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
+                            "-t", f"{length:.3f}", *x264(encoding), *aac(encoding),
+                            *ONE_THREAD, "-movflags", "+faststart", str(partial)])
         partial.replace(target)
     return {"path": str(target), "length_s": length,
-            "cues": [(c.start_s, c.end_s, c.text) for c in scene_cues]}
+            "cues": [(c.start_s, c.end_s, c.text) for c in scene_cues],
+            "cpu_s": round(cpu_s, 4), "run_s": round(time.monotonic() - started, 4)}
 
 
 def stitch(scenes: Sequence[dict[str, object]], poster_image: str | None,

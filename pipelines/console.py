@@ -115,4 +115,10 @@ def _closing_table(console: Console, report: dict[str, Any], output_dir: Path) -
     for row in rows:
         summary.add_row(*row)
     console.print(summary)
-    console.print(f"Report: {output_dir / 'report.json'}")
+    # Plain, unwrapped lines: under a Ray job or a log the table's columns are cut short.
+    for e in report["episodes"]:
+        if e["output_dir"]:
+            console.print(f"{e['id']}: {e['output_dir']}", soft_wrap=True, highlight=False)
+    console.print(f"Output: {output_dir.resolve()}", soft_wrap=True, highlight=False)
+    console.print(f"Report: {(output_dir / 'report.json').resolve()}", soft_wrap=True,
+                  highlight=False)

@@ -7,12 +7,14 @@ records, never stored twice.
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from pipelines.models import (
+    Continuity,
     EpisodeRequest,
     EpisodeStatus,
     OutlineDraft,
@@ -22,6 +24,13 @@ from pipelines.models import (
     SceneState,
 )
 from pipelines.planner import EpisodePlan, NodeKind, plan_episode
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(scenes: int, continuity: str, lines: int) -> EpisodePlan:
+    # Plans are pure functions of these three and read-only once made; status polls ask for
+    # them many times a second, so equal requests share one.
+    return plan_episode(scenes, Continuity.parse(continuity), lines)
 
 
 class NodeState(StrEnum):
@@ -60,6 +69,7 @@ class Event(BaseModel):
 class EpisodeRecord(BaseModel):
     id: str
     request: EpisodeRequest
+    owner: str = ""  # the tenant that submitted it; the HTTP API shows each tenant only its own
     status: EpisodeStatus = EpisodeStatus.QUEUED
     submitted_at: float  # wall-clock epoch seconds
     started_at: float | None = None
@@ -78,7 +88,7 @@ class EpisodeRecord(BaseModel):
 
     def plan(self) -> EpisodePlan:
         lines = self.request.lines_per_scene if self.request.media else 0
-        return plan_episode(self.request.scenes, self.request.continuity_mode, lines)
+        return _plan(self.request.scenes, self.request.continuity, lines)
 
     def scene_outlines(self) -> list[SceneOutline]:
         """The outline's scenes so far, numbered as the plan numbers them (1, 2, ...)."""

@@ -40,18 +40,26 @@ class Run:
     output_dir: Path
 
 
+def needs_local_server(settings: Settings) -> bool:
+    return any(settings.provider(k).base_url is None for k in BUNDLED)  # type: ignore[arg-type]
+
+
+def local_server_options(settings: Settings, latency_scale: float, seed: int = 0
+                         ) -> dict[str, Any]:
+    """The bundled server's flags: the same limits the settings give the clients."""
+    return {"latency_scale": latency_scale, "seed": seed, "llm_rpm": settings.llm.rpm,
+            "llm_tpm": settings.llm.tpm, "tts_rpm": settings.tts.rpm,
+            "image_rpm": settings.image.rpm}
+
+
 @contextlib.contextmanager
 def local_server_if_needed(settings: Settings, latency_scale: float, seed: int = 0
                            ) -> Iterator[str | None]:
     """The bundled server, with the limits the settings give, if some provider has no URL."""
-    needs = [k for k in BUNDLED if settings.provider(k).base_url is None]  # type: ignore
-    if not needs:
+    if not needs_local_server(settings):
         yield None
         return
-    with LocalServer(
-        latency_scale=latency_scale, seed=seed, llm_rpm=settings.llm.rpm,
-        llm_tpm=settings.llm.tpm, tts_rpm=settings.tts.rpm, image_rpm=settings.image.rpm,
-    ) as server:
+    with LocalServer(**local_server_options(settings, latency_scale, seed)) as server:
         yield server.base_url
 
 
@@ -68,22 +76,31 @@ def ensure_ray() -> None:
 
 
 def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
-              prefix: str = "showrunner") -> Run:
+              prefix: str = "showrunner", detached: bool = False) -> Run:
+    """The provider actors and the coordinator (got if they exist: names are per prefix).
+
+    ``detached`` actors outlive their creator: the service's, which Serve replicas share."""
     # A video provider only when one is configured; otherwise clips are made locally.
     kinds = [*BUNDLED, *(["video"] if settings.video.base_url is not None else [])]
     providers = {
         kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,  # type: ignore[arg-type]
-                             name=f"{prefix}:{kind}")
+                             name=f"{prefix}:{kind}", detached=detached)
         for kind in kinds
     }
     coordinator = coordinator_actor(settings, providers, output_root=str(output_dir.resolve()),
-                                    name=f"{prefix}:coordinator")
+                                    name=f"{prefix}:coordinator", detached=detached)
     return Run(coordinator, providers, settings, output_dir)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def follow(run: Run, ids: list[str], on_progress: Callable[[list[dict]], None]) -> None:
-    """Poll the episodes until all have finished; Ctrl-C cancels them cleanly."""
-    previous = signal.getsignal(signal.SIGINT)
+    """Poll the episodes until all have finished; Ctrl-C, or SIGTERM (``ray job stop``), cancels
+    them cleanly."""
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             summaries = [s for s in ray.get(run.coordinator.list_episodes.remote())
@@ -93,17 +110,21 @@ def follow(run: Run, ids: list[str], on_progress: Callable[[list[dict]], None]) 
                 return
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
+        # A second signal must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         ray.get([run.coordinator.cancel.remote(i) for i in ids])
         raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def collect_report(run: Run, ids: list[str]) -> dict[str, Any]:
     records: dict[str, EpisodeRecord] = ray.get(run.coordinator.records_snapshot.remote())
     stats = {kind: ray.get(actor.stats.remote()) for kind, actor in run.providers.items()}
-    return build_report([records[i] for i in ids], stats, run.settings)
+    cpus = ray.cluster_resources().get("CPU")  # media tasks run anywhere in the cluster
+    return build_report([records[i] for i in ids], stats, run.settings, cpus=cpus)
 
 
 def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -> None:

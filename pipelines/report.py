@@ -3,16 +3,22 @@ time and the money went. Pure: built from episode records and provider counters.
 
 - ``sequential_s``: the sum of every model call's latency, what one call at a time would take.
 - ``speedup``: ``sequential_s`` ÷ wall time.
-- ``lower_bound_s``: no schedule can finish sooner. The larger of the graph's critical path with
-  the measured latencies (per episode, the longest one) and, per provider, the calls beyond one
-  burst ÷ its request rate and the tokens beyond one burst ÷ its token rate.
-- ``parallel_efficiency``: ``lower_bound_s`` ÷ wall time; 1.0 means as fast as the graph and the
-  limits allow.
-- ``bottleneck``: what set the lower bound — ``critical path`` or ``<provider> requests|tokens``.
+- ``lower_bound_s``: no schedule can finish sooner. The largest of: the graph's critical path
+  with the measured latencies (per episode, the longest one; a composition counts the time it
+  ran, not the time it queued for a CPU); per provider, the calls beyond one burst ÷ its request
+  rate and the tokens beyond one burst ÷ its token rate; and ``cpu_s`` ÷ ``cpus``.
+- ``cpu_s``: CPU seconds of the run's own media work (each scene's composition and locally made
+  clip, measured on their ffmpeg children); ``cpus``: the CPUs that work could use (the cluster's,
+  as the caller says; else this machine's). Providers' CPUs are theirs, not counted here.
+- ``parallel_efficiency``: ``lower_bound_s`` ÷ wall time; 1.0 means as fast as the graph, the
+  limits and the CPUs allow.
+- ``bottleneck``: what set the lower bound — ``critical path``, ``<provider> requests|tokens`` or
+  ``CPU``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,10 +27,26 @@ from pipelines.models import SceneState
 from pipelines.settings import Settings
 
 
+def node_latencies(record: EpisodeRecord) -> dict[str, float]:
+    """Each node's own time: model-call latency, or for a composition the time it ran (its
+    record's latency also holds the wait for a free CPU, which is queueing, not work)."""
+    latencies = {nid: n.latency_s for nid, n in record.nodes.items()}
+    for scene, video in record.scene_videos.items():
+        nid = f"compose:{scene}"
+        if nid in latencies and "run_s" in video:
+            latencies[nid] = min(latencies[nid], float(video["run_s"]))
+    return latencies
+
+
+def media_cpu_s(record: EpisodeRecord) -> float:
+    """CPU seconds of the episode's own media work, as its compositions reported them."""
+    return sum(float(v.get("cpu_s", 0.0)) for v in record.scene_videos.values())
+
+
 def episode_entry(record: EpisodeRecord) -> dict[str, Any]:
     states = record.scene_states()
     plan = record.plan()
-    latencies = {nid: n.latency_s for nid, n in record.nodes.items()}
+    latencies = node_latencies(record)
     return {
         "id": record.id,
         "status": record.status.value,
@@ -34,6 +56,7 @@ def episode_entry(record: EpisodeRecord) -> dict[str, Any]:
         "sequential_s": _round(sum(latencies.values())),
         "critical_path_s": _round(plan.critical_path(latencies)),
         "cost_usd": round(record.cost_usd, 6),
+        "cpu_s": round(media_cpu_s(record), 4),
         "output_dir": record.output_dir,
         "files": dict(record.files),
         "error": record.error,
@@ -64,8 +87,12 @@ def build_report(
     records: Iterable[EpisodeRecord],
     provider_stats: Mapping[str, Mapping[str, Any]],
     settings: Settings,
+    cpus: float | None = None,
 ) -> dict[str, Any]:
+    """``cpus``: the CPUs the run's media tasks could use (a Ray cluster's ``CPU`` resource);
+    unset, this machine's, which is what a local Ray cluster has."""
     records = list(records)
+    cpus = float(cpus or os.cpu_count() or 1)
     episodes = [episode_entry(r) for r in records]
     started = [r.started_at for r in records if r.started_at is not None]
     finished = [r.finished_at for r in records if r.finished_at is not None]
@@ -74,6 +101,8 @@ def build_report(
     candidates = {"critical path": max((e["critical_path_s"] or 0.0 for e in episodes),
                                        default=0.0)}
     candidates.update(provider_bounds(settings, provider_stats))
+    cpu_s = sum(e["cpu_s"] for e in episodes)
+    candidates["CPU"] = cpu_s / cpus
     bottleneck = max(candidates, key=lambda k: candidates[k])
     lower_bound = candidates[bottleneck]
     return {
@@ -85,6 +114,9 @@ def build_report(
             "parallel_efficiency": _ratio(lower_bound, wall),
             "lower_bound_s": _round(lower_bound),
             "bottleneck": bottleneck,
+            "bounds_s": {k: round(v, 4) for k, v in candidates.items()},
+            "cpu_s": round(cpu_s, 4),
+            "cpus": cpus,
             "cost_usd": round(sum(e["cost_usd"] for e in episodes), 6),
             "stage_busy_s": _stage_busy(records),
             "providers": {

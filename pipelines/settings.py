@@ -173,6 +173,10 @@ class VideoSettings(ProviderSettings):
     model: str = Field("sora-2", min_length=1, max_length=200, description="Video model.")
     rpm: PositiveFloat | None = Field(10, description="Requests per minute the key allows.")
     max_inflight: PositiveInt = Field(10, description="Most requests in flight at once.")
+    max_jobs: PositiveInt = Field(
+        10, le=10_000,
+        description="Most clip jobs at once, queued or rendering: the provider's job limit.",
+    )
     timeout_s: PositiveFloat = Field(120.0, description="Timeout of one HTTP request, seconds.")
     poll_initial_s: PositiveFloat = Field(
         2.0, le=600, description="First wait between polls of a clip job, seconds."
@@ -222,6 +226,10 @@ class ServiceSettings(BaseModel):
         600, le=1_000_000, description="Per tenant and per replica: HTTP requests a minute."
     )
     max_batch: PositiveInt = Field(50, le=1000, description="Episodes in one batch request.")
+    local_latency_scale: float = Field(
+        1.0, ge=0, le=100,
+        description="The bundled server's latency as a multiple of a real provider's (0: none).",
+    )
     max_body_bytes: PositiveInt = Field(
         1 << 20, le=64 << 20, description="Largest request body accepted, bytes (else 413)."
     )

@@ -9,9 +9,20 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 
+from actors.coordinator import ThreadMediaTasks
 from local_server.images import scene_card
 from local_server.speech import speaker as get_speaker
-from pipelines.composition import GAP_S, Line, compose_scene, run_ffmpeg, stitch, wav_seconds
+from pipelines.composition import (
+    GAP_S,
+    Line,
+    MediaError,
+    compose_scene,
+    pan_clip,
+    run_ffmpeg,
+    stitch,
+    wav_seconds,
+)
+from pipelines.settings import EncodingSettings
 from tests.support import processes
 
 
@@ -66,6 +77,43 @@ def test_an_episode_is_its_scenes_in_order_with_subtitles_and_a_poster(media: di
     subtitles = Path(files["subtitles"]).read_text()
     assert subtitles.count(" --> ") == 4 and subtitles.startswith("1\n00:00:00,000 --> ")
     assert Path(files["poster"]).read_bytes()[:4] == b"\x89PNG"
+
+
+PREVIEW = EncodingSettings(width=320, height=180, fps=8, x264_preset="ultrafast")
+
+
+def test_a_scene_follows_the_encoding_profile_and_reports_its_cpu(media: dict) -> None:
+    out = Path(media["root"]) / "preview" / "scene.mp4"
+    scene = compose_scene(media["lines"], media["clip"], str(out), PREVIEW)
+    info, _ = probe(out)
+    assert "320x180" in info and " 8 fps" in info and "Audio: aac" in info
+    assert 0 < scene["cpu_s"] < 60 and scene["run_s"] > 0
+
+
+def test_a_local_clip_pans_at_the_profiles_size_and_rate(media: dict) -> None:
+    out = Path(media["root"]) / "pan" / "clip.mp4"
+    made = pan_clip(media["image"], str(out), 2, PREVIEW)
+    info, duration = probe(out)
+    assert made["path"] == str(out) and made["cpu_s"] > 0
+    assert "320x180" in info and " 8 fps" in info and duration == pytest.approx(2.0, abs=0.2)
+
+
+def test_run_ffmpeg_reports_its_childs_cpu_and_its_errors(tmp_path: Path) -> None:
+    cpu_s = run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=2",
+                        "-c:v", "libx264", "-preset", "medium", str(tmp_path / "t.mp4")])
+    assert 0.05 < cpu_s < 60  # 50 frames at "medium": real work, measured on that child only
+    with pytest.raises(MediaError, match="ffmpeg failed"):
+        run_ffmpeg(["-i", str(tmp_path / "missing.wav"), str(tmp_path / "x.mp4")])
+
+
+async def test_thread_tasks_count_a_local_clips_cpu_with_its_scene(media: dict) -> None:
+    tasks = ThreadMediaTasks(PREVIEW)
+    root = Path(media["root"]) / "tasks"
+    clip = await tasks.pan(media["image"], str(root / "clip.mp4"))
+    scene = await tasks.compose(media["lines"], clip, str(root / "scene.mp4"))
+    alone = compose_scene(media["lines"], clip, str(root / "again.mp4"), PREVIEW)
+    assert "320x180" in probe(Path(scene["path"]))[0]
+    assert scene["cpu_s"] > alone["cpu_s"] * 0.5 and not tasks._clip_cpu_s  # handed over
 
 
 def _ffmpeg_writing(target: Path) -> list[int]:

@@ -301,3 +301,26 @@ async def test_an_episode_becomes_one_mp4_with_speech_and_subtitles(
     # Speech started as soon as its scene's dialogue existed, before later scenes were done.
     assert record.nodes["speech:1.1"].started_s < record.nodes["dialogue:2"].finished_s
     assert record.cost_usd > 0 and record.stage_busy_s()["speech"] > 0
+
+
+async def test_changes_give_each_changed_episode_its_newest_view(
+    local_server: Start, tmp_path: Path
+) -> None:
+    """What Serve replicas follow: every change is seen, views never go back, owners kept."""
+    server = local_server(latency_scale=0.02)
+    coordinator, _ = make(server, tmp_path)
+    assert await coordinator.changes(0, timeout_s=0.05) == (0, {})  # nothing yet: waits, empty
+    waiting = asyncio.create_task(coordinator.changes(0, timeout_s=10))
+    a = await coordinator.submit(script(premise="a", scenes=2), owner="t1")
+    since, views = await waiting
+    assert since >= 1 and views[a]["owner"] == "t1" and views[a]["status"] in ("queued", "running")
+    b = await coordinator.submit(script(premise="b", scenes=2), owner="t2")
+    latest: dict[str, dict[str, Any]] = {}
+    while not all(latest.get(i, {}).get("status") == "completed" for i in (a, b)):
+        since, views = await coordinator.changes(since, timeout_s=10)
+        for eid, view in views.items():
+            assert view["last_event_id"] >= latest.get(eid, {"last_event_id": 0})["last_event_id"]
+            latest[eid] = view
+    assert latest[b]["owner"] == "t2" and latest[a]["percent"] == 100.0
+    assert latest[a]["last_event_id"] == (await coordinator.episode(a)).events[-1].seq
+    assert await coordinator.view(a, "t2") is None and (await coordinator.view(a, "t1"))["id"] == a

@@ -108,3 +108,22 @@ async def test_a_clip_job_that_outlives_its_timeout_has_failed(
     with pytest.raises(ProviderTimeout, match="clip timeout"):
         await gw.clip("x", out_path=str(tmp_path / "clip.mp4"))
     assert time.monotonic() - started < 5
+
+
+async def test_clip_jobs_never_exceed_the_providers_job_cap(
+    local_server: Start, gateway: Build, tmp_path: Path
+) -> None:
+    """Many clips at once: the gateway holds a job slot until a job ends, so the server's
+    cap of 2 jobs in progress never answers 429, and every clip is made."""
+    import asyncio
+
+    server = local_server(latency_scale=0.01, video_max_jobs=2)
+    gw = gateway("video", server.base_url, max_jobs=2, max_inflight=10, poll_initial_s=0.02,
+                 poll_max_s=0.05)
+    results = await asyncio.gather(*(
+        gw.clip(f"clip {i}", out_path=str(tmp_path / f"clip{i}.mp4")) for i in range(8)))
+    assert all(Path(r.path).read_bytes()[4:8] == b"ftyp" for r in results)
+    assert gw.snapshot()["rate_limited"] == 0
+    assert server.stats()["video"]["rate_limited"] == 0
+    # Jobs measured so far time the first poll: at most a job's length, once five are known.
+    assert 0 < gw.job_durations.first_poll_s() <= max(gw.job_durations._recent)

@@ -285,6 +285,24 @@ async def test_video_jobs_progress_complete_and_download(tmp_path: Path) -> None
     assert "Video: h264" in info and "1280x720" in info and "Duration: 00:00:04" in info
 
 
+async def test_clips_can_be_rendered_small_whatever_size_the_job_asks(tmp_path: Path) -> None:
+    with LocalServer(latency_scale=0.01, video_render_size="320x180",
+                     video_render_fps=8) as server:
+        async with client(server) as sdk:
+            job = await sdk.videos.create(prompt="A ferry in fog.", seconds="4", size="1280x720")
+            deadline = time.monotonic() + 30
+            while job.status not in ("completed", "failed"):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+                job = await sdk.videos.retrieve(job.id)
+            assert job.status == "completed" and job.size == "1280x720"  # as asked, on paper
+            content = await sdk.videos.download_content(job.id)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(content.content)
+    info = _probe(clip)
+    assert "320x180" in info and " 8 fps" in info and "Duration: 00:00:04" in info
+
+
 async def test_video_jobs_fail_on_cue_and_refuse_early_downloads() -> None:
     with LocalServer(latency_scale=0.03, video_fail_rate=1.0, video_max_jobs=1) as server:
         async with client(server) as sdk:

@@ -61,6 +61,26 @@ def test_a_config_refuses_impossible_values() -> None:
     assert ServerConfig().with_endpoint("chat", rpm=60).endpoints["chat"].rpm == 60
 
 
+def test_clips_can_be_rendered_small_and_cheap_for_benchmarks() -> None:
+    assert (ServerConfig().video_render_size, ServerConfig().video_render_fps) == (None, 24)
+    config = parse("--video-render-size", "320x180", "--video-render-fps", "8")
+    assert (config.video_render_size, config.video_render_fps) == ("320x180", 8)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--video-render-size", "320"], "WIDTHxHEIGHT"),
+    (["--video-render-size", "321x180"], "even"),
+    (["--video-render-fps", "0"], "--video-render-fps: must be from 1 to 60"),
+])
+def test_bad_render_flags_exit_2(argv: list[str], says: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(*argv)
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(ValueError, match="even"):
+        ServerConfig(video_render_size="100x51")
+
+
 def test_local_server_options_become_flags_and_unknown_ones_fail_early() -> None:
     assert flags_of({"llm_rpm": 600, "quota_exhausted": True, "require_key": None,
                      "hang_rate": 0.5, "seed": False}) == [

@@ -10,12 +10,8 @@ from pipelines.settings import SettingsError, load_settings, settings_reference
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("SHOWRUNNER_"):
-            monkeypatch.delenv(name)
+def _clean_env(clean_env: None) -> None:
+    """Every test here reads settings from a clean environment."""
 
 
 def test_defaults_need_no_key_and_use_the_local_server() -> None:

@@ -1,0 +1,164 @@
+"""Showrunner's metrics reach the node's Prometheus endpoint, and say what ``stats()`` says.
+
+Metrics are pushed to the endpoint periodically (once a second in the test session), so each
+check scrapes until the figures arrive or a deadline passes. The counters are cumulative for the
+whole session, so samples are picked by a label only this test's calls carry: the deployment
+(the local server's own port) or the driver's worker id.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from actors import metrics
+from actors.errors import QuotaExhausted
+from actors.gateway import deployment_label
+from actors.remote import provider_actor
+from local_server.process import LocalServer
+from pipelines.settings import ProviderSettings
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+MESSAGES = [{"role": "user", "content": "Two rivals share a taxi in the rain."}]
+DEADLINE_S = 20.0
+Sample = tuple[str, dict[str, str], float]
+_SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(url: str) -> list[Sample]:
+    """Every sample of the Prometheus text at ``url``: name, labels, value."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            name, labels, value = match.groups()
+            samples.append((name, dict(_LABEL.findall(labels or "")), float(value)))
+    return samples
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    return sum(v for n, tags, v in samples
+               if n == name and all(tags.get(k) == want for k, want in labels.items()))
+
+
+def scrape_until(url: str, read: Callable[[list[Sample]], Any], expected: Any) -> Any:
+    """``read`` of the latest scrape, once it equals ``expected`` or the deadline passed."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        observed = read(scrape(url))
+        if observed == expected or time.monotonic() > deadline:
+            return observed
+        time.sleep(0.2)  # a poll interval, not a wait for something to happen
+
+
+def provider_figures(samples: list[Sample], provider: str, deployment: str) -> dict[str, Any]:
+    """What the endpoint says about one deployment, in ``stats()``'s terms."""
+    tags = {"provider": provider, "deployment": deployment}
+    return {
+        "ok": total(samples, "ray_showrunner_provider_calls_total", outcome="ok", **tags),
+        "failed": total(samples, "ray_showrunner_provider_calls_total", outcome="error", **tags),
+        "rate_limited": total(samples, "ray_showrunner_provider_rate_limited_total", **tags),
+        "retries": total(samples, "ray_showrunner_provider_retries_total", **tags),
+        "tokens_in": total(samples, "ray_showrunner_provider_tokens_total",
+                           direction="prompt", **tags),
+        "tokens_out": total(samples, "ray_showrunner_provider_tokens_total",
+                            direction="completion", **tags),
+        "cost_usd": total(samples, "ray_showrunner_provider_cost_usd_total", **tags),
+        "latency_count": total(samples, "ray_showrunner_provider_latency_seconds_count", **tags),
+        "attempts": total(samples, "ray_showrunner_provider_limiter_wait_seconds_count", **tags),
+    }
+
+
+def stats_figures(stats: dict[str, Any]) -> Any:
+    """The same figures from ``stats()`` (whose cost is rounded to a millionth of a dollar)."""
+    return pytest.approx({
+        **{k: stats[k] for k in ("ok", "failed", "rate_limited", "retries", "tokens_in",
+                                 "tokens_out", "cost_usd")},
+        "latency_count": stats["latency"]["count"],
+        "attempts": stats["ok"] + sum(stats["errors"].values()),  # each waited for a permit
+    }, rel=0, abs=1e-6)
+
+
+def settings(**fields: object) -> ProviderSettings:
+    return ProviderSettings(**{"model": "test-model", **fields})
+
+
+def test_provider_metrics_match_the_actors_stats(
+    local_server: Callable[..., LocalServer], metrics_url: str, tmp_path: Path,
+) -> None:
+    server = local_server(llm_rpm=600)  # 10 a second: a burst of 30 earns some 429s
+    broke = local_server(quota_exhausted=True)  # every call fails at once: outcome "error"
+    prices = {"input_per_1m_tokens": 2.0, "output_per_1m_tokens": 8.0, "per_image": 0.04}
+    llm = provider_actor("llm", settings(rpm=60_000, prices=prices),  # far above the server's
+                         local_base_url=server.base_url, name="test:metrics-llm")
+    broke_llm = provider_actor("llm", settings(), local_base_url=broke.base_url,
+                               name="test:metrics-broke")
+    image = provider_actor("image", settings(prices=prices), local_base_url=server.base_url,
+                           name="test:metrics-image")
+
+    ray.get([llm.chat.remote(MESSAGES, episode_id=f"e{i % 3}") for i in range(30)])
+    ray.get([image.image.remote("a taxi in the rain", out_path=str(tmp_path / f"{i}.png"),
+                                size="256x256") for i in range(2)])
+    with pytest.raises(QuotaExhausted):
+        ray.get(broke_llm.chat.remote(MESSAGES))
+
+    for actor, kind, url in ((llm, "llm", server.base_url), (image, "image", server.base_url),
+                             (broke_llm, "llm", broke.base_url)):
+        expected = stats_figures(ray.get(actor.stats.remote()))
+        observed = scrape_until(
+            metrics_url, lambda s, k=kind, u=url: provider_figures(s, k, deployment_label(u)),
+            expected)
+        assert observed == expected, kind
+    llm_stats = ray.get(llm.stats.remote())
+    assert llm_stats["ok"] == 30 and llm_stats["rate_limited"] > 0 and llm_stats["cost_usd"] > 0
+    assert_exported_as_specified(metrics_url, [s for s in metrics.SPECS if "provider" in s.tags])
+    for actor in (llm, broke_llm, image):
+        ray.kill(actor)
+
+
+def test_coordinator_gauges_and_stages_reach_the_endpoint(metrics_url: str) -> None:
+    me = ray.get_runtime_context().get_worker_id()  # the driver records them, under its id
+    metrics.set_episode_gauges(queued=3, running=2, scenes_in_flight=7)
+    # A stage of its own: coordinators that other tests ran in this driver observed real ones.
+    for seconds in (0.5, 1.5):
+        metrics.observe_stage("probe", seconds)
+    # Ray exports a histogram's buckets exactly, but rebuilds its _sum from bucket midpoints.
+    expected = {
+        ("ray_showrunner_episodes_queued", ""): 3, ("ray_showrunner_episodes_running", ""): 2,
+        ("ray_showrunner_nodes_in_flight", ""): 7, ("ray_showrunner_stage_seconds_count", ""): 2,
+        ("ray_showrunner_stage_seconds_bucket", "0.25"): 0,
+        ("ray_showrunner_stage_seconds_bucket", "0.5"): 1,
+        ("ray_showrunner_stage_seconds_bucket", "1.0"): 1,
+        ("ray_showrunner_stage_seconds_bucket", "2.5"): 2,
+    }
+
+    def read(samples: list[Sample]) -> dict[tuple[str, str], float]:
+        def tags(name: str, le: str) -> dict[str, str]:
+            stage = {"stage": "probe"} if name.startswith("ray_showrunner_stage") else {}
+            return {"WorkerId": me, **stage, **({"le": le} if le else {})}
+
+        return {(name, le): total(samples, name, **tags(name, le)) for name, le in expected}
+
+    assert scrape_until(metrics_url, read, expected) == expected
+    stages = {tags.get("stage") for name, tags, _ in scrape(metrics_url)
+              if name == "ray_showrunner_stage_seconds_bucket" and tags.get("WorkerId") == me}
+    assert "probe" in stages
+    coordinator = [s for s in metrics.SPECS if "provider" not in s.tags]
+    assert_exported_as_specified(metrics_url, coordinator)
+
+
+def assert_exported_as_specified(url: str, specs: list[metrics.Spec]) -> None:
+    """Ray's names for these metrics are the ones ``Spec.exported`` (and so the dashboard, see
+    tests/unit/test_metrics.py) assumes."""
+    names = {name for name, _, _ in scrape(url)}
+    assert [n for spec in specs for n in spec.exported() if n not in names] == []

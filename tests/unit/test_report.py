@@ -1,0 +1,68 @@
+"""The run report's lower bound: the critical path, the providers' limits, and the CPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipelines.episode_state import EpisodeRecord, NodeRecord, NodeState
+from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.report import build_report, episode_entry
+from pipelines.settings import Settings
+
+# A one-scene, one-line episode: outline → content → dialogue → speech ┐
+#                                          content → image → clip ─────┴→ compose → stitch
+LATENCY = {"outline:1": 1.0, "content:1": 1.0, "dialogue:1": 1.0, "speech:1.1": 0.5,
+           "image:1": 2.0, "clip:1": 0.1, "compose:1": 9.0, "stitch:0": 0.2}
+
+
+def record(episode: str, *, cpu_s: float, run_s: float | None = None) -> EpisodeRecord:
+    request = EpisodeRequest(premise="A lighthouse.", scenes=1, lines_per_scene=1)
+    rec = EpisodeRecord(id=episode, request=request, submitted_at=0.0, started_at=100.0,
+                        finished_at=120.0, status=EpisodeStatus.COMPLETED)
+    rec.nodes = {nid: NodeRecord(state=NodeState.DONE, latency_s=LATENCY[nid])
+                 for nid in rec.plan().nodes}
+    video: dict[str, Any] = {"path": "scene.mp4", "length_s": 3.0, "cues": [], "cpu_s": cpu_s}
+    if run_s is not None:
+        video["run_s"] = run_s
+    rec.scene_videos = {1: video}
+    return rec
+
+
+def test_a_composition_counts_the_time_it_ran_not_its_wait_for_a_cpu() -> None:
+    queued = episode_entry(record("a", cpu_s=0.5))  # no run_s: the latency as recorded
+    ran = episode_entry(record("a", cpu_s=0.5, run_s=1.0))
+    # image (2) + clip (0.1) after outline and content, then compose and stitch.
+    assert queued["critical_path_s"] == pytest.approx(2 + 2.1 + 9.0 + 0.2)
+    assert ran["critical_path_s"] == pytest.approx(2 + 2.1 + 1.0 + 0.2)
+    assert ran["cpu_s"] == 0.5
+
+
+def test_the_cpus_bound_the_run_when_its_media_work_outweighs_the_graph() -> None:
+    records = [record(f"e{i}", cpu_s=6.0, run_s=1.0) for i in range(4)]  # 24 CPU-s of work
+    report = build_report(records, {}, Settings(), cpus=2)
+    totals = report["totals"]
+    assert totals["cpu_s"] == 24.0 and totals["cpus"] == 2.0
+    assert totals["bottleneck"] == "CPU" and totals["lower_bound_s"] == pytest.approx(12.0)
+    assert totals["bounds_s"]["critical path"] == pytest.approx(5.3)
+    assert totals["parallel_efficiency"] == pytest.approx(12.0 / 20.0)
+    on_eight = build_report(records, {}, Settings(), cpus=8)["totals"]
+    assert on_eight["bottleneck"] == "critical path"  # 3 s of CPU each: the graph is longer
+    assert on_eight["lower_bound_s"] == pytest.approx(5.3)
+
+
+def test_without_a_cpu_count_the_report_uses_this_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    totals = build_report([record("a", cpu_s=40.0)], {}, Settings())["totals"]
+    assert totals["cpus"] == 4.0 and totals["bounds_s"]["CPU"] == pytest.approx(10.0)
+
+
+def test_a_script_only_run_has_no_cpu_term_to_speak_of() -> None:
+    rec = record("a", cpu_s=0.0)
+    rec.scene_videos = {}
+    totals = build_report([rec], {}, Settings(), cpus=2)["totals"]
+    assert totals["cpu_s"] == 0.0 and totals["bounds_s"]["CPU"] == 0.0
+    assert totals["bottleneck"] == "critical path"
