@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -39,6 +40,7 @@ from pipelines.access import (
     artifact_path,
     check_idempotency_key,
     episode_ids,
+    request_key,
     retry_after_header,
 )
 from pipelines.launcher import Run, local_server_options, needs_local_server, start_run
@@ -169,6 +171,8 @@ def parse_submission(body: bytes, max_batch: int) -> tuple[list[EpisodeRequest],
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object: an episode "
                        "request, or {\"episodes\": [...]}")
@@ -200,16 +204,36 @@ def artifact_names(summary: dict[str, Any]) -> list[str]:
 def public(summary: dict[str, Any]) -> dict[str, Any]:
     """An episode as the API shows it: links instead of server paths."""
     shown = {k: v for k, v in summary.items() if k not in ("output_dir", "files", "owner")}
+    shown["error"] = scrub(shown.get("error"))
     shown["links"] = links(summary["id"])
     shown["artifacts"] = {n: f"/v1/episodes/{summary['id']}/artifacts/{n}"
                           for n in artifact_names(summary)}
     if "report" in shown:
         shown["report"] = {k: v for k, v in shown["report"].items()
                            if k not in ("output_dir", "files")}
+        shown["report"]["error"] = scrub(shown["report"].get("error"))
     return shown
 
 
+def is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # "²".isdigit() is true, and int() refuses it
+
+
+URL = re.compile(r"https?://[^\s'\",)]*[^\s'\",):.]")
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def scrub(text: str | None) -> str | None:
+    """An error as a tenant may see it: provider URLs and server paths taken out (a provider's
+    or ffmpeg's message names them); the full text stays in the server's own logs and report."""
+    if not text:
+        return text
+    text = URL.sub("<provider>", text)
+    return ABSOLUTE_PATH.sub(lambda m: m.group().rstrip("/").rsplit("/", 1)[-1], text)
+
+
 def sse(event: dict[str, Any]) -> str:
+    event = {**event, "message": scrub(event.get("message"))}
     return f"id: {event['seq']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
 
 
@@ -313,9 +337,11 @@ class ShowrunnerAPI:
         while True:
             try:
                 since, views = await await_call(self.coordinator.changes.remote(since, 30.0))
-            except Exception:  # the coordinator restarting: polls fall back to it meanwhile
+            except Exception:  # the coordinator unreachable: serve no view that may be stale
                 log.warning("following the coordinator's changes failed; retrying",
                             exc_info=True)
+                self.views.clear()  # polls read the coordinator (and say so) until this works
+                since = 0
                 await asyncio.sleep(FOLLOW_RETRY_S)
                 continue
             for episode_id, view in views.items():
@@ -347,7 +373,8 @@ class ShowrunnerAPI:
         ids = episode_ids(tenant, idempotency_key, len(requests))
         try:
             made = await await_call(self.coordinator.submit_many.remote(
-                requests, owner=tenant, ids=ids, max_active=service.max_active_episodes))
+                requests, owner=tenant, ids=ids, max_active=service.max_active_episodes,
+                request_key=request_key(tenant, idempotency_key)))
         except QuotaExceeded as err:
             raise ApiError(429, "quota_exceeded", f"{err}; wait for some to finish",
                            headers={"retry-after": str(QUOTA_RETRY_S)}) from None
@@ -372,7 +399,7 @@ class ShowrunnerAPI:
                                             "previous page.")] = None,
     ) -> dict[str, Any]:
         tenant = self._tenant(request)
-        if cursor is not None and not cursor.isdigit():
+        if cursor is not None and not is_number(cursor):
             fields = [{"field": "cursor", "message": "not a cursor this server gave"}]
             raise ApiError(422, "invalid_request", "cursor: not a cursor this server gave",
                            fields=fields)
@@ -399,7 +426,7 @@ class ShowrunnerAPI:
                      ) -> StreamingResponse:
         """Events until the episode ends; reconnect with `Last-Event-ID` to resume."""
         tenant = self._tenant(request)
-        if last_event_id is not None and not last_event_id.isdigit():
+        if last_event_id is not None and not is_number(last_event_id):
             fields = [{"field": "Last-Event-ID", "message": "must be an event id (a number)"}]
             raise ApiError(422, "invalid_request", describe(fields), fields=fields)
         await self._view(tenant, episode_id)

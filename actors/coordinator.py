@@ -40,6 +40,7 @@ log = logging.getLogger("showrunner.coordinator")
 
 # Events kept per episode: enough for a 200-scene episode's whole history.
 MAX_EVENTS = 5000
+GAUGE_INTERVAL_S = 0.5
 
 
 class QuotaExceeded(Exception):
@@ -147,6 +148,8 @@ class EpisodeCoordinator:
         self._version = 0  # counts changes to any episode, for ``changes``
         self._changed: dict[str, int] = {}  # episode id -> the number of its last change
         self._changed_signal = asyncio.Event()
+        self._gauges_at = 0.0
+        self._request_keys: dict[str, str] = {}  # idempotent request -> its requests' digest
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
@@ -178,13 +181,19 @@ class EpisodeCoordinator:
         return episode_id
 
     async def submit_many(self, requests: list[EpisodeRequest], *, owner: str = "",
-                          ids: list[str] | None = None, max_active: int | None = None
-                          ) -> list[str]:
+                          ids: list[str] | None = None, max_active: int | None = None,
+                          request_key: str | None = None) -> list[str]:
         """Queue several episodes, all or none: over ``max_active`` unfinished episodes of this
-        owner (counting these) is a ``QuotaExceeded`` and queues nothing."""
+        owner (counting these) is a ``QuotaExceeded`` and queues nothing. ``request_key`` names
+        an idempotent request: the same key with other requests is an ``IdempotencyConflict``."""
         ids_or_none: list[str | None] = list(ids) if ids is not None else [None] * len(requests)
         if len(ids_or_none) != len(requests):
             raise ValueError("ids and requests differ in length")
+        fingerprint = "" if request_key is None else hashlib.sha256(
+            "\n".join(r.model_dump_json() for r in requests).encode()).hexdigest()
+        if request_key is not None and self._request_keys.get(request_key,
+                                                              fingerprint) != fingerprint:
+            raise IdempotencyConflict(f"request {request_key!r} was made with other episodes")
         for request, episode_id in zip(requests, ids_or_none, strict=True):
             existing = self.records.get(episode_id) if episode_id else None
             if existing is not None and (existing.owner != owner or existing.request != request):
@@ -197,7 +206,10 @@ class EpisodeCoordinator:
                 raise QuotaExceeded(
                     f"{active} episodes are queued or running and this request adds {fresh}; "
                     f"the limit is {max_active} at once")
-        return [await self.submit(r, i, owner) for r, i in zip(requests, ids_or_none, strict=True)]
+        made = [await self.submit(r, i, owner) for r, i in zip(requests, ids_or_none, strict=True)]
+        if request_key is not None:
+            self._request_keys[request_key] = fingerprint
+        return made
 
     async def cancel(self, episode_id: str) -> str:
         """End all of an episode's work; what finished is kept. Idempotent."""
@@ -233,10 +245,6 @@ class EpisodeCoordinator:
         page = mine[:limit]
         more = len(mine) > limit
         return [r.summary() for r in page], (page[-1].arrival if more else None)
-
-    async def report(self, episode_id: str) -> dict[str, Any]:
-        """The episode's report entry so far (see ``pipelines.report``)."""
-        return episode_entry(self._record(episode_id))
 
     async def view(self, episode_id: str, owner: str) -> dict[str, Any] | None:
         """What the HTTP API shows of an episode; ``None`` unless it exists and is the owner's
@@ -571,7 +579,12 @@ class EpisodeCoordinator:
         self._version += 1
         self._changed[record.id] = self._version
         self._changed_signal.set()
-        self._publish_gauges()
+        now = time.monotonic()
+        # Episode-level events always, node events at most every GAUGE_INTERVAL_S: counting the
+        # episodes is O(episodes), too much for every node's start and end.
+        if node is None or now - self._gauges_at >= GAUGE_INTERVAL_S:
+            self._gauges_at = now
+            self._publish_gauges()
 
     def _publish_gauges(self) -> None:
         queued = running = 0

@@ -25,7 +25,6 @@ from ray.util.metrics import Counter, Gauge, Histogram, Metric
 SECONDS_BUCKETS: tuple[float, ...] = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200,
 )
-STAGES = ("outline", "content", "dialogue", "speech", "image", "clip", "compose", "stitch")
 PROVIDER = ("provider", "deployment")  # provider: llm/tts/image/video; deployment: scheme://host:port
 
 
@@ -168,18 +167,18 @@ class _Tags:
                    {**base, "direction": "prompt"}, {**base, "direction": "completion"})
 
 
-def set_episode_gauges(queued: int, running: int, scenes_in_flight: int) -> None:
+def set_episode_gauges(queued: int, running: int, nodes_in_flight: int) -> None:
     """The coordinator's load: episodes waiting, episodes running, graph nodes in flight."""
     made = _metrics()
     if made is None:
         return
     made[EPISODES_QUEUED.name].set(queued)
     made[EPISODES_RUNNING.name].set(running)
-    made[NODES_IN_FLIGHT.name].set(scenes_in_flight)
+    made[NODES_IN_FLIGHT.name].set(nodes_in_flight)
 
 
 def observe_stage(stage: str, seconds: float) -> None:
-    """How long one graph node of ``stage`` (one of :data:`STAGES`) took."""
+    """How long one graph node of ``stage`` (a ``NodeKind`` value) took."""
     made = _metrics()
     if made is not None:
         made[STAGE.name].observe(seconds, {"stage": stage})

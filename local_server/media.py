@@ -116,6 +116,20 @@ class Videos:
         reference = raw.get("input_reference")
         image = reference.file.read() if hasattr(reference, "file") else None
         model = str(raw.get("model", "sora-2"))
+        self._check_job_cap()  # on arrival, as a provider refuses at once
+
+        async def make() -> dict[str, Any]:  # the job exists only once the request is admitted
+            # Again when the job is made: requests admitted together all passed the first check.
+            self._check_job_cap()
+            jitter = self.state.random.uniform(-config.video_job_jitter_s,
+                                               config.video_job_jitter_s)
+            duration = max(0.0, config.video_job_s + jitter) * config.latency_scale
+            return self.jobs.create(model, prompt, seconds, size, image, duration).view()
+
+        return Admission(make=make)
+
+    def _check_job_cap(self) -> None:
+        config = self.state.config
         if self.jobs.running >= config.video_max_jobs:
             # "Try again in about a second", on the server's clock like its latencies are.
             wait_ms = max(1, round(JOB_CAP_RETRY_S * 1000 * config.latency_scale))
@@ -125,14 +139,6 @@ class Videos:
             raise ApiError(429, f"{config.video_max_jobs} video jobs are already in progress; "
                            "try again when one finishes.", type="requests",
                            code="too_many_jobs", headers=headers, counter="rate_limited")
-
-        async def make() -> dict[str, Any]:  # the job exists only once the request is admitted
-            jitter = self.state.random.uniform(-config.video_job_jitter_s,
-                                               config.video_job_jitter_s)
-            duration = max(0.0, config.video_job_s + jitter) * config.latency_scale
-            return self.jobs.create(model, prompt, seconds, size, image, duration).view()
-
-        return Admission(make=make)
 
     def _job(self, request: web.Request) -> Job:
         try:

@@ -109,14 +109,19 @@ def check_idempotency_key(key: str) -> str:
     return key
 
 
-def episode_ids(tenant: str, idempotency_key: str | None, count: int) -> list[str] | None:
-    """Stable episode ids for an idempotent request (``None``: let the coordinator pick).
-
-    Derived from the tenant too, so two tenants' equal keys never meet.
-    """
+def request_key(tenant: str, idempotency_key: str | None) -> str | None:
+    """The name of an idempotent request: derived from the tenant too, so two tenants' equal
+    keys never meet."""
     if idempotency_key is None:
         return None
-    base = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()[:16]
+
+
+def episode_ids(tenant: str, idempotency_key: str | None, count: int) -> list[str] | None:
+    """Stable episode ids for an idempotent request (``None``: let the coordinator pick)."""
+    base = request_key(tenant, idempotency_key)
+    if base is None:
+        return None
     return [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
 
 

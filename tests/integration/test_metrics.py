@@ -128,7 +128,7 @@ def test_provider_metrics_match_the_actors_stats(
 
 def test_coordinator_gauges_and_stages_reach_the_endpoint(metrics_url: str) -> None:
     me = ray.get_runtime_context().get_worker_id()  # the driver records them, under its id
-    metrics.set_episode_gauges(queued=3, running=2, scenes_in_flight=7)
+    metrics.set_episode_gauges(queued=3, running=2, nodes_in_flight=7)
     # A stage of its own: coordinators that other tests ran in this driver observed real ones.
     for seconds in (0.5, 1.5):
         metrics.observe_stage("probe", seconds)

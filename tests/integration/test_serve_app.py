@@ -147,6 +147,9 @@ def test_idempotency_key_returns_the_same_episode(base_url: str) -> None:
     changed = submit(base_url, KEY_A, script(premise="twice"), **{"Idempotency-Key": "order-17"})
     assert changed.status_code == 422
     assert changed.json()["error"]["code"] == "idempotency_key_reused"
+    as_batch = submit(base_url, KEY_A, {"episodes": [script(premise="once")] * 2},
+                      **{"Idempotency-Key": "order-17"})
+    assert as_batch.status_code == 422  # the same key, other requests: never new episodes
     no_key = [submit(base_url, KEY_A, script(premise="once")).json()["id"] for _ in range(2)]
     assert no_key[0] != no_key[1]
 
@@ -285,6 +288,7 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("bad JSON", b"{premise: 'unquoted'}", 400, "not valid JSON"),
     ("empty body", b"", 400, "empty"),
     ("not UTF-8", b"\xff\xfe{}", 400, "not valid JSON"),
+    ("nested too deeply", b"[" * 60_000, 400, "nested too deeply"),
     ("huge body", script(premise=long_text(70 * 1024)), 413, "limit"),
 ]
 
@@ -327,6 +331,7 @@ BAD_CALLS: list[tuple[str, str, dict[str, str], int, str]] = [
     ("GET", "/v1/episodes?limit=many", {}, 422, "limit"),
     ("GET", "/v1/episodes?status=bogus", {}, 422, "status"),
     ("GET", "/v1/episodes?cursor=abc", {}, 422, "cursor"),
+    ("GET", "/v1/episodes?cursor=%C2%B2", {}, 422, "cursor"),
     ("PUT", "/v1/episodes", {}, 405, "Method Not Allowed"),
     ("GET", "/v1/nothing-here", {}, 404, "Not Found"),
 ]
@@ -352,7 +357,9 @@ def test_bad_headers_and_artifact_names(base_url: str) -> None:
         assert response.status_code == 404, name
         assert "root:" not in response.text
     assert session.get(f"{self_url}/artifacts/script.json").status_code == 200
-    assert session.get(f"{self_url}/events", headers={"Last-Event-ID": "x"}).status_code == 422
+    for bad_id in ("x", "\u00b2"):  # "²" passes str.isdigit but not int()
+        response = session.get(f"{self_url}/events", headers={"Last-Event-ID": bad_id})
+        assert response.status_code == 422, bad_id
     too_long = session.post(f"{base_url}/v1/episodes", json=script(),
                             headers={"Idempotency-Key": "k" * 300})
     assert too_long.status_code == 422 and "Idempotency-Key" in too_long.text

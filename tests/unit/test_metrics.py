@@ -28,7 +28,7 @@ def no_metric_objects(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_metric_objects")
 def test_without_ray_every_function_is_a_no_op() -> None:
-    metrics.set_episode_gauges(queued=1, running=2, scenes_in_flight=3)
+    metrics.set_episode_gauges(queued=1, running=2, nodes_in_flight=3)
     metrics.observe_stage("dialogue", 1.5)
     provider = metrics.ProviderMetrics("llm")
     assert not provider.enabled
