@@ -377,9 +377,14 @@ class EpisodeCoordinator:
                 ]
                 started = [nid for nid, n in record.nodes.items()
                            if n.state is not NodeState.PENDING]
+                # A clip job waits at the provider for a minute and is bounded by the provider's
+                # job slots; it holds none of the episode's window.
+                busy = sum(1 for nid in running if plan.nodes[nid].kind is not NodeKind.CLIP)
                 for node in plan.ready(resolved, started):
-                    if len(running) >= window.limit:
-                        break
+                    if node.kind is not NodeKind.CLIP:
+                        if busy >= window.limit:
+                            continue
+                        busy += 1
                     record.nodes[node.id].state = NodeState.RUNNING
                     running[node.id] = asyncio.create_task(self._execute(record, plan, node))
             if not running:

@@ -233,10 +233,6 @@ async def hybrid_two_phase(client: openai.AsyncOpenAI, m: Media, ep: Episode) ->
 Strategy = Callable[[openai.AsyncOpenAI, Media, Episode], Awaitable[None]]
 # Their clips one after another, episode after episode: minutes each at 12 x 10.
 SLOW = ("sequential", "parallel clips", "hybrid two-phase")
-# Showrunner's ``max_parallel_scenes`` here. The coordinator's per-episode window counts every
-# node, and a clip job holds its slot for its whole minute: at the default 8, an episode's clips
-# keep its speech and compositions waiting. 100 is more than an episode's 82 nodes.
-MAX_PARALLEL_NODES = 100
 PRIOR: list[tuple[str, str, Strategy, int]] = [  # name, continuity, function, episodes at once
     ("sequential", "chain", sequential, 1),
     ("semaphore of 3", "none", semaphore_of_3, 1),
@@ -273,8 +269,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=10)
     parser.add_argument("--lines", type=int, default=3)
     parser.add_argument("--scale", type=float, default=40.0, help="time compression")
-    parser.add_argument("--max-parallel-scenes", type=int, default=MAX_PARALLEL_NODES,
-                        help="Showrunner's nodes at once per episode")
     parser.add_argument("--skip-slow", action="store_true",
                         help="leave out the one-episode-at-a-time runs of the designs that "
                              "make their clips one after another (minutes each)")
@@ -338,7 +332,6 @@ def main(argv: list[str] | None = None) -> None:
                                        poll_initial_s=poll_s, poll_max_s=10.0 / k,
                                        timeout_s=60),
                 "encoding": PREVIEW,
-                "max_parallel_scenes": args.max_parallel_scenes,
             }
 
             def showrunner() -> float:

@@ -253,7 +253,7 @@ class Settings(BaseSettings):
         3, le=1000, description="Episodes running at once; the rest wait by priority."
     )
     max_parallel_scenes: PositiveInt = Field(
-        8, le=10_000, description="Scene nodes running at once within one episode."
+        8, le=10_000, description="Nodes running at once in one episode (clip jobs not counted)."
     )
     encoding: EncodingSettings = Field(
         default_factory=EncodingSettings, description="Video encoding of scenes and episodes."
