@@ -258,7 +258,8 @@ class ProviderGateway:
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
         self.stats = ProviderStats(kind)
         self.estimator = TokenEstimator()
-        # Clip jobs hold a slot from create to download: a provider caps jobs, not requests.
+        # A clip job holds a slot from its create request until a poll sees it end: a provider
+        # caps jobs in progress, not requests.
         self._job_slots = asyncio.Semaphore(getattr(settings, "max_jobs", 1_000_000))
         self.job_durations = JobDurations()
         self._clock = clock or LoopClock()
@@ -415,8 +416,8 @@ class ProviderGateway:
         created = time.monotonic()
         deadline = created + getattr(video, "clip_timeout_s", 1200.0)
         initial = getattr(video, "poll_initial_s", 2.0)
-        # The first poll waits most of a typical job, as measured: polls share the request limit.
         longest = getattr(video, "poll_max_s", 10.0)
+        # Polls spend the request limit: the first waits until a fifth of recent jobs had ended.
         wait, interval = max(initial, self.job_durations.first_poll_s()), initial
         status = job.value
         while status["status"] not in ("completed", "failed"):
