@@ -20,7 +20,6 @@ import json
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
+from actors.clip_polling import JobDurations, remaining_s
 from actors.errors import (
     GenerationFailed,
     MalformedResponse,
@@ -212,34 +212,6 @@ class Deployment:
             self.cooldown_until = now + min(2.0**extra, MAX_COOLDOWN_S)
 
 
-def remaining_s(status: dict[str, Any], elapsed_s: float) -> float | None:
-    """The time a running job should still take, from its ``progress`` (percent), if it says."""
-    progress = status.get("progress")
-    if status.get("status") != "in_progress" or not isinstance(progress, int | float):
-        return None
-    if not 0 < progress < 100:
-        return None
-    return elapsed_s * (100 - progress) / progress
-
-
-class JobDurations:
-    """How long the provider's clip jobs take (the last 50), to time the first poll."""
-
-    QUANTILE = 0.2  # a fifth of jobs end sooner: they wait a little; the rest skip useless polls
-
-    def __init__(self) -> None:
-        self._recent: deque[float] = deque(maxlen=50)
-
-    def add(self, seconds: float) -> None:
-        self._recent.append(seconds)
-
-    def first_poll_s(self) -> float:
-        if len(self._recent) < 5:  # too few to tell: poll from the start
-            return 0.0
-        ordered = sorted(self._recent)
-        return ordered[int(self.QUANTILE * (len(ordered) - 1))]
-
-
 class ProviderGateway:
     """Calls one provider for every episode: limits, retries, routing, counters."""
 
@@ -417,9 +389,11 @@ class ProviderGateway:
         deadline = created + getattr(video, "clip_timeout_s", 1200.0)
         initial = getattr(video, "poll_initial_s", 2.0)
         longest = getattr(video, "poll_max_s", 10.0)
-        # Polls spend the request limit: the first waits until a fifth of recent jobs had ended.
+        # Polls spend the request limit: the first waits until a tenth of recent jobs had ended.
         wait, interval = max(initial, self.job_durations.first_poll_s()), initial
         status = job.value
+        polled_at: float | None = None  # when the last poll went out, after the create
+        length: float | None = None  # the job's whole length, from its last progress figure
         while status["status"] not in ("completed", "failed"):
             if time.monotonic() > deadline:
                 raise ProviderTimeout(f"clip job {job_id} took longer than the clip timeout",
@@ -431,13 +405,20 @@ class ProviderGateway:
                 raw = await client.videos.with_raw_response.retrieve(job_id)
                 return Answer(json.loads(raw.content), Usage(), raw.headers)
 
+            polled_at = time.monotonic() - created
             polled, how = await self._call(episode_id, 0, poll)
             status = polled.value
-            remaining = remaining_s(status, time.monotonic() - created)
+            # The provider read its progress while answering: halfway through the round trip.
+            elapsed = (polled_at + time.monotonic() - created) / 2
+            remaining = remaining_s(status, elapsed)
             if remaining is not None:  # the job says how far it is: poll when it should end
-                wait = min(max(initial / 4, remaining), longest)
-        if status["status"] == "completed":
-            self.job_durations.add(time.monotonic() - created)
+                length = elapsed + remaining
+                wait = min(max(initial / 4, created + length - time.monotonic()), longest)
+        if status["status"] == "completed" and polled_at is not None:
+            if length is not None:
+                self.job_durations.add(length)
+            else:  # over before any poll saw it running: only "no longer than this" is known
+                self.job_durations.add_ended_by(polled_at)
         return job_id, status, how
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,12 +1,12 @@
 """The media endpoints: speech (eSpeak NG), images (Pillow) and video jobs (ffmpeg).
 
-Each checks its body as OpenAI does and makes its bytes in a worker thread once admitted, so the
-event loop keeps serving chat while a picture is drawn.
+Each checks its body as OpenAI does and makes its bytes in a low-priority worker thread once
+admitted (``local_server.background``), so the event loop keeps serving chat while a picture is
+drawn.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import random
@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from local_server.background import in_background
 from local_server.endpoint import Admission
 from local_server.errors import ApiError, bad_request
 from local_server.images import DEFAULT_SIZE, SIZES, scene_card
@@ -58,9 +59,9 @@ def speech_admission(raw: Any, request_id: str) -> Admission:
         raise bad_request("'speed' must be from 0.25 to 4.", param="speed")
 
     async def make() -> web.Response:
-        voice_of = await asyncio.to_thread(speaker)  # loaded on first use
+        voice_of = await in_background(speaker)  # loaded on first use
         say = voice_of.pcm if fmt == "pcm" else voice_of.wav
-        audio = await asyncio.to_thread(say, text, voice, speed)
+        audio = await in_background(say, text, voice, speed)
         return web.Response(body=audio, content_type=f"audio/{fmt}")
 
     return Admission(make=make)
@@ -83,7 +84,7 @@ def image_admission(raw: Any, request_id: str) -> Admission:
                           param="response_format")
 
     async def make() -> dict[str, Any]:
-        png = await asyncio.to_thread(scene_card, prompt, size)
+        png = await in_background(scene_card, prompt, size)
         return {"created": int(time.time()),
                 "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
                           "revised_prompt": prompt}]}
@@ -124,6 +125,7 @@ class Videos:
             jitter = self.state.random.uniform(-config.video_job_jitter_s,
                                                config.video_job_jitter_s)
             duration = max(0.0, config.video_job_s + jitter) * config.latency_scale
+            self.state.stats["video"].jobs_s.append(duration)
             return self.jobs.create(model, prompt, seconds, size, image, duration).view()
 
         return Admission(make=make)

@@ -12,7 +12,7 @@ class EndpointStats:
     """Plain integers bumped on the request path (no locks: one event loop owns them)."""
 
     __slots__ = ("accepted", "rate_limited", "quota_rejected", "unauthorized", "bad_request",
-                 "faults", "tokens", "inflight", "max_inflight")
+                 "faults", "tokens", "jobs_s", "inflight", "max_inflight")
 
     def __init__(self) -> None:
         self.inflight = 0
@@ -27,6 +27,9 @@ class EndpointStats:
         self.bad_request = 0
         self.faults = dict.fromkeys(FAULTS, 0)
         self.tokens = 0  # charged to the token bucket, faulted requests included
+        # The length of each job started (video), in the order drawn: what a benchmark's lower
+        # bound needs, and a real provider would not say.
+        self.jobs_s: list[float] = []
         self.max_inflight = self.inflight
 
     def count(self, counter: str | None) -> None:
@@ -55,6 +58,7 @@ class EndpointStats:
             "bad_request": self.bad_request,
             "faults": dict(self.faults),
             "tokens": self.tokens,
+            "jobs_s": [round(s, 4) for s in self.jobs_s],
             "inflight": self.inflight,
             "max_inflight": self.max_inflight,
         }

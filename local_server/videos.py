@@ -23,6 +23,7 @@ from typing import Any
 
 import imageio_ffmpeg
 
+from local_server.background import in_background, lower_priority
 from local_server.config import parse_size
 from local_server.images import scene_card
 
@@ -129,7 +130,7 @@ class VideoJobs:
         width, height = self.render_size or parse_size(job.size)
         folder = Path(self._folder.name)
         source = folder / f"{job.id}.png"
-        source.write_bytes(image or await asyncio.to_thread(scene_card, job.prompt))
+        source.write_bytes(image or await in_background(scene_card, job.prompt))
         target = folder / f"{job.id}.mp4"
         seconds = int(job.seconds)
         vf = pan_filter(width, height, seconds, self.render_fps)
@@ -141,6 +142,7 @@ class VideoJobs:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         try:
+            lower_priority(process.pid)
             _, stderr = await process.communicate()
         except asyncio.CancelledError:
             process.kill()

@@ -16,6 +16,7 @@ them (``cpu_s``) so the run report can say how much of the run the CPUs alone fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -102,6 +103,19 @@ class MediaError(RuntimeError):
     """ffmpeg could not make a file; the message carries the end of its error output."""
 
 
+# Encodes are batch work: the event loops that keep provider jobs moving (provider actors, the
+# coordinator, an HTTP replica) share these CPUs and must not wait behind them.
+ENCODE_NICENESS = 10
+
+
+def lower_priority(pid: int) -> None:
+    """Run an encoder child below the processes that schedule provider calls."""
+    with contextlib.suppress(OSError):  # ended already, or not allowed here
+        # Never raise it: a task already running niced keeps its lower priority.
+        niceness = max(os.getpriority(os.PRIO_PROCESS, pid), ENCODE_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+
+
 def run_ffmpeg(args: Sequence[str]) -> float:
     """Run ffmpeg and return the CPU seconds (user + system) it used; on any interruption kill
     it, so no child outlives the task."""
@@ -109,6 +123,7 @@ def run_ffmpeg(args: Sequence[str]) -> float:
                                 "error", "-y", *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        lower_priority(process.pid)
         assert process.stderr is not None
         with process.stderr:
             stderr = process.stderr.read()  # EOF when ffmpeg exits (it writes little: errors)

@@ -119,11 +119,24 @@ class EpisodePlan:
 
     def critical_path(self, durations: Mapping[str, float]) -> float:
         """The longest chain of durations through the graph: no schedule can beat it."""
+        return max(self.earliest_finish(durations).values(), default=0.0)
+
+    def earliest_finish(self, durations: Mapping[str, float]) -> dict[str, float]:
+        """When each node would end if every node started the moment its inputs existed."""
         finish: dict[str, float] = {}
         for n in self.nodes.values():  # topological order
             start = max((finish[d] for d in n.deps), default=0.0)
             finish[n.id] = start + durations.get(n.id, 0.0)
-        return max(finish.values(), default=0.0)
+        return finish
+
+    def longest_after(self, durations: Mapping[str, float]) -> dict[str, float]:
+        """Each node's longest chain of durations after it (itself left out): the least time the
+        episode still needs once the node is done."""
+        after: dict[str, float] = dict.fromkeys(self.nodes, 0.0)
+        for n in reversed(list(self.nodes.values())):  # children before their inputs
+            for d in n.deps:
+                after[d] = max(after[d], durations.get(n.id, 0.0) + after[n.id])
+        return after
 
 
 def plan_episode(scenes: int, continuity: Continuity, lines: int = 0) -> EpisodePlan:

@@ -18,12 +18,15 @@ time and the money went. Pure: built from episode records and provider counters.
 
 from __future__ import annotations
 
+import heapq
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.episode_state import EpisodeRecord
 from pipelines.models import SceneState
+from pipelines.planner import NodeKind
 from pipelines.settings import Settings
 
 
@@ -61,6 +64,52 @@ def episode_entry(record: EpisodeRecord) -> dict[str, Any]:
         "files": dict(record.files),
         "error": record.error,
     }
+
+
+@dataclass(frozen=True)
+class SlotsBound:
+    """What a resource of a few places (a provider's clip jobs, at most N at once) forces on a
+    run: its work cannot start before the earliest of its nodes could (``head_s``), takes the
+    places some time (``spread_s``, see :func:`packed_s`), and the least an episode still needs
+    after one of its nodes follows the last (``tail_s``)."""
+
+    head_s: float
+    spread_s: float
+    tail_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.head_s + self.spread_s + self.tail_s
+
+
+def packed_s(lengths: Sequence[float], slots: int) -> float:
+    """The least time jobs of these lengths keep ``slots`` places busy when they start in the
+    given order (a provider draws a job's length when it is created), each the moment a place
+    is free and with nothing lost between jobs. Never less than their sum ÷ ``slots``."""
+    free = [0.0] * slots
+    for length in lengths:
+        heapq.heappush(free, heapq.heappop(free) + length)
+    return max(free, default=0.0)
+
+
+def slots_bound(records: Iterable[EpisodeRecord], kind: NodeKind, spread_s: float
+                ) -> SlotsBound:
+    """The bound for the ``kind`` nodes' work taking ``spread_s`` on its places, with the
+    measured latencies of the other nodes; all zero when no node of ``kind`` exists."""
+    heads: list[float] = []
+    tails: list[float] = []
+    for record in records:
+        plan = record.plan()
+        latencies = node_latencies(record)
+        finish = plan.earliest_finish(latencies)
+        after = plan.longest_after(latencies)
+        for node in plan.nodes.values():
+            if node.kind is kind:
+                heads.append(max((finish[d] for d in node.deps), default=0.0))
+                tails.append(after[node.id])
+    if not heads:
+        return SlotsBound(0.0, 0.0, 0.0)
+    return SlotsBound(min(heads), spread_s, min(tails))
 
 
 def provider_bounds(

@@ -267,6 +267,7 @@ def _probe(path: Path) -> str:
 async def test_video_jobs_progress_complete_and_download(tmp_path: Path) -> None:
     with LocalServer(latency_scale=0.03) as server:  # a 60 s job takes about 2 s
         async with client(server) as sdk:
+            created = time.monotonic()
             job = await sdk.videos.create(prompt="A ferry in fog. The horn sounds.",
                                           seconds="4", size="1280x720")
             assert job.status == "queued" and job.progress == 0
@@ -278,7 +279,11 @@ async def test_video_jobs_progress_complete_and_download(tmp_path: Path) -> None
                 job = await sdk.videos.retrieve(job.id)
                 seen.add(job.status)
             assert job.status == "completed" and "in_progress" in seen and job.progress == 100
+            took = time.monotonic() - created
             content = await sdk.videos.download_content(job.id)
+        # The server says how long it drew the job to take (60 s ± 15 s, scaled): it took that.
+        [drawn] = server.stats()["video"]["jobs_s"]
+        assert 45 * 0.03 <= drawn <= 75 * 0.03 and drawn <= took
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(content.content)
     info = _probe(clip)

@@ -133,3 +133,16 @@ def test_a_later_outline_chunk_sees_the_earlier_chunks() -> None:
     text = call.messages[-1]["content"]
     assert "SUMMARY-20" in text and "scenes 21 to 25" in text
     assert call.response_format["type"] == "json_schema"
+
+
+def test_earliest_finish_and_what_each_node_leaves_to_do() -> None:
+    plan = plan_episode(2, Continuity.parse("chain"), lines=1)
+    durations = {nid: 1.0 for nid in plan.nodes}
+    durations["compose:2"] = 5.0
+    finish = plan.earliest_finish(durations)
+    assert finish["outline:1"] == 1.0 and finish["image:1"] == 3.0  # outline, content, image
+    assert finish["stitch:0"] == pytest.approx(plan.critical_path(durations))
+    after = plan.longest_after(durations)
+    assert after["clip:2"] == 6.0 and after["clip:1"] == 2.0  # its composition, the stitch
+    assert after["stitch:0"] == 0.0
+    assert after["outline:1"] == pytest.approx(plan.critical_path(durations) - 1.0)

@@ -8,7 +8,8 @@ import pytest
 
 from pipelines.episode_state import EpisodeRecord, NodeRecord, NodeState
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.report import build_report, episode_entry
+from pipelines.planner import NodeKind
+from pipelines.report import build_report, episode_entry, packed_s, slots_bound
 from pipelines.settings import Settings
 
 # A one-scene, one-line episode: outline → content → dialogue → speech ┐
@@ -66,3 +67,35 @@ def test_a_script_only_run_has_no_cpu_term_to_speak_of() -> None:
     totals = build_report([rec], {}, Settings(), cpus=2)["totals"]
     assert totals["cpu_s"] == 0.0 and totals["bounds_s"]["CPU"] == 0.0
     assert totals["bottleneck"] == "critical path"
+
+
+def test_a_capped_resource_bounds_from_the_first_moment_its_work_can_start() -> None:
+    records = [record("a", cpu_s=0.5, run_s=1.0), record("b", cpu_s=0.5, run_s=1.0)]
+    bound = slots_bound(records, NodeKind.CLIP, spread_s=3.0)
+    # No clip before its picture (outline, content, image: 4 s); 3 s on the places; then the
+    # scene's composition (1 s, as it ran) and the stitch.
+    assert (bound.head_s, bound.spread_s) == pytest.approx((4.0, 3.0))
+    assert bound.tail_s == pytest.approx(1.2)
+    assert bound.total_s == pytest.approx(8.2)
+    assert slots_bound(records, NodeKind.OUTLINE, spread_s=0.0).head_s == 0.0  # waits for none
+    text = EpisodeRecord(id="t", request=EpisodeRequest(premise="A lighthouse.", scenes=1,
+                                                        media=False),
+                         submitted_at=0.0)
+    assert slots_bound([text], NodeKind.CLIP, 3.0).total_s == 0.0  # no clips at all
+
+
+@pytest.mark.parametrize(
+    ("lengths", "slots", "expected"),
+    [
+        ([], 10, 0.0),
+        ([2.0] * 20, 10, 4.0),  # even: the sum over the places
+        ([1.0, 1.0, 3.0], 2, 4.0),  # the third starts at 1 on a freed place
+        ([3.0, 1.0, 1.0, 1.0], 2, 3.0),  # the short ones fill the other place meanwhile
+        ([1.0, 1.0, 1.0, 3.0], 2, 4.0),  # the long one drawn last ends alone
+        ([5.0, 1.0], 4, 5.0),  # never less than the longest job
+    ],
+)
+def test_jobs_packed_on_places_in_the_order_drawn(lengths: list[float], slots: int,
+                                                  expected: float) -> None:
+    assert packed_s(lengths, slots) == pytest.approx(expected)
+    assert packed_s(lengths, slots) >= sum(lengths) / slots
