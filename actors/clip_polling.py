@@ -22,6 +22,16 @@ def remaining_s(status: dict[str, Any], elapsed_s: float) -> float | None:
     return elapsed_s * (100 - progress) / progress
 
 
+def least_length_s(status: dict[str, Any], elapsed_s: float) -> float:
+    """How long a job not yet over surely lasts: it was seen running ``elapsed_s`` after it
+    started, and a progress of p percent (rounded down) means less than p + 1 was done."""
+    progress = status.get("progress")
+    if status.get("status") == "in_progress" and isinstance(progress, int | float):
+        if 0 <= progress < 100:
+            return max(elapsed_s, elapsed_s * 100 / (progress + 1))
+    return elapsed_s
+
+
 class JobDurations:
     """How long the provider's clip jobs take (the last 50), to time a job's first poll.
 

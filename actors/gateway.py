@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
-from actors.clip_polling import JobDurations, remaining_s
+from actors.clip_polling import JobDurations, least_length_s, remaining_s
 from actors.errors import (
     GenerationFailed,
     MalformedResponse,
@@ -394,6 +394,7 @@ class ProviderGateway:
         status = job.value
         polled_at: float | None = None  # when the last poll went out, after the create
         length: float | None = None  # the job's whole length, from its last progress figure
+        ran_s = 0.0  # how long the job surely ran (for the run report's bound)
         while status["status"] not in ("completed", "failed"):
             if time.monotonic() > deadline:
                 raise ProviderTimeout(f"clip job {job_id} took longer than the clip timeout",
@@ -408,12 +409,15 @@ class ProviderGateway:
             polled_at = time.monotonic() - created
             polled, how = await self._call(episode_id, 0, poll)
             status = polled.value
+            if status["status"] not in ("completed", "failed"):
+                ran_s = max(ran_s, least_length_s(status, polled_at))
             # The provider read its progress while answering: halfway through the round trip.
             elapsed = (polled_at + time.monotonic() - created) / 2
             remaining = remaining_s(status, elapsed)
             if remaining is not None:  # the job says how far it is: poll when it should end
                 length = elapsed + remaining
                 wait = min(max(initial / 4, created + length - time.monotonic()), longest)
+        self.stats.job_ended(ran_s)
         if status["status"] == "completed" and polled_at is not None:
             if length is not None:
                 self.job_durations.add(length)

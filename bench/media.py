@@ -372,7 +372,9 @@ def clip_jobs_bound(records: Iterable[EpisodeRecord], lengths: list[float]) -> S
     nothing between jobs; after the last job the least an episode still needs (its scene's
     composition, the stitch) follows.
 
-    The run report cannot compute it: the client knows a job's length only to within a poll."""
+    The run report's own ``video jobs`` term is looser: a client knows each job's length only
+    from its progress figures, and not the order the provider drew them in, so it spreads what
+    the jobs surely ran evenly over the cap."""
     return slots_bound(records, NodeKind.CLIP, packed_s(lengths, CLIP_JOBS))
 
 
@@ -381,7 +383,7 @@ def summarise_media(rows: list[Row], failures: list[tuple[str, str, str]],
                     args: argparse.Namespace) -> dict[str, Any]:
     """The table (stderr) and the JSON line's figures."""
     totals = report["totals"]
-    terms = {**totals["bounds_s"], "video jobs": jobs.total_s}
+    terms = {**totals["bounds_s"], "video jobs, as drawn": jobs.total_s}
     bottleneck = max(terms, key=lambda t: terms[t])
     bound = terms[bottleneck]
     showrunner = next(r for r in rows if not r.prior)

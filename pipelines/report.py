@@ -6,14 +6,16 @@ time and the money went. Pure: built from episode records and provider counters.
 - ``lower_bound_s``: no schedule can finish sooner. The largest of: the graph's critical path
   with the measured latencies (per episode, the longest one; a composition counts the time it
   ran, not the time it queued for a CPU); per provider, the calls beyond one burst ÷ its request
-  rate and the tokens beyond one burst ÷ its token rate; and ``cpu_s`` ÷ ``cpus``.
+  rate and the tokens beyond one burst ÷ its token rate; for a video provider, its clip jobs'
+  time ÷ its cap of jobs at once, after the earliest a picture existed and before what must
+  follow a clip (:func:`job_cap_bound`); and ``cpu_s`` ÷ ``cpus``.
 - ``cpu_s``: CPU seconds of the run's own media work (each scene's composition and locally made
   clip, measured on their ffmpeg children); ``cpus``: the CPUs that work could use (the cluster's,
   as the caller says; else this machine's). Providers' CPUs are theirs, not counted here.
 - ``parallel_efficiency``: ``lower_bound_s`` ÷ wall time; 1.0 means as fast as the graph, the
   limits and the CPUs allow.
-- ``bottleneck``: what set the lower bound — ``critical path``, ``<provider> requests|tokens`` or
-  ``CPU``.
+- ``bottleneck``: what set the lower bound — ``critical path``, ``<provider> requests|tokens``,
+  ``video jobs`` or ``CPU``.
 """
 
 from __future__ import annotations
@@ -132,6 +134,18 @@ def provider_bounds(
     return bounds
 
 
+def job_cap_bound(records: list[EpisodeRecord], settings: Settings,
+                  provider_stats: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Seconds the video provider's cap of jobs at once (``VIDEO__MAX_JOBS``) forces: the time
+    its clip jobs surely ran, spread over the cap, after the earliest a picture existed and
+    before the least that follows a clip. Empty when the run made no clip jobs."""
+    job_s = float(provider_stats.get("video", {}).get("job_s", 0.0))
+    if job_s <= 0:
+        return {}
+    spread = job_s / settings.video.max_jobs
+    return {"video jobs": slots_bound(records, NodeKind.CLIP, spread).total_s}
+
+
 def build_report(
     records: Iterable[EpisodeRecord],
     provider_stats: Mapping[str, Mapping[str, Any]],
@@ -150,6 +164,7 @@ def build_report(
     candidates = {"critical path": max((e["critical_path_s"] or 0.0 for e in episodes),
                                        default=0.0)}
     candidates.update(provider_bounds(settings, provider_stats))
+    candidates.update(job_cap_bound(records, settings, provider_stats))
     cpu_s = sum(e["cpu_s"] for e in episodes)
     candidates["CPU"] = cpu_s / cpus
     bottleneck = max(candidates, key=lambda k: candidates[k])

@@ -127,3 +127,7 @@ async def test_clip_jobs_never_exceed_the_providers_job_cap(
     assert server.stats()["video"]["rate_limited"] == 0
     # Eight jobs measured (60 s ± 15 s at 1/100): they now time the first poll.
     assert 0.3 < gw.job_durations.first_poll_s() < 1.0
+    # How long the jobs surely ran, for the report's bound: never more than the server drew,
+    # and close to it (read off progress figures, polled near each job's end).
+    drawn = sum(server.stats()["video"]["jobs_s"])
+    assert 0.7 * drawn < gw.snapshot()["job_s"] <= drawn

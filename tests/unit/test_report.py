@@ -99,3 +99,26 @@ def test_jobs_packed_on_places_in_the_order_drawn(lengths: list[float], slots: i
                                                   expected: float) -> None:
     assert packed_s(lengths, slots) == pytest.approx(expected)
     assert packed_s(lengths, slots) >= sum(lengths) / slots
+
+
+def _video_stats(job_s: float) -> dict[str, Any]:
+    return {"calls": 20, "ok": 20, "rate_limited": 0, "retries": 0, "errors": {},
+            "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0, "limiter_wait_s": 0.0,
+            "job_s": job_s}
+
+
+def test_a_video_providers_cap_of_jobs_bounds_the_run() -> None:
+    records = [record("a", cpu_s=0.5, run_s=1.0), record("b", cpu_s=0.5, run_s=1.0)]
+    settings = Settings(video={"max_jobs": 10, "rpm": None})  # requests bound nothing here
+    totals = build_report(records, {"video": _video_stats(300.0)}, settings, cpus=2)["totals"]
+    # Clips wait for a picture (4 s), 300 s of jobs on 10 places, then compose and stitch.
+    assert totals["bounds_s"]["video jobs"] == pytest.approx(4.0 + 30.0 + 1.2)
+    assert totals["bottleneck"] == "video jobs"
+    wider = build_report(records, {"video": _video_stats(300.0)},
+                         Settings(video={"max_jobs": 100, "rpm": None}), cpus=2)["totals"]
+    assert wider["bounds_s"]["video jobs"] == pytest.approx(4.0 + 3.0 + 1.2)
+    # The recorded clip nodes' own latency is their download's: the jobs' time lies on the
+    # path too, so this term is never below the critical path through a clip.
+    assert wider["bounds_s"]["critical path"] == pytest.approx(5.3)
+    no_jobs = build_report(records, {"video": _video_stats(0.0)}, settings, cpus=2)["totals"]
+    assert "video jobs" not in no_jobs["bounds_s"]
