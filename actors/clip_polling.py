@@ -22,16 +22,6 @@ def remaining_s(status: dict[str, Any], elapsed_s: float) -> float | None:
     return elapsed_s * (100 - progress) / progress
 
 
-def least_length_s(status: dict[str, Any], elapsed_s: float) -> float:
-    """How long a job not yet over surely lasts: it was seen running ``elapsed_s`` after it
-    started, and a progress of p percent (rounded down) means less than p + 1 was done."""
-    progress = status.get("progress")
-    if status.get("status") == "in_progress" and isinstance(progress, int | float):
-        if 0 <= progress < 100:
-            return max(elapsed_s, elapsed_s * 100 / (progress + 1))
-    return elapsed_s
-
-
 class JobDurations:
     """How long the provider's clip jobs take (the last 50), to time a job's first poll.
 
@@ -62,7 +52,8 @@ class JobDurations:
         ended_by = [s for s, censored in self._recent if censored]
         if len(ended_by) > wanted:
             # Too many ended before anyone looked: their lengths are unknown, so look earlier,
-            # in proportion, and the next jobs' progress will say how much earlier.
+            # in proportion. This holds until those jobs leave the window of 50, and the jobs
+            # polled earlier meanwhile are seen running and teach their lengths.
             return min(ended_by) * wanted / len(ended_by)
         known = sorted(s for s, censored in self._recent if not censored)
         return known[int(wanted - len(ended_by))]

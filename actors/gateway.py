@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
-from actors.clip_polling import JobDurations, least_length_s, remaining_s
+from actors.clip_polling import JobDurations, remaining_s
 from actors.errors import (
     GenerationFailed,
     MalformedResponse,
@@ -394,7 +394,7 @@ class ProviderGateway:
         status = job.value
         polled_at: float | None = None  # when the last poll went out, after the create
         length: float | None = None  # the job's whole length, from its last progress figure
-        ran_s = 0.0  # how long the job surely ran (for the run report's bound)
+        ran_s = 0.0  # how long the job was seen running: when the last poll found it not over
         while status["status"] not in ("completed", "failed"):
             if time.monotonic() > deadline:
                 raise ProviderTimeout(f"clip job {job_id} took longer than the clip timeout",
@@ -403,21 +403,23 @@ class ProviderGateway:
             wait, interval = interval, min(interval * 1.5, longest)
 
             async def poll(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
+                nonlocal polled_at  # as it leaves: after any wait for the limiter or a retry
+                polled_at = time.monotonic() - created
                 raw = await client.videos.with_raw_response.retrieve(job_id)
                 return Answer(json.loads(raw.content), Usage(), raw.headers)
 
-            polled_at = time.monotonic() - created
             polled, how = await self._call(episode_id, 0, poll)
+            assert polled_at is not None  # set by the attempt that answered
             status = polled.value
             if status["status"] not in ("completed", "failed"):
-                ran_s = max(ran_s, least_length_s(status, polled_at))
+                ran_s = polled_at
             # The provider read its progress while answering: halfway through the round trip.
             elapsed = (polled_at + time.monotonic() - created) / 2
             remaining = remaining_s(status, elapsed)
             if remaining is not None:  # the job says how far it is: poll when it should end
                 length = elapsed + remaining
                 wait = min(max(initial / 4, created + length - time.monotonic()), longest)
-        self.stats.job_ended(ran_s)
+        self.stats.job_ended(how.deployment, ran_s)
         if status["status"] == "completed" and polled_at is not None:
             if length is not None:
                 self.job_durations.add(length)

@@ -68,6 +68,9 @@ LATENCY = Spec("showrunner_provider_latency_seconds", Histogram,
                "Time of each successful attempt, from send to parsed answer.", PROVIDER)
 LIMITER_WAIT = Spec("showrunner_provider_limiter_wait_seconds", Histogram,
                     "Time each attempt waited for the deployment's limiter.", PROVIDER)
+JOB_SECONDS = Spec("showrunner_provider_job_seconds", Counter,
+                   "Seconds provider jobs (video clips) were seen running; its rate is the "
+                   "average number of jobs in progress.", PROVIDER)
 EPISODES_QUEUED = Spec("showrunner_episodes_queued", Gauge,
                        "Episodes accepted by the coordinator and not started yet.")
 EPISODES_RUNNING = Spec("showrunner_episodes_running", Gauge,
@@ -78,7 +81,7 @@ STAGE = Spec("showrunner_stage_seconds", Histogram,
              "Duration of each episode graph node, by stage.", ("stage",))
 
 SPECS: tuple[Spec, ...] = (
-    CALLS, RATE_LIMITED, RETRIES, TOKENS, COST, LATENCY, LIMITER_WAIT,
+    CALLS, RATE_LIMITED, RETRIES, TOKENS, COST, LATENCY, LIMITER_WAIT, JOB_SECONDS,
     EPISODES_QUEUED, EPISODES_RUNNING, NODES_IN_FLIGHT, STAGE,
 )
 
@@ -112,6 +115,7 @@ class ProviderMetrics:
             self._cost = made[COST.name]
             self._latency = made[LATENCY.name]
             self._wait = made[LIMITER_WAIT.name]
+            self._job_s = made[JOB_SECONDS.name]
         self._tags: dict[str, _Tags] = {}
 
     def _for(self, deployment: str) -> _Tags:
@@ -150,6 +154,10 @@ class ProviderMetrics:
     def waited(self, deployment: str, seconds: float) -> None:
         if self.enabled:
             self._wait.observe(seconds, self._for(deployment).base)
+
+    def job_ended(self, deployment: str, seconds: float) -> None:
+        if self.enabled and seconds > 0:  # Ray counters refuse increments of zero
+            self._job_s.inc(seconds, self._for(deployment).base)
 
 
 @dataclass(frozen=True)

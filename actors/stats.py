@@ -46,10 +46,6 @@ class Histogram:
                 return bound
         return self.bounds[-1]
 
-    def job_ended(self, ran_s: float) -> None:
-        """A provider job is over (done or failed) after at least ``ran_s``."""
-        self.job_s += ran_s
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "buckets_ms": [b if math.isfinite(b) else "inf" for b in self.bounds],
@@ -80,8 +76,9 @@ class ProviderStats:
     units: float = 0.0  # images, speech characters or video seconds, by the provider's kind
     cost_usd: float = 0.0
     limiter_wait_s: float = 0.0
-    # Seconds the provider's jobs (video clips) surely ran, each from when it was created: what
-    # its cap of jobs at once costs a run, for the report's lower bound.
+    # Seconds the provider's jobs (video clips) were seen running, each from its create until
+    # the last poll that found it not yet over: what its cap of jobs at once surely cost a run
+    # (the report's lower bound), whatever the provider's progress figures mean.
     job_s: float = 0.0
     latency: Histogram = field(default_factory=Histogram)
     metrics: ProviderMetrics = field(init=False, repr=False, compare=False)
@@ -126,9 +123,10 @@ class ProviderStats:
         self.latency.observe(latency_s * 1000)
         self.metrics.succeeded(deployment, latency_s, tokens_in, tokens_out, cost_usd)
 
-    def job_ended(self, ran_s: float) -> None:
-        """A provider job is over (done or failed) after at least ``ran_s``."""
+    def job_ended(self, deployment: str, ran_s: float) -> None:
+        """A provider job is over (done or failed), seen running for ``ran_s``."""
         self.job_s += ran_s
+        self.metrics.job_ended(deployment, ran_s)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -143,6 +141,6 @@ class ProviderStats:
             "units": self.units,
             "cost_usd": round(self.cost_usd, 6),
             "limiter_wait_s": round(self.limiter_wait_s, 6),
-            "job_s": round(self.job_s, 4),
+            "job_s": round(self.job_s, 6),
             "latency": self.latency.snapshot(),
         }

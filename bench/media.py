@@ -372,9 +372,9 @@ def clip_jobs_bound(records: Iterable[EpisodeRecord], lengths: list[float]) -> S
     nothing between jobs; after the last job the least an episode still needs (its scene's
     composition, the stitch) follows.
 
-    The run report's own ``video jobs`` term is looser: a client knows each job's length only
-    from its progress figures, and not the order the provider drew them in, so it spreads what
-    the jobs surely ran evenly over the cap."""
+    The run report's own ``video jobs`` term is looser: a client sees a job running only until
+    its last poll before the end, and not the order the provider drew the lengths in, so it
+    spreads what it saw evenly over the cap."""
     return slots_bound(records, NodeKind.CLIP, packed_s(lengths, CLIP_JOBS))
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,10 @@ T = TypeVar("T")
 
 def lower_priority(pid: int | None = None) -> None:
     """Lower a child process's priority, or with no ``pid`` the calling thread's."""
+    if not hasattr(os, "setpriority"):  # Windows
+        return
+    if pid is None and not sys.platform.startswith("linux"):
+        return  # elsewhere a thread has no nice value of its own: leave the whole server's be
     target = threading.get_native_id() if pid is None else pid
     with contextlib.suppress(OSError):  # ended already, or not allowed here
         # Never raise it: a caller already running niced keeps its lower priority.

@@ -110,6 +110,8 @@ ENCODE_NICENESS = 10
 
 def lower_priority(pid: int) -> None:
     """Run an encoder child below the processes that schedule provider calls."""
+    if not hasattr(os, "setpriority"):  # Windows
+        return
     with contextlib.suppress(OSError):  # ended already, or not allowed here
         # Never raise it: a task already running niced keeps its lower priority.
         niceness = max(os.getpriority(os.PRIO_PROCESS, pid), ENCODE_NICENESS)

@@ -6,9 +6,9 @@ time and the money went. Pure: built from episode records and provider counters.
 - ``lower_bound_s``: no schedule can finish sooner. The largest of: the graph's critical path
   with the measured latencies (per episode, the longest one; a composition counts the time it
   ran, not the time it queued for a CPU); per provider, the calls beyond one burst ÷ its request
-  rate and the tokens beyond one burst ÷ its token rate; for a video provider, its clip jobs'
-  time ÷ its cap of jobs at once, after the earliest a picture existed and before what must
-  follow a clip (:func:`job_cap_bound`); and ``cpu_s`` ÷ ``cpus``.
+  rate and the tokens beyond one burst ÷ its token rate; for a video provider, the time its clip
+  jobs were seen running ÷ its cap of jobs at once, after the earliest a picture existed and
+  before what must follow a clip (:func:`job_cap_bound`); and ``cpu_s`` ÷ ``cpus``.
 - ``cpu_s``: CPU seconds of the run's own media work (each scene's composition and locally made
   clip, measured on their ffmpeg children); ``cpus``: the CPUs that work could use (the cluster's,
   as the caller says; else this machine's). Providers' CPUs are theirs, not counted here.
@@ -137,7 +137,7 @@ def provider_bounds(
 def job_cap_bound(records: list[EpisodeRecord], settings: Settings,
                   provider_stats: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """Seconds the video provider's cap of jobs at once (``VIDEO__MAX_JOBS``) forces: the time
-    its clip jobs surely ran, spread over the cap, after the earliest a picture existed and
+    its clip jobs were seen running, spread over the cap, after the earliest a picture existed and
     before the least that follows a clip. Empty when the run made no clip jobs."""
     job_s = float(provider_stats.get("video", {}).get("job_s", 0.0))
     if job_s <= 0:

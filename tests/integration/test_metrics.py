@@ -23,7 +23,7 @@ from actors.errors import QuotaExhausted
 from actors.gateway import deployment_label
 from actors.remote import provider_actor
 from local_server.process import LocalServer
-from pipelines.settings import ProviderSettings
+from pipelines.settings import ProviderSettings, VideoSettings
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 MESSAGES = [{"role": "user", "content": "Two rivals share a taxi in the rain."}]
@@ -76,6 +76,7 @@ def provider_figures(samples: list[Sample], provider: str, deployment: str) -> d
         "cost_usd": total(samples, "ray_showrunner_provider_cost_usd_total", **tags),
         "latency_count": total(samples, "ray_showrunner_provider_latency_seconds_count", **tags),
         "attempts": total(samples, "ray_showrunner_provider_limiter_wait_seconds_count", **tags),
+        "job_s": total(samples, "ray_showrunner_provider_job_seconds_total", **tags),
     }
 
 
@@ -83,7 +84,7 @@ def stats_figures(stats: dict[str, Any]) -> Any:
     """The same figures from ``stats()`` (whose cost is rounded to a millionth of a dollar)."""
     return pytest.approx({
         **{k: stats[k] for k in ("ok", "failed", "rate_limited", "retries", "tokens_in",
-                                 "tokens_out", "cost_usd")},
+                                 "tokens_out", "cost_usd", "job_s")},
         "latency_count": stats["latency"]["count"],
         "attempts": stats["ok"] + sum(stats["errors"].values()),  # each waited for a permit
     }, rel=0, abs=1e-6)
@@ -106,14 +107,21 @@ def test_provider_metrics_match_the_actors_stats(
     image = provider_actor("image", settings(prices=prices), local_base_url=server.base_url,
                            name="test:metrics-image")
 
+    # Clip jobs of about half a second, small renders: polled while they run.
+    clips = local_server(latency_scale=0.01, video_render_size="320x180", video_render_fps=8)
+    video = provider_actor("video", VideoSettings(rpm=None, poll_initial_s=0.05, poll_max_s=0.1),
+                           local_base_url=clips.base_url, name="test:metrics-video")
+
     ray.get([llm.chat.remote(MESSAGES, episode_id=f"e{i % 3}") for i in range(30)])
+    ray.get(video.clip.remote("a ferry in fog", out_path=str(tmp_path / "clip.mp4")))
     ray.get([image.image.remote("a taxi in the rain", out_path=str(tmp_path / f"{i}.png"),
                                 size="256x256") for i in range(2)])
     with pytest.raises(QuotaExhausted):
         ray.get(broke_llm.chat.remote(MESSAGES))
 
     for actor, kind, url in ((llm, "llm", server.base_url), (image, "image", server.base_url),
-                             (broke_llm, "llm", broke.base_url)):
+                             (broke_llm, "llm", broke.base_url),
+                             (video, "video", clips.base_url)):
         expected = stats_figures(ray.get(actor.stats.remote()))
         observed = scrape_until(
             metrics_url, lambda s, k=kind, u=url: provider_figures(s, k, deployment_label(u)),
@@ -121,8 +129,9 @@ def test_provider_metrics_match_the_actors_stats(
         assert observed == expected, kind
     llm_stats = ray.get(llm.stats.remote())
     assert llm_stats["ok"] == 30 and llm_stats["rate_limited"] > 0 and llm_stats["cost_usd"] > 0
+    assert ray.get(video.stats.remote())["job_s"] > 0  # the job was seen running
     assert_exported_as_specified(metrics_url, [s for s in metrics.SPECS if "provider" in s.tags])
-    for actor in (llm, broke_llm, image):
+    for actor in (llm, broke_llm, image, video):
         ray.kill(actor)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.clip_polling import JobDurations, least_length_s, remaining_s
+from actors.clip_polling import JobDurations, remaining_s
 
 
 def test_first_poll_waits_for_a_tenth_of_recent_jobs_to_have_ended() -> None:
@@ -64,17 +64,3 @@ def test_remaining_time_from_reported_progress(status: dict, elapsed: float,
                                                expected: float | None) -> None:
     assert remaining_s(status, elapsed) == expected
 
-
-@pytest.mark.parametrize(
-    ("status", "elapsed", "expected"),
-    [
-        ({"status": "in_progress", "progress": 49}, 10.0, 20.0),  # under half done: at least 20
-        ({"status": "in_progress", "progress": 99}, 10.0, 10.0),
-        ({"status": "in_progress", "progress": 0}, 10.0, 1000.0),  # under 1% after 10 s
-        ({"status": "in_progress"}, 10.0, 10.0),  # seen running: at least that long
-        ({"status": "queued", "progress": 0}, 3.0, 3.0),
-    ],
-)
-def test_how_long_a_running_job_surely_lasts(status: dict, elapsed: float,
-                                             expected: float) -> None:
-    assert least_length_s(status, elapsed) == pytest.approx(expected)
