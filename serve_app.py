@@ -286,6 +286,7 @@ class ShowrunnerAPI:
         self.keys = ApiKeys.from_settings(self.settings)
         self.limiter = TenantRateLimiter(self.settings.service.requests_per_minute)
         self.run = start_service(self.settings, prefix)
+        self.run.wait_ready()  # Serve sends no request here before this replica is up
         self.coordinator = self.run.coordinator
         # Every episode's latest view, kept current by following the coordinator's changes:
         # status polls, the most frequent request, are answered from here.

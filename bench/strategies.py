@@ -231,8 +231,7 @@ def run_showrunner(requests: list[EpisodeRequest], base_url: str, rpm: float, tp
     with tempfile.TemporaryDirectory() as out:
         run = launcher.start_run(settings, Path(out), base_url, prefix=f"bench-{name}")
         # Actors are long-lived in use; their one-off process start is not part of a run.
-        ray.get([run.coordinator.list_episodes.remote(),
-                 *(p.stats.remote() for p in run.providers.values())])
+        run.wait_ready()
         started = time.perf_counter()
         ids = launcher.submit(run, requests)
         ray.get(run.coordinator.wait.remote(ids))

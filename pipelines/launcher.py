@@ -39,6 +39,13 @@ class Run:
     settings: Settings
     output_dir: Path
 
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until every actor answers: a new actor's process starts after its handle exists,
+        and the first call would otherwise wait for it (half a second here)."""
+        ray.get([self.coordinator.ping.remote(),
+                 *(actor.stats.remote() for actor in self.providers.values())],
+                timeout=timeout_s)
+
 
 def needs_local_server(settings: Settings) -> bool:
     return any(settings.provider(k).base_url is None for k in BUNDLED)  # type: ignore[arg-type]

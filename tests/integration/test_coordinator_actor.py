@@ -79,3 +79,19 @@ async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
     assert _ray_worker_processes() <= workers_before + 2
     for actor in (run.coordinator, *run.providers.values()):
         ray.kill(actor)
+
+
+def test_a_run_is_ready_once_every_actor_answers(
+    local_server: Callable[..., LocalServer], tmp_path: Path
+) -> None:
+    """What a Serve replica waits for before taking requests: every actor answering. A run
+    whose coordinator is gone never comes up ready."""
+    server = local_server()
+    run = launcher.start_run(Settings(), tmp_path, server.base_url, prefix="test-ready")
+    run.wait_ready()
+    assert ray.get(run.coordinator.list_episodes.remote()) == []
+    ray.kill(run.coordinator)
+    with pytest.raises(ray.exceptions.RayActorError):
+        run.wait_ready(timeout_s=10)
+    for actor in run.providers.values():
+        ray.kill(actor)
