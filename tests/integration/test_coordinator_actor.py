@@ -91,6 +91,13 @@ def test_a_run_is_ready_once_every_actor_answers(
     run.wait_ready()
     assert ray.get(run.coordinator.list_episodes.remote()) == []
     ray.kill(run.coordinator)
+    deadline = time.monotonic() + 30
+    while True:  # the kill lands a moment after the call returns: until a call sees it
+        try:
+            ray.get(run.coordinator.ping.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            break
+        assert time.monotonic() < deadline
     with pytest.raises(ray.exceptions.RayActorError):
         run.wait_ready(timeout_s=10)
     for actor in run.providers.values():
