@@ -15,13 +15,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines demo
+	$(PY) -m showrunner demo
 
 test: $(STAMP) lint
 	$(PY) -m pytest
 
+# Style, then the layers: the import contracts in pyproject.toml.
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
@@ -44,7 +46,7 @@ bench-http: $(STAMP)
 bench: bench-provider bench-strategies bench-media bench-http
 
 serve: $(STAMP)
-	$(PY) -m pipelines serve
+	$(PY) -m showrunner serve
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

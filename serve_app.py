@@ -30,39 +30,34 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.bundled_server import bundled_server_actor
-from actors.coordinator import IdempotencyConflict, QuotaExceeded
-from actors.remote import NAMESPACE, await_call
+from actors.remote import (
+    NAMESPACE,
+    ActorProxy,
+    bundled_server_actor,
+    tenant_desk_actor,
+)
 from pipelines.access import (
     LOCAL_TENANT,
     ApiKeys,
     TenantRateLimiter,
-    artifact_path,
     check_idempotency_key,
-    episode_ids,
-    request_key,
     retry_after_header,
 )
-from pipelines.launcher import Run, local_server_options, needs_local_server, start_run
+from pipelines.episode_folder import Artifact, EpisodeFolder
+from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.settings import Settings, load_settings
+from pipelines.settings import ProviderKind, Settings, load_settings
+from pipelines.tenancy import IdempotencyConflict, QuotaExceeded
+from showrunner.launcher import Run, local_server_options, needs_local_server, start_run
 
 log = logging.getLogger("showrunner.serve")
 
-# What an episode's folder offers, by the only names we answer to (no path is built from input).
-ARTIFACTS = {
-    "script.json": "application/json",
-    "script.md": "text/markdown; charset=utf-8",
-    "episode.srt": "application/x-subrip; charset=utf-8",
-    "poster.png": "image/png",
-    "episode.mp4": "video/mp4",
-}
 EVENT_POLL_S = 15.0  # one long poll of the coordinator; a keep-alive comment between them
 READY_TIMEOUT_S = 2.0
 FOLLOW_BATCH_S = 0.1  # changes are gathered this long between pulls: views lag by about this
 FOLLOW_RETRY_S = 1.0
 QUOTA_RETRY_S = 30  # when a tenant has too many episodes running: about a scene's time
-ACTOR_ROLES = ("coordinator", "llm", "tts", "image", "video", "local-server")
+ACTOR_ROLES = ("tenants", "coordinator", *ProviderKind, "local-server")
 
 
 class EpisodeBatch(BaseModel):
@@ -195,23 +190,15 @@ def links(episode_id: str) -> dict[str, str]:
     return {"self": base, "events": f"{base}/events", "artifacts": f"{base}/artifacts"}
 
 
-def artifact_names(summary: dict[str, Any]) -> list[str]:
-    names = ["script.json", "script.md"] if summary.get("output_dir") else []
-    names += [str(p).rsplit("/", 1)[-1] for p in summary.get("files", {}).values()]
-    return [n for n in ARTIFACTS if n in names]
-
-
-def public(summary: dict[str, Any]) -> dict[str, Any]:
-    """An episode as the API shows it: links instead of server paths."""
-    shown = {k: v for k, v in summary.items() if k not in ("output_dir", "files", "owner")}
-    shown["error"] = scrub(shown.get("error"))
-    shown["links"] = links(summary["id"])
-    shown["artifacts"] = {n: f"/v1/episodes/{summary['id']}/artifacts/{n}"
-                          for n in artifact_names(summary)}
-    if "report" in shown:
-        shown["report"] = {k: v for k, v in shown["report"].items()
-                           if k not in ("output_dir", "files")}
-        shown["report"]["error"] = scrub(shown["report"].get("error"))
+def public(view: EpisodeView) -> dict[str, Any]:
+    """An episode as the API shows it: without its owner, with links, errors scrubbed."""
+    shown = view.model_dump(mode="json", exclude={"owner", "artifacts", "figures"})
+    shown["error"] = scrub(view.error)
+    shown["report"] = {"id": view.id, "status": view.status.value,
+                       **view.figures.model_dump(mode="json"), "error": shown["error"]}
+    shown["links"] = links(view.id)
+    shown["artifacts"] = {a.value: f"/v1/episodes/{view.id}/artifacts/{a.value}"
+                          for a in Artifact if a in view.artifacts}
     return shown
 
 
@@ -249,18 +236,19 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def start_service(settings: Settings, prefix: str) -> Run:
-    """The shared actors (got if they exist): the bundled server if needed, the providers and
-    the coordinator, all detached so that replicas can come and go."""
+def start_service(settings: Settings, prefix: str) -> tuple[Run, Any]:
+    """The shared actors (got if they exist): the bundled server if needed, the providers, the
+    coordinator and the tenants' desk, all detached so that replicas can come and go."""
     output_dir = settings.service.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     local_url = None
     if needs_local_server(settings):
         server = bundled_server_actor(
             local_server_options(settings, settings.service.local_latency_scale),
-            name=f"{prefix}:local-server", namespace=NAMESPACE)
+            name=f"{prefix}:local-server")
         local_url = ray.get(server.base_url.remote())
-    return start_run(settings, output_dir, local_url, prefix=prefix, detached=True)
+    run = start_run(settings, output_dir, local_url, prefix=prefix, detached=True)
+    return run, tenant_desk_actor(run.coordinator, name=f"{prefix}:tenants")
 
 
 def stop_service(prefix: str = "showrunner") -> None:
@@ -285,12 +273,15 @@ class ShowrunnerAPI:
         self.settings = settings or load_settings()
         self.keys = ApiKeys.from_settings(self.settings)
         self.limiter = TenantRateLimiter(self.settings.service.requests_per_minute)
-        self.run = start_service(self.settings, prefix)
+        self.run, desk = start_service(self.settings, prefix)
         self.run.wait_ready()  # Serve sends no request here before this replica is up
-        self.coordinator = self.run.coordinator
+        ray.get(desk.ping.remote(), timeout=60)
+        self.coordinator = ActorProxy(self.run.coordinator)
+        self.desk = ActorProxy(desk)
+        self.folders = self.settings.service.output_dir.resolve()
         # Every episode's latest view, kept current by following the coordinator's changes:
         # status polls, the most frequent request, are answered from here.
-        self.views: dict[str, dict[str, Any]] = {}
+        self.views: dict[str, EpisodeView] = {}
         self._follower: asyncio.Task[None] | None = None
         if not self.keys.enabled:
             log.warning("no API keys configured (SHOWRUNNER_API_KEYS): only loopback clients "
@@ -314,30 +305,30 @@ class ShowrunnerAPI:
                            headers={"retry-after": retry_after_header(wait)})
         return tenant
 
-    async def _view(self, tenant: str, episode_id: str, fresh: bool = False) -> dict[str, Any]:
-        """The tenant's episode (404 for anyone else's): from the followed views, or from the
-        coordinator when ``fresh`` or not seen yet."""
+    async def _view(self, tenant: str, episode_id: str, fresh: bool = False) -> EpisodeView:
+        """The tenant's episode (404 for anyone else's: it does not exist for them): from the
+        followed views, or from the coordinator when ``fresh`` or not seen yet."""
         if self._follower is None or self._follower.done():
             self._follower = asyncio.create_task(self._follow_changes())
         view = None if fresh else self.views.get(episode_id)
         if view is None:
-            view = await await_call(self.coordinator.view.remote(episode_id, tenant))
+            view = await self.coordinator.view(episode_id)
             if view is not None:
-                self._keep(episode_id, view)
-        if view is None or view["owner"] != tenant:
+                self._keep(view)
+        if view is None or view.owner != tenant:
             raise ApiError(404, "not_found", f"no episode {episode_id!r}")
         return view
 
-    def _keep(self, episode_id: str, view: dict[str, Any]) -> None:
-        old = self.views.get(episode_id)
-        if old is None or view["last_event_id"] >= old["last_event_id"]:  # never step back
-            self.views[episode_id] = view
+    def _keep(self, view: EpisodeView) -> None:
+        old = self.views.get(view.id)
+        if old is None or view.last_event_id >= old.last_event_id:  # never step back
+            self.views[view.id] = view
 
     async def _follow_changes(self) -> None:
         since = 0
         while True:
             try:
-                since, views = await await_call(self.coordinator.changes.remote(since, 30.0))
+                since, views = await self.coordinator.changes(since, 30.0)
             except Exception:  # the coordinator unreachable: serve no view that may be stale
                 log.warning("following the coordinator's changes failed; retrying",
                             exc_info=True)
@@ -345,8 +336,8 @@ class ShowrunnerAPI:
                 since = 0
                 await asyncio.sleep(FOLLOW_RETRY_S)
                 continue
-            for episode_id, view in views.items():
-                self._keep(episode_id, view)
+            for view in views:
+                self._keep(view)
             await asyncio.sleep(FOLLOW_BATCH_S)
 
     # -- routes ---------------------------------------------------------------------------------
@@ -371,20 +362,19 @@ class ShowrunnerAPI:
             raise ApiError(429, "quota_exceeded", f"the request asks for {scenes} scenes; this "
                            f"key may ask for {service.max_scenes_per_request} in one request — "
                            "split it", headers={"retry-after": str(QUOTA_RETRY_S)})
-        ids = episode_ids(tenant, idempotency_key, len(requests))
         try:
-            made = await await_call(self.coordinator.submit_many.remote(
-                requests, owner=tenant, ids=ids, max_active=service.max_active_episodes,
-                request_key=request_key(tenant, idempotency_key)))
+            made = await self.desk.submit(tenant, requests, idempotency_key=idempotency_key,
+                                          max_active=service.max_active_episodes)
         except QuotaExceeded as err:
             raise ApiError(429, "quota_exceeded", f"{err}; wait for some to finish",
                            headers={"retry-after": str(QUOTA_RETRY_S)}) from None
         except IdempotencyConflict:
             raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with "
                            "a different request; use a new key") from None
-        summaries = await await_call(self.coordinator.summaries.remote(made))
-        shown = [{"id": s["id"], "status": s["status"], "links": links(s["id"])}
-                 for s in summaries]
+        views: list[EpisodeView] = await self.coordinator.views(made)
+        for view in views:
+            self._keep(view)
+        shown = [{"id": v.id, "status": v.status.value, "links": links(v.id)} for v in views]
         if batch:
             return JSONResponse({"episodes": shown}, status_code=202)
         return JSONResponse(shown[0], status_code=202,
@@ -404,9 +394,8 @@ class ShowrunnerAPI:
             fields = [{"field": "cursor", "message": "not a cursor this server gave"}]
             raise ApiError(422, "invalid_request", "cursor: not a cursor this server gave",
                            fields=fields)
-        page, after = await await_call(self.coordinator.page.remote(
-            tenant, status.value if status else None, limit, int(cursor or 0)))
-        return {"episodes": [public(s) for s in page],
+        page, after = await self.desk.page(tenant, status, limit, int(cursor or 0))
+        return {"episodes": [public(v) for v in page],
                 "next_cursor": str(after) if after is not None else None}
 
     @api.get("/v1/episodes/{episode_id}", summary="An episode's status, scenes, cost and report")
@@ -417,9 +406,9 @@ class ShowrunnerAPI:
     async def cancel(self, request: Request, episode_id: str) -> dict[str, Any]:
         tenant = self._tenant(request)
         await self._view(tenant, episode_id)
-        status = await await_call(self.coordinator.cancel.remote(episode_id))
+        status: EpisodeStatus = await self.coordinator.cancel(episode_id)
         await self._view(tenant, episode_id, fresh=True)  # polls here see it cancelled at once
-        return {"id": episode_id, "status": status, "links": links(episode_id)}
+        return {"id": episode_id, "status": status.value, "links": links(episode_id)}
 
     @api.get("/v1/episodes/{episode_id}/events", summary="Progress as Server-Sent Events")
     async def events(self, request: Request, episode_id: str,
@@ -440,18 +429,16 @@ class ShowrunnerAPI:
     async def _stream(self, tenant: str, episode_id: str, after: int) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         while True:
-            events = await await_call(self.coordinator.events.remote(episode_id, after,
-                                                                 EVENT_POLL_S))
+            events = await self.coordinator.events(episode_id, after, EVENT_POLL_S)
             for event in events:
                 after = event.seq
-                yield sse(event.model_dump())
+                yield sse(event.model_dump(mode="json"))
             if not events:
-                summary = (await await_call(self.coordinator.summaries.remote([episode_id])))[0]
-                if EpisodeStatus(summary["status"]).finished:
+                view = await self.coordinator.view(episode_id)
+                if view is None or view.finished:
                     return
                 yield ": keep-alive\n\n"
-            elif EpisodeStatus.__members__.get(events[-1].kind.upper()) in (
-                    EpisodeStatus.COMPLETED, EpisodeStatus.FAILED, EpisodeStatus.CANCELLED):
+            elif events[-1].kind.ends_episode:
                 # A watcher that saw the end and asks for the status must not see it running.
                 await self._view(tenant, episode_id, fresh=True)
                 return
@@ -464,13 +451,16 @@ class ShowrunnerAPI:
         requests supported)."""
         tenant = self._tenant(request)
         view = await self._view(tenant, episode_id)
-        if name not in artifact_names(view):  # perhaps made since the last followed change
+        artifact = Artifact.named(name)  # never a path built from the request
+        if artifact not in view.artifacts:  # perhaps made since the last followed change
             view = await self._view(tenant, episode_id, fresh=True)
-        path = artifact_path(view.get("output_dir"), name, artifact_names(view))
-        if path is None:
+        path = EpisodeFolder(self.folders, episode_id).artifact(artifact) if (
+            artifact is not None and artifact in view.artifacts) else None
+        if path is None or not path.is_file():
+            have = [a.value for a in view.artifacts] or "none yet"
             raise ApiError(404, "not_found", f"episode {episode_id!r} has no artifact {name!r}; "
-                           f"it has {artifact_names(view) or 'none yet'}")
-        return FileResponse(path, media_type=ARTIFACTS[name])
+                           f"it has {have}")
+        return FileResponse(path, media_type=artifact.media_type)
 
     @api.get("/healthz", summary="The HTTP server is up")
     async def healthz(self) -> dict[str, str]:
@@ -478,12 +468,14 @@ class ShowrunnerAPI:
 
     @api.get("/readyz", summary="The coordinator and provider actors answer")
     async def readyz(self) -> JSONResponse:
-        checks = {"coordinator": self.coordinator.ping.remote(),
-                  **{kind: actor.stats.remote() for kind, actor in self.run.providers.items()}}
+        calls = {"coordinator": self.coordinator.ping(), "tenants": self.desk.ping(),
+                 **{kind.value: ActorProxy(actor).stats()
+                    for kind, actor in self.run.providers.items()}}
+        checks = {name: asyncio.ensure_future(call) for name, call in calls.items()}  # at once
         results = {}
-        for name, ref in checks.items():
+        for name, check in checks.items():
             try:
-                await asyncio.wait_for(await_call(ref), READY_TIMEOUT_S)
+                await asyncio.wait_for(check, READY_TIMEOUT_S)
                 results[name] = "ok"
             except Exception as err:  # any failure means not ready; say which and why
                 results[name] = f"unavailable: {type(err).__name__}"
@@ -495,7 +487,7 @@ class ShowrunnerAPI:
 def serve_forever(settings: Settings, keyed: bool) -> int:
     """``showrunner serve``: Ray (joined or started), Serve on the settings' address, the app;
     until Ctrl-C, then everything it started is stopped."""
-    from pipelines.launcher import ensure_ray
+    from showrunner.launcher import ensure_ray
 
     host, port = settings.service.host, settings.service.port
     ensure_ray()

@@ -13,7 +13,8 @@ Why it is shaped this way:
 - Waiters are served round-robin across keys (episode ids), FIFO within a key, so a 200-scene
   episode cannot starve a 3-scene one. The head of the round-robin waits even when a smaller
   request behind it would fit: that is what keeps large requests from starving.
-- A cancelled waiter leaves the queue and consumes nothing.
+- A cancelled waiter leaves the queue and consumes nothing. A permit is only ever held inside
+  ``async with limiter.permit(...)``, so no path can keep its slot.
 
 The clock is the only outside dependency: ``now()`` and ``call_later()``; tests move a fake one.
 """
@@ -21,10 +22,11 @@ The clock is the only outside dependency: ``now()`` and ``call_later()``; tests 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -131,32 +133,35 @@ class TokenBucket:
 
 
 class Permit:
-    """The right to send one request; ``release`` it exactly once, with the real token usage."""
+    """The right to send one request, held inside ``async with limiter.permit(...)``.
 
-    __slots__ = ("_limiter", "key", "tokens", "released", "granted_at", "debited")
+    Before leaving the block, say how the attempt went: ``settle`` with the real token usage
+    after an answer, ``failed`` after an error. A block left without either (cancelled
+    mid-flight) keeps the estimate: the server may have charged it.
+    """
 
-    def __init__(
-        self, limiter: RateLimiter, key: str, tokens: int, granted_at: float,
-        debited: tuple[float, float],
-    ) -> None:
-        self._limiter = limiter
+    __slots__ = ("key", "tokens", "granted_at", "debited", "used_tokens", "counted")
+
+    def __init__(self, key: str, tokens: int, granted_at: float,
+                 debited: tuple[float, float]) -> None:
         self.key = key
         self.tokens = tokens
-        self.released = False
         # When it was granted and the buckets' net debits just after: the server's answer to
         # this request describes the buckets as they were then.
         self.granted_at = granted_at
         self.debited = debited
+        self.used_tokens: int | None = None  # None: as estimated
+        self.counted = True
 
-    def release(self, used_tokens: int | None = None, counted: bool = True) -> None:
-        """Give the in-flight slot back; ``used_tokens`` settles the estimate (None keeps it).
+    def settle(self, used_tokens: int | None) -> None:
+        """The answer came back; it used ``used_tokens`` (None: as estimated)."""
+        self.used_tokens = used_tokens
 
-        ``counted=False``: the server did not count the request (it refused it with a 429, or
-        never saw it), so its request unit is given back too.
-        """
-        if not self.released:
-            self.released = True
-            self._limiter._release(self, used_tokens, counted)
+    def failed(self, *, counted: bool) -> None:
+        """The attempt failed, so it used no tokens. ``counted=False``: the server did not count
+        the request either (it refused it with a 429, or never saw it), so its request unit is
+        given back too."""
+        self.used_tokens, self.counted = 0, counted
 
 
 class _Waiter:
@@ -204,8 +209,17 @@ class RateLimiter:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - self._clock.now())
 
-    async def acquire(self, key: str, tokens: int = 0) -> Permit:
-        """Wait for a turn to send one request of about ``tokens`` tokens."""
+    @contextlib.asynccontextmanager
+    async def permit(self, key: str, tokens: int = 0) -> AsyncIterator[Permit]:
+        """Wait for a turn to send one request of about ``tokens`` tokens; the slot is given
+        back when the block is left, however it is left."""
+        permit = await self._acquire(key, tokens)
+        try:
+            yield permit
+        finally:
+            self._release(permit)
+
+    async def _acquire(self, key: str, tokens: int) -> Permit:
         if not self._turns and self._try_admit(tokens):
             return self._grant(key, tokens)
         future: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
@@ -221,7 +235,9 @@ class RateLimiter:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 # Granted just as we were cancelled: nothing was sent, so give it all back.
-                future.result().release(used_tokens=0, counted=False)
+                permit = future.result()
+                permit.failed(counted=False)
+                self._release(permit)
             else:
                 self._forget(waiter)
             raise
@@ -300,14 +316,14 @@ class RateLimiter:
             self._requests.debited if self._requests is not None else 0.0,
             self._tokens.debited if self._tokens is not None else 0.0,
         )
-        return Permit(self, key, tokens, self._clock.now(), debited)
+        return Permit(key, tokens, self._clock.now(), debited)
 
-    def _release(self, permit: Permit, used_tokens: int | None, counted: bool) -> None:
+    def _release(self, permit: Permit) -> None:
         self.inflight -= 1
-        if not counted and self._requests is not None:
+        if not permit.counted and self._requests is not None:
             self._requests.give(1)
-        if self._tokens is not None and used_tokens is not None:
-            difference = permit.tokens - used_tokens
+        if self._tokens is not None and permit.used_tokens is not None:
+            difference = permit.tokens - permit.used_tokens
             if difference > 0:
                 self._tokens.give(difference)
             else:

@@ -1,5 +1,6 @@
-"""The Ray side of the actors: factories that make the plain classes named actors, and the
-adapter through which the coordinator awaits a provider actor.
+"""The Ray side of the actors: the factory that makes the plain classes named actors, the adapter
+through which one actor awaits another, and the media work as Ray tasks. The only module of
+``actors`` besides ``actors.ray_metrics`` that imports Ray.
 
 One actor per provider is what makes a limit hold for the whole cluster: every episode on every
 node calls the same actor, so there is one limiter per key, not one per worker.
@@ -13,8 +14,12 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from actors.coordinator import EpisodeCoordinator, ThreadMediaTasks
-from actors.gateway import ChatResult, MediaResult, ProviderGateway
+from actors.coordinator import EpisodeCoordinator
+from actors.gateway import ProviderGateway
+from actors.media_tasks import ThreadMediaTasks
+from actors.ray_metrics import RayCoordinatorMetrics, RayProviderMetrics
+from actors.tenant_desk import TenantDesk
+from local_server.process import LocalServer
 from pipelines.composition import compose_scene, pan_clip, stitch
 from pipelines.settings import ProviderKind, ProviderSettings, Settings
 
@@ -32,7 +37,7 @@ def _options(name: str, detached: bool) -> dict[str, Any]:
         "name": name,
         "namespace": NAMESPACE,
         "get_if_exists": True,
-        # Both only wait on the network: a CPU held here is one a media task cannot use.
+        # They only wait on the network: a CPU held here is one a media task cannot use.
         "num_cpus": 0,
         "max_concurrency": MAX_CONCURRENCY,
     }
@@ -41,43 +46,88 @@ def _options(name: str, detached: bool) -> dict[str, Any]:
     return options
 
 
-def provider_actor(
-    kind: ProviderKind,
-    settings: ProviderSettings,
-    *,
-    local_base_url: str | None = None,
-    name: str | None = None,
-    detached: bool = False,
-) -> Any:
+def provider_actor(kind: ProviderKind, settings: ProviderSettings, *,
+                   local_base_url: str | None = None, name: str | None = None,
+                   detached: bool = False) -> Any:
     """The provider's actor, created on first use and shared after (got-if-exists by name)."""
     return (
         ray.remote(ProviderGateway)
         .options(**_options(name or actor_name(kind), detached))
-        .remote(kind, settings, local_base_url=local_base_url)
+        .remote(kind, settings, local_base_url=local_base_url,
+                metrics=RayProviderMetrics(kind.value))
     )
 
 
-class RayProvider:
-    """Lets the coordinator await a provider actor like a local object.
+def coordinator_actor(settings: Settings, providers: dict[ProviderKind, Any], *,
+                      output_root: str | None = None, name: str | None = None,
+                      detached: bool = False) -> Any:
+    """The coordinator actor, given the provider actors' handles."""
+    return (
+        ray.remote(EpisodeCoordinator)
+        .options(**_options(name or actor_name("coordinator"), detached))
+        .remote(
+            settings,
+            {kind: ActorProxy(handle) for kind, handle in providers.items()},
+            output_root=output_root,
+            tasks=RayMediaTasks(settings.encoding),
+            metrics=RayCoordinatorMetrics(),
+        )
+    )
 
-    Cancelling the awaiting coroutine cancels the actor's call too, so its limiter slot is freed
-    and its HTTP request aborted; errors arrive as the provider's own typed error.
+
+def tenant_desk_actor(coordinator: Any, *, name: str, detached: bool = True) -> Any:
+    """The service's desk, in front of the coordinator actor."""
+    return (
+        ray.remote(TenantDesk)
+        .options(**_options(name, detached))
+        .remote(ActorProxy(coordinator))
+    )
+
+
+class BundledServer:
+    """The bundled local server as a child process of an actor: the service's provider actors
+    need one stable URL, so the server belongs to a detached actor rather than to whichever
+    Serve replica started first."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.server = LocalServer(**options)
+        self.server.start()
+
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def bundled_server_actor(options: dict[str, Any], *, name: str, detached: bool = True) -> Any:
+    extra = {"lifetime": "detached"} if detached else {}
+    return (
+        ray.remote(BundledServer)
+        .options(name=name, namespace=NAMESPACE, get_if_exists=True, num_cpus=0, **extra)
+        .remote(options)
+    )
+
+
+class ActorProxy:
+    """Lets one actor await another's methods like a local object's.
+
+    Cancelling the awaiting coroutine cancels the call too, so a provider's limiter slot is
+    freed and its HTTP request aborted; errors arrive as the callee's own typed error.
     """
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResult:
-        return await await_call(self.handle.chat.remote(messages, **kwargs))
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("__") or "handle" not in self.__dict__:
+            raise AttributeError(method)  # pickling looks for dunders; never a remote call
+        remote = getattr(self.handle, method).remote
 
-    async def speech(self, text: str, **kwargs: Any) -> MediaResult:
-        return await await_call(self.handle.speech.remote(text, **kwargs))
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await await_call(remote(*args, **kwargs))
 
-    async def image(self, prompt: str, **kwargs: Any) -> MediaResult:
-        return await await_call(self.handle.image.remote(prompt, **kwargs))
-
-    async def clip(self, prompt: str, **kwargs: Any) -> MediaResult:
-        return await await_call(self.handle.clip.remote(prompt, **kwargs))
+        return call
 
 
 async def await_call(ref: Any) -> Any:
@@ -95,34 +145,12 @@ async def await_call(ref: Any) -> Any:
 
 
 class RayMediaTasks(ThreadMediaTasks):
-    """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster; the
-    encoding and the CPU accounting are ``ThreadMediaTasks``'s."""
+    """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster."""
 
     async def run(self, fn: Any, *args: Any) -> Any:
         task = {compose_scene: compose_scene_task, stitch: stitch_task,
                 pan_clip: pan_clip_task}[fn]
         return await await_call(task.remote(*args))
-
-
-def coordinator_actor(
-    settings: Settings,
-    providers: dict[str, Any],
-    *,
-    output_root: str | None = None,
-    name: str | None = None,
-    detached: bool = False,
-) -> Any:
-    """The coordinator actor, given the provider actors' handles."""
-    return (
-        ray.remote(EpisodeCoordinator)
-        .options(**_options(name or actor_name("coordinator"), detached))
-        .remote(
-            settings,
-            {kind: RayProvider(handle) for kind, handle in providers.items()},
-            output_root=output_root,
-            tasks=RayMediaTasks(settings.encoding),
-        )
-    )
 
 
 # CPU work: one CPU each, spread over the cluster's nodes by Ray. No retries: a composition that

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from actors.errors import ProviderError, RateLimited
+from pipelines.errors import ProviderError, RateLimited
 
 
 @dataclass(frozen=True)

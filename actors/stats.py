@@ -1,7 +1,7 @@
 """Counters of one provider, so a run can say where the time and the money went.
 
-Each event is one method that updates the counters here and the Prometheus metrics
-(``actors.metrics``) together, so ``stats()`` and the dashboards never disagree.
+Each event is one method that updates the counters here and the metrics sink (``actors.metrics``)
+together, so ``stats()`` and the dashboards never disagree.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.metrics import ProviderMetrics
+from actors.metrics import NO_METRICS, ProviderMetrics
 
 # Upper bounds in milliseconds; wide enough for a 5 ms local call and a 10-minute video job.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -64,7 +64,6 @@ class ProviderStats:
     ``deployment`` arguments are deployment labels (scheme, host, port: never a key); the
     counters here add them up, the metrics keep them apart."""
 
-    provider: str = ""
     calls: int = 0
     ok: int = 0
     failed: int = 0
@@ -81,10 +80,7 @@ class ProviderStats:
     # (the report's lower bound), whatever the provider's progress figures mean.
     job_s: float = 0.0
     latency: Histogram = field(default_factory=Histogram)
-    metrics: ProviderMetrics = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.metrics = ProviderMetrics(self.provider)
+    metrics: ProviderMetrics = field(default=NO_METRICS, repr=False, compare=False)
 
     # -- events, in the order a call meets them -------------------------------------------------
 

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 import serve_app
-from bench.provider import _percentile
+from bench.common import percentile
 from pipelines.settings import load_settings
 
 KEY = "bench-http-0123456789abcdef"
@@ -52,9 +52,9 @@ class Results:
         ms = [x * 1000 for x in self.latencies[phase]]
         return {"phase": phase, "requests": len(ms) + len(self.errors[phase]),
                 "errors": len(self.errors[phase]),
-                "p50_ms": round(_percentile(ms, 0.50), 1) if ms else None,
-                "p90_ms": round(_percentile(ms, 0.90), 1) if ms else None,
-                "p99_ms": round(_percentile(ms, 0.99), 1) if ms else None,
+                "p50_ms": round(percentile(ms, 0.50), 1) if ms else None,
+                "p90_ms": round(percentile(ms, 0.90), 1) if ms else None,
+                "p99_ms": round(percentile(ms, 0.99), 1) if ms else None,
                 "max_ms": round(max(ms), 1) if ms else None}
 
 

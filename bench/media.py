@@ -37,7 +37,7 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
-from bench.strategies import (
+from bench.common import (
     REAL_JITTER_S,
     REAL_LATENCY_S,
     REAL_RPM,
@@ -49,9 +49,10 @@ from bench.strategies import (
     run_showrunner,
 )
 from local_server.process import LocalServer
-from pipelines import media_stages as media
 from pipelines.composition import Line, compose_scene, stitch
+from pipelines.episode_folder import EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
+from pipelines.media_stages import clip_prompt, image_prompt, voice_for
 from pipelines.models import EpisodeRequest
 from pipelines.planner import NodeKind
 from pipelines.report import SlotsBound, packed_s, slots_bound
@@ -72,30 +73,30 @@ class Media:
         self.client, self.root, self.poll_s = client, root, poll_s
         self.encoding = encoding
 
-    def folder(self, ep: Episode) -> Path:
-        return self.root / f"ep{ep.request.seed}"
+    def folder(self, ep: Episode) -> EpisodeFolder:
+        return EpisodeFolder(self.root, f"ep{ep.request.seed}")
 
     async def speech(self, ep: Episode, scene: int, line: int) -> None:
         spoken = ep.dialogues[scene].lines[line - 1]
         audio = await self.client.audio.speech.create(
-            model="tts", voice=media.voice_for(ep.request, spoken.speaker),  # type: ignore
+            model="tts", voice=voice_for(ep.request, spoken.speaker),  # type: ignore
             input=spoken.text, response_format="wav")
-        path = media.speech_path(self.folder(ep), scene, line)
+        path = self.folder(ep).speech(scene, line)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(audio.content)
 
     async def image(self, ep: Episode, scene: int) -> None:
         outline = ep.outline[0].scenes[scene - 1]
         result = await self.client.images.generate(
-            model="img", prompt=media.image_prompt(ep.request, outline, ep.contents[scene]))
-        path = media.image_path(self.folder(ep), scene)
+            model="img", prompt=image_prompt(ep.request, outline, ep.contents[scene]))
+        path = self.folder(ep).image(scene)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(result.data[0].b64_json or ""))
 
     async def clip(self, ep: Episode, scene: int) -> None:
-        image = media.image_path(self.folder(ep), scene)
+        image = self.folder(ep).image(scene)
         job = await self.client.videos.create(
-            prompt=media.clip_prompt(ep.outline[0].scenes[scene - 1], ep.contents[scene]),
+            prompt=clip_prompt(ep.outline[0].scenes[scene - 1], ep.contents[scene]),
             input_reference=("image.png", image.read_bytes(), "image/png"), seconds="4")
         while job.status not in ("completed", "failed"):  # their sources poll every 2 s
             await asyncio.sleep(self.poll_s)
@@ -103,7 +104,7 @@ class Media:
         if job.status == "failed":
             raise RuntimeError(f"clip {job.id} failed")
         content = await self.client.videos.download_content(job.id)
-        media.clip_path(self.folder(ep), scene).write_bytes(content.content)
+        self.folder(ep).clip(scene).write_bytes(content.content)
 
     async def visuals(self, ep: Episode, scene: int) -> None:
         await self.image(ep, scene)
@@ -115,16 +116,15 @@ class Media:
 
     async def compose(self, ep: Episode, scene: int) -> None:
         folder = self.folder(ep)
-        lines = [Line(x.speaker, x.text, str(media.speech_path(folder, scene, i)))
+        lines = [Line(x.speaker, x.text, str(folder.speech(scene, i)))
                  for i, x in enumerate(ep.dialogues[scene].lines, start=1)]
         ep.scene_videos[scene] = await asyncio.to_thread(
-            compose_scene, lines, str(media.clip_path(folder, scene)),
-            str(media.scene_video_path(folder, scene)), self.encoding)
+            compose_scene, lines, str(folder.clip(scene)), str(folder.scene_video(scene)),
+            self.encoding)
 
     async def stitch(self, ep: Episode) -> None:
         videos = ep.scene_videos
-        await asyncio.to_thread(stitch, [videos[s] for s in sorted(videos)],
-                                str(media.image_path(self.folder(ep), 1)), str(self.folder(ep)))
+        await asyncio.to_thread(stitch, self.folder(ep), sorted(videos.items()), 1)
 
 
 async def script_in_order(client: openai.AsyncOpenAI, ep: Episode) -> None:

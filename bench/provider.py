@@ -28,8 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.remote import provider_actor
+from bench.common import percentile
 from local_server.process import LocalServer
-from pipelines.settings import ProviderSettings
+from pipelines.settings import ProviderKind, ProviderSettings
 
 CHAT_MEAN_LATENCY_S = 0.8  # the local server's default chat latency, scaled by --latency-scale
 CONCURRENCY = 64
@@ -39,16 +40,11 @@ def _messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Write one line for scene {i} of the pilot."}]
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 async def limited_run(calls: int, rpm: float, latency_ms: float) -> dict[str, Any]:
     scale = latency_ms / 1000 / CHAT_MEAN_LATENCY_S
     with LocalServer(latency_scale=scale, llm_rpm=rpm) as server:
         settings = ProviderSettings(model="bench", rpm=rpm, max_inflight=1024, timeout_s=30)
-        actor = provider_actor("llm", settings, local_base_url=server.base_url,
+        actor = provider_actor(ProviderKind.LLM, settings, local_base_url=server.base_url,
                                name="bench:llm-limited")
         done: list[float] = []
 
@@ -80,7 +76,7 @@ async def limited_run(calls: int, rpm: float, latency_ms: float) -> dict[str, An
 async def unlimited_run(calls: int, sequential_calls: int) -> dict[str, Any]:
     with LocalServer(latency_scale=0.0) as server:
         settings = ProviderSettings(model="bench", rpm=None, max_inflight=CONCURRENCY, timeout_s=30)
-        actor = provider_actor("llm", settings, local_base_url=server.base_url,
+        actor = provider_actor(ProviderKind.LLM, settings, local_base_url=server.base_url,
                                name="bench:llm-unlimited")
         await actor.chat.remote(_messages(0))  # warm up the actor and its connection pool
 
@@ -124,7 +120,7 @@ async def unlimited_run(calls: int, sequential_calls: int) -> dict[str, Any]:
         "direct_p50_ms": statistics.median(direct_ms),
         "actor_p50_ms": statistics.median(actor_ms),
         "overhead_p50_ms": statistics.median(overhead_ms),
-        "overhead_p99_ms": _percentile(overhead_ms, 0.99),
+        "overhead_p99_ms": percentile(overhead_ms, 0.99),
     }
 
 

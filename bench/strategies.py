@@ -23,13 +23,10 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -37,56 +34,23 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import (
+    REAL_JITTER_S,
+    REAL_LATENCY_S,
+    REAL_RPM,
+    REAL_TPM,
+    Episode,
+    Row,
+    ask,
+    ask_sync,
+    result_line,
+    run_showrunner,
+)
 from local_server.process import LocalServer
-from pipelines import launcher
-from pipelines.models import Continuity, EpisodeRequest, SceneDialogue
+from pipelines.models import Continuity, EpisodeRequest
 from pipelines.planner import plan_episode
-from pipelines.report import build_report
-from pipelines.settings import LLMSettings, Settings
-from pipelines.stages import StageCall, content_call, dialogue_call, outline_call
-
-REAL_LATENCY_S, REAL_JITTER_S, REAL_RPM, REAL_TPM = 8.0, 2.0, 500, 200_000
-
 
 # -- what every prior strategy does for one episode, call by call ------------------------------
-
-
-@dataclass
-class Episode:
-    """One episode being written by a prior strategy: the same prompts Showrunner sends."""
-
-    request: EpisodeRequest
-    outline: list[Any] = field(default_factory=list)
-    contents: dict[int, Any] = field(default_factory=dict)
-    dialogues: dict[int, SceneDialogue] = field(default_factory=dict)
-    scene_videos: dict[int, dict[str, Any]] = field(default_factory=dict)  # media runs only
-
-    def outline_call(self) -> StageCall[Any]:
-        return outline_call(self.request, range(1, self.request.scenes + 1), [])
-
-    def content_call(self, scene: int) -> StageCall[Any]:
-        return content_call(self.request, self.outline[0].scenes, scene)
-
-    def dialogue_call(self, scene: int, sees: list[int]) -> StageCall[Any]:
-        earlier = {s: self.dialogues[s] for s in sees if s in self.dialogues}
-        return dialogue_call(self.request, self.outline[0].scenes[scene - 1],
-                             self.contents[scene], earlier)
-
-
-async def ask(client: openai.AsyncOpenAI, call: StageCall[Any]) -> Any:
-    completion = await client.chat.completions.create(
-        model="bench", messages=call.messages,  # type: ignore[arg-type]
-        response_format=call.response_format, max_tokens=call.max_tokens,  # type: ignore
-    )
-    return call.parse(completion.choices[0].message.content or "")
-
-
-def ask_sync(client: openai.OpenAI, call: StageCall[Any]) -> Any:
-    completion = client.chat.completions.create(
-        model="bench", messages=call.messages,  # type: ignore[arg-type]
-        response_format=call.response_format, max_tokens=call.max_tokens,  # type: ignore
-    )
-    return call.parse(completion.choices[0].message.content or "")
 
 
 async def scene_in_order(client: openai.AsyncOpenAI, ep: Episode, scene: int,
@@ -177,16 +141,6 @@ async def hybrid_two_phase(client: openai.AsyncOpenAI, ep: Episode) -> None:
 # -- running them ---------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    name: str
-    continuity: str
-    seconds: float
-    server_429: int
-    episodes_at_once: str
-    prior: bool = True
-
-
 async def run_async_strategy(
     fn: Callable[[openai.AsyncOpenAI, Episode], Awaitable[None]], requests: list[EpisodeRequest],
     base_url: str, all_at_once: bool,
@@ -216,38 +170,6 @@ def run_thread_strategy(
     elapsed = time.perf_counter() - started
     client.close()
     return elapsed
-
-
-def run_showrunner(requests: list[EpisodeRequest], base_url: str, rpm: float, tpm: float,
-                   name: str, overrides: dict[str, Any] | None = None,
-                   records: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
-    """Showrunner's real path on ``requests``; ``overrides`` are more ``Settings`` fields (the
-    media providers, the encoding). Returns the makespan and the run's report, whose CPU term
-    uses the Ray cluster's CPUs. ``records``, when given, receives the episode records."""
-    llm = LLMSettings(model="bench", rpm=rpm, tpm=tpm, max_inflight=256, timeout_s=60)
-    fields: dict[str, Any] = {"llm": llm, "max_parallel_episodes": len(requests),
-                              "max_parallel_scenes": 8, **(overrides or {})}
-    settings = Settings(**fields)
-    with tempfile.TemporaryDirectory() as out:
-        run = launcher.start_run(settings, Path(out), base_url, prefix=f"bench-{name}")
-        # Actors are long-lived in use; their one-off process start is not part of a run.
-        run.wait_ready()
-        started = time.perf_counter()
-        ids = launcher.submit(run, requests)
-        ray.get(run.coordinator.wait.remote(ids))
-        elapsed = time.perf_counter() - started
-        snapshot = ray.get(run.coordinator.records_snapshot.remote())
-        stats = {kind: ray.get(actor.stats.remote()) for kind, actor in run.providers.items()}
-        report = build_report([snapshot[i] for i in ids], stats, settings,
-                              cpus=ray.cluster_resources().get("CPU"))
-        if records is not None:
-            records.update({i: snapshot[i] for i in ids})
-        for actor in (run.coordinator, *run.providers.values()):
-            ray.kill(actor)
-    failed = [e for e in report["episodes"] if e["status"] != "completed"]
-    if failed:
-        raise RuntimeError(f"Showrunner episodes failed: {failed[0]['error']}")
-    return elapsed, report
 
 
 def nominal_bound(mode: str, scenes: int, latency: float) -> float:
@@ -354,22 +276,6 @@ def summarise(rows: list[Row], reports: dict[str, dict[str, Any]], args: argpars
         f"set by {reports['chain']['totals']['bottleneck']}. '÷ its bound' uses the nominal "
         f"latency and each row's own continuity.")
     return result_line(showrunner, bound, best, rows)
-
-
-def result_line(showrunner: Row, bound: float, best: Row | None, rows: list[Row]
-                ) -> dict[str, Any]:
-    """The JSON line every strategies benchmark ends with (text and media alike)."""
-    return {
-        "showrunner_s": round(showrunner.seconds, 3),
-        "lower_bound_s": round(bound, 3),
-        "showrunner_vs_bound": round(showrunner.seconds / bound, 3),
-        "best_baseline": best.name if best else None,
-        "best_baseline_s": round(best.seconds, 3) if best else None,
-        "speedup_vs_best_baseline": round(best.seconds / showrunner.seconds, 3) if best else None,
-        "showrunner_429": showrunner.server_429,
-        "baseline_429": {f"{r.name} ({r.episodes_at_once})": r.server_429
-                         for r in rows if r.prior},
-    }
 
 
 if __name__ == "__main__":

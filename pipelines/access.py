@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipelines.settings import Settings, SettingsError
 
@@ -123,14 +122,3 @@ def episode_ids(tenant: str, idempotency_key: str | None, count: int) -> list[st
     if base is None:
         return None
     return [base] if count == 1 else [f"{base}-{i}" for i in range(count)]
-
-
-def artifact_path(output_dir: str | None, name: str, allowed: Iterable[str]) -> Path | None:
-    """The file behind an artifact name, if the name is one we serve and the file exists.
-
-    Names are looked up in a fixed table, never joined to a path as given: no traversal.
-    """
-    if output_dir is None or name not in set(allowed):
-        return None
-    path = Path(output_dir) / name
-    return path if path.is_file() else None

@@ -10,8 +10,9 @@ How big and how fast is the caller's ``EncodingSettings`` (``settings.encoding``
 The timing and subtitle logic is pure; ``run_ffmpeg`` is the only I/O. It kills its child if the
 caller is interrupted (a cancelled Ray task), so no ffmpeg outlives its task, and it returns the
 CPU seconds that child used, read from the child's own resource usage (``os.wait4``): the
-process-wide ``RUSAGE_CHILDREN`` would mix in every other thread's children. Compositions report
-them (``cpu_s``) so the run report can say how much of the run the CPUs alone force.
+process-wide ``RUSAGE_CHILDREN`` would mix in every other thread's children. Compositions and
+local clips report them (``LocalWork.cpu_s``) so the run report can say how much of the run the
+CPUs alone force.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from pathlib import Path
 
 import imageio_ffmpeg
 from PIL import ImageFont
+from pydantic import BaseModel, ConfigDict
 
-from pipelines.screenplay import write_atomic
+from pipelines.episode_folder import Artifact, EpisodeFolder
+from pipelines.errors import MediaError
+from pipelines.files import write_atomic
 from pipelines.settings import EncodingSettings
 
 GAP_S = 0.35  # silence between two lines
@@ -45,11 +49,43 @@ class Line:
     audio: str  # path of a WAV file
 
 
-@dataclass(frozen=True)
-class Cue:
+_RESULT = ConfigDict(frozen=True, extra="forbid")
+
+
+class Cue(BaseModel):
+    """One subtitle: shown from ``start_s`` to ``end_s``."""
+
+    model_config = _RESULT
+
     start_s: float
     end_s: float
     text: str
+
+
+class LocalWork(BaseModel):
+    """What a file made here took: ``cpu_s``, the CPU seconds of its ffmpeg work, which the run
+    report sets against the cluster's CPUs; ``run_s``, from start to end of the call, without any
+    time spent queued for a CPU before it."""
+
+    model_config = _RESULT
+
+    cpu_s: float = 0.0
+    run_s: float = 0.0
+
+
+class ComposedScene(LocalWork):
+    """A composed scene: its length and its subtitle cues, from 0."""
+
+    length_s: float
+    cues: tuple[Cue, ...]
+
+
+class StitchedEpisode(BaseModel):
+    """The artifacts the stitch wrote into the episode's folder."""
+
+    model_config = _RESULT
+
+    artifacts: tuple[Artifact, ...]
 
 
 def wav_seconds(path: str) -> float:
@@ -62,7 +98,7 @@ def cues(lines: Sequence[Line], durations: Sequence[float], gap_s: float = GAP_S
     """Each line's subtitle, shown while it is spoken; lines follow each other after a gap."""
     out, at = [], offset_s
     for line, seconds in zip(lines, durations, strict=True):
-        out.append(Cue(at, at + seconds, f"{line.speaker}: {line.text}"))
+        out.append(Cue(start_s=at, end_s=at + seconds, text=f"{line.speaker}: {line.text}"))
         at += seconds + gap_s
     return out
 
@@ -97,10 +133,6 @@ def font_dir(root: Path) -> Path:
 def _filter_path(path: Path) -> str:
     # ffmpeg filter arguments treat ':' and '\'' specially.
     return str(path).replace("\\", "\\\\").replace(":", "\\:").replace("'", "\\'")
-
-
-class MediaError(RuntimeError):
-    """ffmpeg could not make a file; the message carries the end of its error output."""
 
 
 # Encodes are batch work: the event loops that keep provider jobs moving (provider actors, the
@@ -169,9 +201,8 @@ def pan_filter(width: int, height: int, seconds: float, fps: int) -> str:
 
 
 def pan_clip(image: str, out_path: str, seconds: int = 4,
-             encoding: EncodingSettings = DEFAULT_ENCODING) -> dict[str, object]:
-    """A clip made locally from a still: what a scene gets when no video provider is set.
-    Returns its ``path`` and the ``cpu_s`` it took."""
+             encoding: EncodingSettings = DEFAULT_ENCODING) -> LocalWork:
+    """A clip made locally from a still: what a scene gets when no video provider is set."""
     started = time.monotonic()
     target = Path(out_path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,16 +215,13 @@ def pan_clip(image: str, out_path: str, seconds: int = 4,
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    return {"path": str(target), "cpu_s": round(cpu_s, 4),
-            "run_s": round(time.monotonic() - started, 4)}
+    return LocalWork(cpu_s=round(cpu_s, 4), run_s=round(time.monotonic() - started, 4))
 
 
 def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
                   encoding: EncodingSettings = DEFAULT_ENCODING,
-                  gap_s: float = GAP_S) -> dict[str, object]:
-    """Write the scene's MP4; return its length, its subtitle cues (from 0), and what it took:
-    ``cpu_s`` (ffmpeg's CPU seconds) and ``run_s`` (seconds from start to end of this call,
-    without any time spent queued for a CPU before it)."""
+                  gap_s: float = GAP_S) -> ComposedScene:
+    """Write the scene's MP4; return its length, its subtitle cues and what it took."""
     started = time.monotonic()
     width, height, fps = encoding.width, encoding.height, encoding.fps
     durations = [wav_seconds(line.audio) for line in lines]
@@ -225,32 +253,32 @@ def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
                             "-t", f"{length:.3f}", *x264(encoding), *aac(encoding),
                             *ONE_THREAD, "-movflags", "+faststart", str(partial)])
         partial.replace(target)
-    return {"path": str(target), "length_s": length,
-            "cues": [(c.start_s, c.end_s, c.text) for c in scene_cues],
-            "cpu_s": round(cpu_s, 4), "run_s": round(time.monotonic() - started, 4)}
+    return ComposedScene(length_s=length, cues=tuple(scene_cues), cpu_s=round(cpu_s, 4),
+                         run_s=round(time.monotonic() - started, 4))
 
 
-def stitch(scenes: Sequence[dict[str, object]], poster_image: str | None,
-           folder: str) -> dict[str, str]:
-    """``episode.mp4`` (scenes in order), ``episode.srt`` and ``poster.png`` in ``folder``."""
-    out = Path(folder)
+def stitch(folder: EpisodeFolder, scenes: Sequence[tuple[int, ComposedScene]],
+           poster_scene: int | None) -> StitchedEpisode:
+    """The episode's video (its scenes in order), subtitles and poster (the picture of
+    ``poster_scene``) in its folder."""
+    out = folder.path
     with tempfile.TemporaryDirectory(dir=out, prefix=".stitch-") as work:
         listing = Path(work) / "scenes.txt"
-        listing.write_text("".join(f"file '{Path(str(s['path'])).resolve()}'\n" for s in scenes),
-                           encoding="utf-8")
-        partial = Path(work) / "episode.mp4"
+        listing.write_text("".join(f"file '{folder.scene_video(s).resolve()}'\n"
+                                   for s, _ in scenes), encoding="utf-8")
+        partial = Path(work) / Artifact.VIDEO.value
         # Every scene was encoded alike, so the streams are joined without re-encoding.
         run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
                     "-movflags", "+faststart", str(partial)])
-        partial.replace(out / "episode.mp4")
+        partial.replace(folder.artifact(Artifact.VIDEO))
     all_cues, offset = [], 0.0
-    for scene in scenes:
-        for start, end, text in scene["cues"]:  # type: ignore[attr-defined]
-            all_cues.append(Cue(start + offset, end + offset, text))
-        offset += float(scene["length_s"])  # type: ignore[arg-type]
-    write_atomic(out / "episode.srt", srt(all_cues))
-    files = {"video": str(out / "episode.mp4"), "subtitles": str(out / "episode.srt")}
-    if poster_image is not None:
-        write_atomic(out / "poster.png", Path(poster_image).read_bytes())
-        files["poster"] = str(out / "poster.png")
-    return files
+    for _, scene in scenes:
+        all_cues += [Cue(start_s=c.start_s + offset, end_s=c.end_s + offset, text=c.text)
+                     for c in scene.cues]
+        offset += scene.length_s
+    write_atomic(folder.artifact(Artifact.SUBTITLES), srt(all_cues))
+    made = [Artifact.VIDEO, Artifact.SUBTITLES]
+    if poster_scene is not None:
+        write_atomic(folder.artifact(Artifact.POSTER), folder.image(poster_scene).read_bytes())
+        made.append(Artifact.POSTER)
+    return StitchedEpisode(artifacts=tuple(made))

@@ -1,20 +1,22 @@
-"""An episode's state, kept in one serialisable structure so it can be checkpointed and resumed.
+"""An episode's state, kept in one serialisable record so it can be checkpointed and resumed.
 
-Everything the coordinator knows about an episode is here: the request, each node's record, what
-the models wrote, and the events a watcher has been sent. Scene states are derived from the node
-records, never stored twice.
+Everything the coordinator knows about an episode is here: the request, the engine's state (which
+nodes are done, failed, skipped or running), each node's result and figures, and the events a
+watcher has been sent. Scene states and progress are derived from the engine's state, never
+stored twice.
 """
 
 from __future__ import annotations
 
-import functools
 from enum import StrEnum
-from typing import Any
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
+from pipelines.composition import ComposedScene, LocalWork, StitchedEpisode
+from pipelines.engine import EngineState
+from pipelines.episode_folder import Artifact
 from pipelines.models import (
-    Continuity,
     EpisodeRequest,
     EpisodeStatus,
     OutlineDraft,
@@ -23,36 +25,42 @@ from pipelines.models import (
     SceneOutline,
     SceneState,
 )
-from pipelines.planner import EpisodePlan, NodeKind, plan_episode
+from pipelines.planner import (
+    EpisodePlan,
+    NodeId,
+    NodeKind,
+    compose_id,
+    content_id,
+    dialogue_id,
+    outline_id,
+    plan_episode,
+)
+
+R = TypeVar("R")
 
 
-@functools.lru_cache(maxsize=256)
-def _plan(scenes: int, continuity: str, lines: int) -> EpisodePlan:
-    # Plans are pure functions of these three and read-only once made; status polls ask for
-    # them many times a second, so equal requests share one.
-    return plan_episode(scenes, Continuity.parse(continuity), lines)
-
-
-class NodeState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
+class EventKind(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    NODE_STARTED = "node_started"
+    NODE_FINISHED = "node_finished"
+    NODE_FAILED = "node_failed"
+    COMPLETED = "completed"
     FAILED = "failed"
-    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def ending(cls, status: EpisodeStatus) -> EventKind:
+        """The event that says an episode ended in ``status``."""
+        return _ENDINGS[status]
+
+    @property
+    def ends_episode(self) -> bool:
+        return self in _ENDINGS.values()
 
 
-class NodeRecord(BaseModel):
-    """What happened to one node: when, how long the calls took, what it cost, why it failed."""
-
-    state: NodeState = NodeState.PENDING
-    started_s: float | None = None  # seconds since the episode started
-    finished_s: float | None = None
-    latency_s: float = 0.0  # model-call time, the sum over its calls
-    wait_s: float = 0.0  # limiter wait, the sum over its calls
-    calls: int = 0
-    rate_limited: int = 0
-    cost_usd: float = 0.0
-    error: str | None = None
+_ENDINGS = {EpisodeStatus.COMPLETED: EventKind.COMPLETED, EpisodeStatus.FAILED: EventKind.FAILED,
+            EpisodeStatus.CANCELLED: EventKind.CANCELLED}
 
 
 class Event(BaseModel):
@@ -60,10 +68,60 @@ class Event(BaseModel):
 
     seq: int
     at_s: float
-    kind: str  # queued, started, node_started, node_finished, node_failed, completed, failed, ...
-    node: str | None = None
+    kind: EventKind
+    node: NodeId | None = None
     percent: float = 0.0
     message: str = ""
+
+
+class CallFigures(Protocol):
+    """What one provider call cost and how it went, as every provider result reports it."""
+
+    @property
+    def latency_s(self) -> float: ...
+
+    @property
+    def wait_s(self) -> float: ...
+
+    @property
+    def rate_limited(self) -> int: ...
+
+    @property
+    def cost_usd(self) -> float: ...
+
+
+class NodeRecord(BaseModel):
+    """What happened to one node: when, how long its calls took, what it cost, why it failed."""
+
+    started_s: float | None = None  # seconds since the episode started
+    finished_s: float | None = None
+    latency_s: float = 0.0  # model-call or task time, the sum over its calls
+    wait_s: float = 0.0  # limiter wait, the sum over its calls
+    calls: int = 0
+    rate_limited: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+
+    def account(self, call: CallFigures) -> None:
+        """Add one provider call's figures."""
+        self.calls += 1
+        self.latency_s += call.latency_s
+        self.wait_s += call.wait_s
+        self.rate_limited += call.rate_limited
+        self.cost_usd += call.cost_usd
+
+
+class MediaFile(LocalWork):
+    """A speech, picture or clip file in the episode's folder (``EpisodeFolder`` says where).
+    Made by a provider (``size_bytes``), or here (``cpu_s``, ``run_s``)."""
+
+    size_bytes: int = 0
+
+
+# What a node makes, by its kind: a chunk of outline, a scene's content or dialogue, a media file,
+# a composed scene, or the stitched episode.
+NodeResult = (OutlineDraft | SceneContent | SceneDialogue | MediaFile | ComposedScene
+              | StitchedEpisode)
 
 
 class EpisodeRecord(BaseModel):
@@ -75,87 +133,111 @@ class EpisodeRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     arrival: int = 0  # submission order, for ties in priority
-    nodes: dict[str, NodeRecord] = Field(default_factory=dict)
-    outline: list[OutlineDraft] = Field(default_factory=list)  # by chunk, in order
-    contents: dict[int, SceneContent] = Field(default_factory=dict)
-    dialogues: dict[int, SceneDialogue] = Field(default_factory=dict)
+    engine: EngineState = Field(default_factory=EngineState)
+    nodes: dict[NodeId, NodeRecord] = Field(default_factory=dict)  # nodes that started
+    results: dict[NodeId, NodeResult] = Field(default_factory=dict)
     events: list[Event] = Field(default_factory=list)
-    error: str | None = None
-    output_dir: str | None = None
-    media: dict[str, str] = Field(default_factory=dict)  # node id -> the file it made
-    scene_videos: dict[int, dict[str, Any]] = Field(default_factory=dict)  # composed scenes
-    files: dict[str, str] = Field(default_factory=dict)  # episode.mp4, .srt, poster.png
+    error: str | None = None  # why it failed; for a completed episode, the scenes it skipped
+    artifacts: list[Artifact] = Field(default_factory=list)  # files of its folder users may fetch
 
     def plan(self) -> EpisodePlan:
         lines = self.request.lines_per_scene if self.request.media else 0
-        return _plan(self.request.scenes, self.request.continuity, lines)
+        return plan_episode(self.request.scenes, self.request.continuity_mode, lines)
+
+    # -- results, typed ------------------------------------------------------------------------
+
+    def result(self, nid: NodeId, kind: type[R]) -> R | None:
+        """The result of node ``nid``, if it made one, as the type its kind makes."""
+        value = self.results.get(nid)
+        if value is None:
+            return None
+        if not isinstance(value, kind):
+            raise TypeError(f"{nid} holds a {type(value).__name__}, not a {kind.__name__}")
+        return value
+
+    def outline_drafts(self) -> list[OutlineDraft]:
+        """The outline chunks written so far, in order."""
+        drafts = []
+        for chunk in self.plan().chunks():
+            draft = self.result(outline_id(chunk), OutlineDraft)
+            if draft is None:
+                break
+            drafts.append(draft)
+        return drafts
 
     def scene_outlines(self) -> list[SceneOutline]:
         """The outline's scenes so far, numbered as the plan numbers them (1, 2, ...)."""
         scenes: list[SceneOutline] = []
-        for chunk in self.outline:
+        for chunk in self.outline_drafts():
             for s in chunk.scenes:
                 scenes.append(s.model_copy(update={"number": len(scenes) + 1}))
         return scenes
 
+    def content(self, scene: int) -> SceneContent | None:
+        return self.result(content_id(scene), SceneContent)
+
+    def dialogue(self, scene: int) -> SceneDialogue | None:
+        return self.result(dialogue_id(scene), SceneDialogue)
+
+    def composed_scenes(self) -> list[tuple[int, ComposedScene]]:
+        """Every scene composed so far, in order."""
+        composed = ((s, self.result(compose_id(s), ComposedScene))
+                    for s in range(1, self.request.scenes + 1))
+        return [(s, c) for s, c in composed if c is not None]
+
+    @property
+    def title(self) -> str | None:
+        drafts = self.outline_drafts()
+        return drafts[0].title if drafts else self.request.title
+
+    # -- progress and figures ----------------------------------------------------------------
+
+    def node(self, nid: NodeId) -> NodeRecord:
+        """The figures of a node, made when it first starts."""
+        record = self.nodes.get(nid)
+        if record is None:
+            record = self.nodes[nid] = NodeRecord()
+        return record
+
     def scene_states(self) -> list[SceneState]:
-        """Each scene's state, from the states of all of its nodes."""
-        by_scene: dict[int, list[NodeState]] = {}
-        for node in self.plan().nodes.values():
-            if node.scene is not None:
-                by_scene.setdefault(node.scene, []).append(self.nodes[node.id].state)
-        states = []
-        for scene in range(1, self.request.scenes + 1):
-            mine = by_scene.get(scene, [])
-            if NodeState.FAILED in mine:
-                states.append(SceneState.FAILED)
-            elif NodeState.SKIPPED in mine:
-                states.append(SceneState.SKIPPED)
-            elif mine and all(s is NodeState.DONE for s in mine):
-                states.append(SceneState.DONE)
-            elif any(s is not NodeState.PENDING for s in mine):
-                states.append(SceneState.RUNNING)
-            else:
-                states.append(SceneState.PENDING)
-        return states
+        return self.engine.scene_states(self.plan())
 
     @property
     def percent(self) -> float:
-        if not self.nodes:
-            return 0.0
-        settled = sum(
-            1 for n in self.nodes.values()
-            if n.state in (NodeState.DONE, NodeState.FAILED, NodeState.SKIPPED)
-        )
-        return round(100.0 * settled / len(self.nodes), 1)
+        return round(100.0 * self.engine.settled() / len(self.plan().nodes), 1)
 
     @property
     def cost_usd(self) -> float:
         return sum(n.cost_usd for n in self.nodes.values())
 
+    def over_budget(self) -> str | None:
+        """Why no more work may start, if the request's budget is spent."""
+        budget = self.request.budget_usd
+        if budget is not None and self.cost_usd >= budget:
+            return f"budget of ${budget:.2f} spent (${self.cost_usd:.4f}); stopped starting work"
+        return None
+
     @property
     def wall_s(self) -> float | None:
-        if self.started_at is None:
+        if self.started_at is None or self.finished_at is None:
             return None
-        end = self.finished_at if self.finished_at is not None else None
-        return None if end is None else end - self.started_at
+        return self.finished_at - self.started_at
 
-    def stage_busy_s(self) -> dict[str, float]:
-        busy: dict[str, float] = {k.value: 0.0 for k in NodeKind}
+    def node_latencies(self) -> dict[NodeId, float]:
+        """Each node's own time: its calls' latency, or for work done here the time it ran (a
+        composition's record also holds its wait for a free CPU, which is queueing, not work)."""
+        latencies = {nid: n.latency_s for nid, n in self.nodes.items()}
+        for nid, result in self.results.items():
+            if isinstance(result, LocalWork) and result.run_s > 0 and nid in latencies:
+                latencies[nid] = min(latencies[nid], result.run_s)
+        return latencies
+
+    def media_cpu_s(self) -> float:
+        """CPU seconds of the episode's own media work (compositions, clips made here)."""
+        return sum(r.cpu_s for r in self.results.values() if isinstance(r, LocalWork))
+
+    def stage_busy_s(self) -> dict[NodeKind, float]:
+        busy = dict.fromkeys(NodeKind, 0.0)
         for nid, record in self.nodes.items():
-            busy[nid.split(":", 1)[0]] += record.latency_s
+            busy[nid.kind] += record.latency_s
         return busy
-
-    def summary(self) -> dict:
-        """Status, each scene's state, percent, cost: what a watcher polls."""
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "title": self.outline[0].title if self.outline else self.request.title,
-            "percent": self.percent,
-            "scenes": [s.value for s in self.scene_states()],
-            "cost_usd": round(self.cost_usd, 6),
-            "error": self.error,
-            "output_dir": self.output_dir,
-            "files": dict(self.files),
-        }

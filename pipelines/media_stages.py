@@ -1,10 +1,9 @@
-"""What the media nodes ask for: each character's voice, the picture and clip prompts, and
-where each file goes in the episode's folder. Pure."""
+"""What the media nodes ask for: each character's voice, the picture and clip prompts. Pure.
+(Where each file goes is ``EpisodeFolder``'s business.)"""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 from pipelines.models import EpisodeRequest, SceneContent, SceneOutline
 
@@ -30,23 +29,3 @@ def image_prompt(request: EpisodeRequest, outline: SceneOutline, content: SceneC
 
 def clip_prompt(outline: SceneOutline, content: SceneContent) -> str:
     return f"{outline.title}. {content.action}"[:2000]
-
-
-def scene_folder(episode_folder: Path, scene: int) -> Path:
-    return episode_folder / "media" / f"scene{scene:03d}"
-
-
-def speech_path(episode_folder: Path, scene: int, line: int) -> Path:
-    return scene_folder(episode_folder, scene) / f"line{line:02d}.wav"
-
-
-def image_path(episode_folder: Path, scene: int) -> Path:
-    return scene_folder(episode_folder, scene) / "image.png"
-
-
-def clip_path(episode_folder: Path, scene: int) -> Path:
-    return scene_folder(episode_folder, scene) / "clip.mp4"
-
-
-def scene_video_path(episode_folder: Path, scene: int) -> Path:
-    return scene_folder(episode_folder, scene) / "scene.mp4"

@@ -1,26 +1,36 @@
 """An episode as a graph: every node starts the moment its inputs exist. Pure, no Ray.
 
-    outline:1 → outline:2 → …               long episodes are outlined a chunk at a time,
+    outline 1 → outline 2 → …               long episodes are outlined a chunk at a time,
         │            │                       each chunk seeing the ones before it
         ▼            ▼
-    content:1 …  content:21 …               a scene's content needs only its outline chunk
-        │
+    content 1 …  content 21 …               a scene's content needs only its outline chunk
+        │   \\
+        ▼    image → clip                   a picture needs its scene's content, a clip its picture
+    dialogue 1 → dialogue 2 → …             a scene's dialogue needs its content and, by the
+        │                                    continuity mode, earlier scenes' dialogue
         ▼
-    dialogue:1 → dialogue:2 → …             a scene's dialogue needs its content and, by the
-                                             continuity mode, earlier scenes' dialogue
+    speech 1.1 … 1.K → compose 1 ─┐         each line is spoken once its dialogue exists; a scene
+                 clip 1 ─┘        ├→ stitch  is composed from its lines and its clip; the episode
+                                  …          is stitched from every composed scene
 
 Continuity is an edge, not a phase barrier: under ``chain`` everything downstream of a finished
-dialogue proceeds while the next one is written. New node kinds (speech, image, clip, compose,
-stitch) are added by listing their edges in ``plan_episode``.
+dialogue proceeds while the next one is written. Which nodes are ready, running or done is the
+business of ``pipelines.engine``; this module only says what exists and what needs what.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 from pipelines.models import Continuity
+from pipelines.settings import ProviderKind
 
 # Scenes outlined per call: enough for a whole short episode, small enough that the answer for a
 # 200-scene episode is not one enormous, slow, fragile document.
@@ -28,7 +38,7 @@ OUTLINE_CHUNK = 20
 
 
 class NodeKind(StrEnum):
-    OUTLINE = "outline"
+    OUTLINE = "outline"  # one per chunk of OUTLINE_CHUNK scenes
     CONTENT = "content"
     DIALOGUE = "dialogue"
     SPEECH = "speech"  # one per dialogue line
@@ -37,53 +47,128 @@ class NodeKind(StrEnum):
     COMPOSE = "compose"  # CPU work: a Ray task
     STITCH = "stitch"  # CPU work: a Ray task, once per episode
 
+    @property
+    def provider(self) -> ProviderKind | None:
+        """The provider its node calls; None for CPU work (and a clip is made locally when no
+        video provider is configured)."""
+        return _PROVIDER_OF.get(self)
 
-# Which provider each kind of node calls; the rest are CPU work (or, for a clip with no video
-# provider configured, a local render).
-PROVIDER_OF: dict[NodeKind, str] = {
-    NodeKind.OUTLINE: "llm",
-    NodeKind.CONTENT: "llm",
-    NodeKind.DIALOGUE: "llm",
-    NodeKind.SPEECH: "tts",
-    NodeKind.IMAGE: "image",
-    NodeKind.CLIP: "video",
+    @property
+    def per_scene(self) -> bool:
+        """Whether its nodes belong to one scene (an outline chunk and the stitch do not)."""
+        return self not in (NodeKind.OUTLINE, NodeKind.STITCH)
+
+
+_PROVIDER_OF: dict[NodeKind, ProviderKind] = {
+    NodeKind.OUTLINE: ProviderKind.LLM,
+    NodeKind.CONTENT: ProviderKind.LLM,
+    NodeKind.DIALOGUE: ProviderKind.LLM,
+    NodeKind.SPEECH: ProviderKind.TTS,
+    NodeKind.IMAGE: ProviderKind.IMAGE,
+    NodeKind.CLIP: ProviderKind.VIDEO,
 }
-SCRIPT_KINDS = (NodeKind.OUTLINE, NodeKind.CONTENT, NodeKind.DIALOGUE)
 
 
-def node_id(kind: NodeKind, index: int, line: int = 0) -> str:
-    return f"{kind.value}:{index}.{line}" if line else f"{kind.value}:{index}"
+@dataclass(frozen=True, order=True, slots=True, repr=False)
+class NodeId:
+    """Which node: its kind, its scene (or outline chunk; 0 for the stitch) and, for speech, its
+    line (from 1). Written ``speech:3.2`` where a string is needed (events, JSON)."""
+
+    kind: NodeKind
+    index: int = 0
+    line: int = 0
+
+    @property
+    def scene(self) -> int | None:
+        """The scene this node belongs to; None for outline chunks and the stitch."""
+        return self.index if self.kind.per_scene else None
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.index}" + (f".{self.line}" if self.line else "")
+
+    def __repr__(self) -> str:
+        return f"NodeId({str(self)!r})"
+
+    @classmethod
+    def parse(cls, text: str) -> NodeId:
+        """The id ``str()`` wrote (the one way back from a string, for stored JSON)."""
+        kind, _, rest = text.partition(":")
+        index, _, line = rest.partition(".")
+        try:
+            return cls(NodeKind(kind), int(index), int(line or 0))
+        except ValueError:
+            raise ValueError(f"not a node id: {text!r}") from None
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler
+                                     ) -> core_schema.CoreSchema:
+        # In models (events, records) a node id is itself; in JSON, its string.
+        from_text = core_schema.no_info_after_validator_function(cls.parse,
+                                                                 core_schema.str_schema())
+        return core_schema.json_or_python_schema(
+            json_schema=from_text,
+            python_schema=core_schema.union_schema(
+                [core_schema.is_instance_schema(cls), from_text]),
+            serialization=core_schema.to_string_ser_schema(when_used="json"),
+        )
+
+
+def outline_id(chunk: int) -> NodeId:
+    return NodeId(NodeKind.OUTLINE, chunk)
+
+
+def content_id(scene: int) -> NodeId:
+    return NodeId(NodeKind.CONTENT, scene)
+
+
+def dialogue_id(scene: int) -> NodeId:
+    return NodeId(NodeKind.DIALOGUE, scene)
+
+
+def speech_id(scene: int, line: int) -> NodeId:
+    return NodeId(NodeKind.SPEECH, scene, line)
+
+
+def image_id(scene: int) -> NodeId:
+    return NodeId(NodeKind.IMAGE, scene)
+
+
+def clip_id(scene: int) -> NodeId:
+    return NodeId(NodeKind.CLIP, scene)
+
+
+def compose_id(scene: int) -> NodeId:
+    return NodeId(NodeKind.COMPOSE, scene)
+
+
+STITCH_ID = NodeId(NodeKind.STITCH)
 
 
 @dataclass(frozen=True)
 class Node:
-    """One unit of work. ``index`` is the scene number, or the chunk number of an outline."""
+    """One unit of work and the nodes whose results it needs."""
 
-    id: str
-    kind: NodeKind
-    index: int
-    deps: tuple[str, ...]
-    line: int = 0  # the dialogue line of a speech node, from 1
+    id: NodeId
+    deps: tuple[NodeId, ...]
 
     @property
-    def provider(self) -> str | None:
-        return PROVIDER_OF.get(self.kind)
-
-    @property
-    def scene(self) -> int | None:
-        """The scene this node belongs to (None for outline chunks and the stitch)."""
-        return None if self.kind in (NodeKind.OUTLINE, NodeKind.STITCH) else self.index
+    def kind(self) -> NodeKind:
+        return self.id.kind
 
 
 @dataclass(frozen=True)
 class EpisodePlan:
-    """The nodes of one episode in a topological order, with their scheduling ranks."""
+    """The nodes of one episode in a topological order, and the order ready nodes start in."""
 
     scenes: int
     continuity: Continuity
-    nodes: dict[str, Node]
-    # Nodes on the longest remaining path go first when concurrency is scarce.
-    rank: dict[str, int] = field(default_factory=dict)
+    lines: int  # per scene; 0 when the episode stops at the script
+    nodes: dict[NodeId, Node]
+    # When several are ready and concurrency is scarce, nodes go in this order (0 first): the
+    # longest remaining path first, then the earliest scene.
+    start_order: dict[NodeId, int] = field(default_factory=dict)
+    children: dict[NodeId, tuple[NodeId, ...]] = field(default_factory=dict)
+    by_scene: dict[int, tuple[NodeId, ...]] = field(default_factory=dict)  # scene -> its nodes
 
     def chunk_of(self, scene: int) -> int:
         return (scene - 1) // OUTLINE_CHUNK + 1
@@ -92,93 +177,96 @@ class EpisodePlan:
         start = (chunk - 1) * OUTLINE_CHUNK + 1
         return range(start, min(chunk * OUTLINE_CHUNK, self.scenes) + 1)
 
-    def ready(self, done: Iterable[str], started: Iterable[str]) -> list[Node]:
-        """Nodes whose inputs all exist and that have not started, most urgent first."""
-        done_set, started_set = set(done), set(started)
-        ready = [
-            n for n in self.nodes.values()
-            if n.id not in started_set and n.id not in done_set
-            and all(d in done_set for d in n.deps)
-        ]
-        return sorted(ready, key=lambda n: (-self.rank[n.id], n.index))
+    def chunks(self) -> range:
+        return range(1, self.chunk_of(self.scenes) + 1)
 
-    def downstream(self, roots: Iterable[str]) -> set[str]:
+    def downstream(self, roots: Iterable[NodeId]) -> set[NodeId]:
         """Every node that depends, directly or not, on one of ``roots`` (roots excluded)."""
-        children: dict[str, list[str]] = {n: [] for n in self.nodes}
-        for n in self.nodes.values():
-            for d in n.deps:
-                children[d].append(n.id)
-        seen: set[str] = set()
-        stack = [c for r in roots for c in children[r]]
+        seen: set[NodeId] = set()
+        stack = [c for r in roots for c in self.children[r]]
         while stack:
             current = stack.pop()
             if current not in seen:
                 seen.add(current)
-                stack.extend(children[current])
+                stack.extend(self.children[current])
         return seen
 
-    def critical_path(self, durations: Mapping[str, float]) -> float:
+    def critical_path(self, durations: Mapping[NodeId, float]) -> float:
         """The longest chain of durations through the graph: no schedule can beat it."""
         return max(self.earliest_finish(durations).values(), default=0.0)
 
-    def earliest_finish(self, durations: Mapping[str, float]) -> dict[str, float]:
+    def earliest_finish(self, durations: Mapping[NodeId, float]) -> dict[NodeId, float]:
         """When each node would end if every node started the moment its inputs existed."""
-        finish: dict[str, float] = {}
+        finish: dict[NodeId, float] = {}
         for n in self.nodes.values():  # topological order
             start = max((finish[d] for d in n.deps), default=0.0)
             finish[n.id] = start + durations.get(n.id, 0.0)
         return finish
 
-    def longest_after(self, durations: Mapping[str, float]) -> dict[str, float]:
+    def longest_after(self, durations: Mapping[NodeId, float]) -> dict[NodeId, float]:
         """Each node's longest chain of durations after it (itself left out): the least time the
         episode still needs once the node is done."""
-        after: dict[str, float] = dict.fromkeys(self.nodes, 0.0)
+        after: dict[NodeId, float] = dict.fromkeys(self.nodes, 0.0)
         for n in reversed(list(self.nodes.values())):  # children before their inputs
             for d in n.deps:
                 after[d] = max(after[d], durations.get(n.id, 0.0) + after[n.id])
         return after
 
+    def of_kind(self, kind: NodeKind) -> Iterator[Node]:
+        return (n for n in self.nodes.values() if n.kind is kind)
 
+
+@functools.lru_cache(maxsize=256)
 def plan_episode(scenes: int, continuity: Continuity, lines: int = 0) -> EpisodePlan:
     """The graph of one episode of ``scenes`` scenes under ``continuity``; with ``lines`` (the
-    lines per scene) it goes on to speech, pictures, clips, scenes and the stitched episode."""
+    lines per scene) it goes on to speech, pictures, clips, scenes and the stitched episode.
+
+    Plans are pure functions of their arguments and read-only once made; status polls ask for
+    them many times a second, so equal requests share one.
+    """
     if scenes < 1:
         raise ValueError("an episode needs at least one scene")
-    nodes: dict[str, Node] = {}
+    nodes: dict[NodeId, Node] = {}
 
-    def add(kind: NodeKind, index: int, deps: Iterable[str], line: int = 0) -> None:
-        nid = node_id(kind, index, line)
-        nodes[nid] = Node(nid, kind, index, tuple(deps), line)
+    def add(nid: NodeId, *deps: NodeId) -> None:
+        nodes[nid] = Node(nid, deps)
 
     chunks = (scenes - 1) // OUTLINE_CHUNK + 1
     for chunk in range(1, chunks + 1):
-        add(NodeKind.OUTLINE, chunk, [node_id(NodeKind.OUTLINE, chunk - 1)] if chunk > 1 else [])
+        add(outline_id(chunk), *([outline_id(chunk - 1)] if chunk > 1 else []))
     for scene in range(1, scenes + 1):
-        add(NodeKind.CONTENT, scene, [node_id(NodeKind.OUTLINE, (scene - 1) // OUTLINE_CHUNK + 1)])
+        add(content_id(scene), outline_id((scene - 1) // OUTLINE_CHUNK + 1))
     for scene in range(1, scenes + 1):
-        earlier = [node_id(NodeKind.DIALOGUE, s) for s in continuity.sees(scene)]
-        add(NodeKind.DIALOGUE, scene, [node_id(NodeKind.CONTENT, scene), *earlier])
+        add(dialogue_id(scene), content_id(scene), *map(dialogue_id, continuity.sees(scene)))
     if lines:
         for scene in range(1, scenes + 1):
             for line in range(1, lines + 1):
-                add(NodeKind.SPEECH, scene, [node_id(NodeKind.DIALOGUE, scene)], line)
-            add(NodeKind.IMAGE, scene, [node_id(NodeKind.CONTENT, scene)])
-            add(NodeKind.CLIP, scene, [node_id(NodeKind.IMAGE, scene)])
-            speech = [node_id(NodeKind.SPEECH, scene, line) for line in range(1, lines + 1)]
-            add(NodeKind.COMPOSE, scene, [*speech, node_id(NodeKind.CLIP, scene)])
-        add(NodeKind.STITCH, 0, [node_id(NodeKind.COMPOSE, s) for s in range(1, scenes + 1)])
-    plan = EpisodePlan(scenes, continuity, nodes)
-    plan.rank.update(_ranks(nodes))
-    return plan
-
-
-def _ranks(nodes: Mapping[str, Node]) -> dict[str, int]:
-    """Each node's longest path to the end of the graph, counted in nodes."""
-    children: dict[str, list[str]] = {n: [] for n in nodes}
+                add(speech_id(scene, line), dialogue_id(scene))
+            add(image_id(scene), content_id(scene))
+            add(clip_id(scene), image_id(scene))
+            add(compose_id(scene), *(speech_id(scene, line) for line in range(1, lines + 1)),
+                clip_id(scene))
+        add(STITCH_ID, *map(compose_id, range(1, scenes + 1)))
+    children: dict[NodeId, list[NodeId]] = {n: [] for n in nodes}
     for n in nodes.values():
         for d in n.deps:
             children[d].append(n.id)
-    rank: dict[str, int] = {}
+    by_scene: dict[int, list[NodeId]] = {s: [] for s in range(1, scenes + 1)}
+    for nid in nodes:
+        if nid.scene is not None:
+            by_scene[nid.scene].append(nid)
+    rank = _ranks(nodes, children)
+    position = {nid: i for i, nid in enumerate(nodes)}
+    ordered = sorted(nodes, key=lambda n: (-rank[n], n.index, position[n]))
+    return EpisodePlan(scenes, continuity, lines, nodes, {n: i for i, n in enumerate(ordered)},
+                       {n: tuple(c) for n, c in children.items()},
+                       {s: tuple(ids) for s, ids in by_scene.items()})
+
+
+def _ranks(nodes: Mapping[NodeId, Node], children: Mapping[NodeId, list[NodeId]]
+           ) -> dict[NodeId, int]:
+    """Each node's longest path to the end of the graph, counted in nodes."""
+    rank: dict[NodeId, int] = {}
     for nid in reversed(list(nodes)):  # reverse topological order
         rank[nid] = 1 + max((rank[c] for c in children[nid]), default=0)
     return rank

@@ -24,47 +24,38 @@ import heapq
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
-from pipelines.models import SceneState
+from pipelines.episode_view import EpisodeView
 from pipelines.planner import NodeKind
-from pipelines.settings import Settings
+from pipelines.settings import ProviderKind, Settings
+
+# The report's names for an episode's files.
+FILES = {"video": Artifact.VIDEO, "subtitles": Artifact.SUBTITLES, "poster": Artifact.POSTER}
 
 
-def node_latencies(record: EpisodeRecord) -> dict[str, float]:
-    """Each node's own time: model-call latency, or for a composition the time it ran (its
-    record's latency also holds the wait for a free CPU, which is queueing, not work)."""
-    latencies = {nid: n.latency_s for nid, n in record.nodes.items()}
-    for scene, video in record.scene_videos.items():
-        nid = f"compose:{scene}"
-        if nid in latencies and "run_s" in video:
-            latencies[nid] = min(latencies[nid], float(video["run_s"]))
-    return latencies
-
-
-def media_cpu_s(record: EpisodeRecord) -> float:
-    """CPU seconds of the episode's own media work, as its compositions reported them."""
-    return sum(float(v.get("cpu_s", 0.0)) for v in record.scene_videos.values())
-
-
-def episode_entry(record: EpisodeRecord) -> dict[str, Any]:
-    states = record.scene_states()
-    plan = record.plan()
-    latencies = node_latencies(record)
+def episode_entry(view: EpisodeView, root: Path | None = None) -> dict[str, Any]:
+    """An episode's line in the report; with the output ``root``, where its files are."""
+    folder = EpisodeFolder(root, view.id) if root is not None else None
+    figures = view.figures
+    written = folder is not None and Artifact.SCRIPT_JSON in view.artifacts
     return {
-        "id": record.id,
-        "status": record.status.value,
-        "scenes": record.request.scenes,
-        "scenes_completed": sum(1 for s in states if s is SceneState.DONE),
-        "wall_s": _round(record.wall_s),
-        "sequential_s": _round(sum(latencies.values())),
-        "critical_path_s": _round(plan.critical_path(latencies)),
-        "cost_usd": round(record.cost_usd, 6),
-        "cpu_s": round(media_cpu_s(record), 4),
-        "output_dir": record.output_dir,
-        "files": dict(record.files),
-        "error": record.error,
+        "id": view.id,
+        "status": view.status.value,
+        "scenes": figures.scenes,
+        "scenes_completed": figures.scenes_completed,
+        "wall_s": figures.wall_s,
+        "sequential_s": figures.sequential_s,
+        "critical_path_s": figures.critical_path_s,
+        "cost_usd": figures.cost_usd,
+        "cpu_s": figures.cpu_s,
+        "output_dir": str(folder.path) if written and folder is not None else None,
+        "files": {name: str(folder.artifact(a)) for name, a in FILES.items()
+                  if a in view.artifacts} if folder is not None else {},
+        "error": view.error,
     }
 
 
@@ -102,25 +93,24 @@ def slots_bound(records: Iterable[EpisodeRecord], kind: NodeKind, spread_s: floa
     tails: list[float] = []
     for record in records:
         plan = record.plan()
-        latencies = node_latencies(record)
+        latencies = record.node_latencies()
         finish = plan.earliest_finish(latencies)
         after = plan.longest_after(latencies)
-        for node in plan.nodes.values():
-            if node.kind is kind:
-                heads.append(max((finish[d] for d in node.deps), default=0.0))
-                tails.append(after[node.id])
+        for node in plan.of_kind(kind):
+            heads.append(max((finish[d] for d in node.deps), default=0.0))
+            tails.append(after[node.id])
     if not heads:
         return SlotsBound(0.0, 0.0, 0.0)
     return SlotsBound(min(heads), spread_s, min(tails))
 
 
 def provider_bounds(
-    settings: Settings, provider_stats: Mapping[str, Mapping[str, Any]]
+    settings: Settings, provider_stats: Mapping[ProviderKind, Mapping[str, Any]]
 ) -> dict[str, float]:
     """Seconds each provider's limits alone force on the run's calls and tokens."""
     bounds: dict[str, float] = {}
     for kind, stats in provider_stats.items():
-        limits = settings.provider(kind)  # type: ignore[arg-type]
+        limits = settings.provider(kind)
         attempts = stats["ok"] + sum(stats["errors"].values())
         if limits.rpm:
             rate = limits.rpm / 60
@@ -135,11 +125,11 @@ def provider_bounds(
 
 
 def job_cap_bound(records: list[EpisodeRecord], settings: Settings,
-                  provider_stats: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+                  provider_stats: Mapping[ProviderKind, Mapping[str, Any]]) -> dict[str, float]:
     """Seconds the video provider's cap of jobs at once (``VIDEO__MAX_JOBS``) forces: the time
     its clip jobs were seen running, spread over the cap, after the earliest a picture existed and
     before the least that follows a clip. Empty when the run made no clip jobs."""
-    job_s = float(provider_stats.get("video", {}).get("job_s", 0.0))
+    job_s = float(provider_stats.get(ProviderKind.VIDEO, {}).get("job_s", 0.0))
     if job_s <= 0:
         return {}
     spread = job_s / settings.video.max_jobs
@@ -148,15 +138,17 @@ def job_cap_bound(records: list[EpisodeRecord], settings: Settings,
 
 def build_report(
     records: Iterable[EpisodeRecord],
-    provider_stats: Mapping[str, Mapping[str, Any]],
+    provider_stats: Mapping[ProviderKind, Mapping[str, Any]],
     settings: Settings,
     cpus: float | None = None,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     """``cpus``: the CPUs the run's media tasks could use (a Ray cluster's ``CPU`` resource);
-    unset, this machine's, which is what a local Ray cluster has."""
+    unset, this machine's, which is what a local Ray cluster has. ``root``: where the episodes'
+    folders are, for the entries' file paths."""
     records = list(records)
     cpus = float(cpus or os.cpu_count() or 1)
-    episodes = [episode_entry(r) for r in records]
+    episodes = [episode_entry(EpisodeView.of(r), root) for r in records]
     started = [r.started_at for r in records if r.started_at is not None]
     finished = [r.finished_at for r in records if r.finished_at is not None]
     wall = (max(finished) - min(started)) if started and finished else 0.0

@@ -12,6 +12,7 @@ key. Bad values stop the program at start with one line naming the field (see ``
 from __future__ import annotations
 
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,8 +34,20 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-ProviderKind = Literal["llm", "tts", "image", "video"]
-PROVIDER_KINDS: tuple[ProviderKind, ...] = ("llm", "tts", "image", "video")
+
+class ProviderKind(StrEnum):
+    """The kinds of model provider; each has its settings (``Settings.llm``, ...) and one actor."""
+
+    LLM = "llm"
+    TTS = "tts"
+    IMAGE = "image"
+    VIDEO = "video"
+
+    @property
+    def env_prefix(self) -> str:
+        """Where its settings come from, e.g. ``SHOWRUNNER_LLM__``."""
+        return f"SHOWRUNNER_{self.value.upper()}__"
+
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -284,7 +297,7 @@ class Settings(BaseSettings):
         return sources
 
     def provider(self, kind: ProviderKind) -> ProviderSettings:
-        return getattr(self, kind)
+        return getattr(self, kind.value)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from openai.lib._parsing._completions import type_to_response_format_param
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from pipelines.errors import StageOutputError
 from pipelines.models import (
     DialogueLine,
     EpisodeRequest,
@@ -30,10 +31,6 @@ SYSTEM = (
     "You are the writers' room of a television series. Answer with JSON that follows the given "
     "schema exactly. Keep every scene consistent with the outline and with what came before."
 )
-
-
-class StageOutputError(Exception):
-    """The model's answer did not validate, even after one retry with the error in the prompt."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,11 @@ class StageCall(Generic[M]):
             self.schema,
             self.max_tokens,
         )
+
+    def gave_up(self, error: ValidationError) -> StageOutputError:
+        """What to raise when the corrected answer did not validate either."""
+        return StageOutputError(f"the model's answer did not follow the {self.schema.__name__} "
+                                f"schema twice: {error.errors()[0]['msg']}")
 
 
 @cache

@@ -1,9 +1,55 @@
-"""Helpers shared by the integration tests."""
+"""Helpers shared by the tests: waiting for a condition, and finding processes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+INTERVAL_S = 0.05
+
+
+What = str | Callable[[], str]  # what is awaited; a callable is asked at the end, for the state
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: What,
+             interval: float = INTERVAL_S) -> T:
+    """Ask ``predicate`` until it gives a true value, and return that value; fail the test
+    naming ``what`` if ``timeout`` seconds pass first. (Ray's ``wait_for_condition``.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            _timed_out(timeout, what)
+        time.sleep(interval)
+
+
+async def wait_for_async(predicate: Callable[[], Awaitable[T] | T], timeout: float, what: What,
+                         interval: float = INTERVAL_S) -> T:
+    """``wait_for`` inside an event loop: ``predicate`` may be a coroutine function, and the
+    loop runs while it waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            _timed_out(timeout, what)
+        await asyncio.sleep(interval)
+
+
+def _timed_out(timeout: float, what: What) -> None:
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
 
 
 def processes(matching: Callable[[bytes], bool]) -> list[int]:

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.support import wait_for
 
 ROOT = Path(__file__).parents[2]
 
@@ -20,7 +21,7 @@ def showrunner(*args: str, env: dict[str, str] | None = None, cwd: Path | None =
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "showrunner", *args], capture_output=True, text=True,
         env={**clean, **(env or {}), "PYTHONPATH": str(ROOT)}, cwd=cwd or ROOT, timeout=timeout,
     )
 
@@ -90,6 +91,9 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
         assert (folder / "script.json").is_file() and (folder / "script.md").is_file()
         for name in ("episode.mp4", "episode.srt", "poster.png"):
             assert (folder / name).is_file()
+        assert e["files"] == {"video": str(folder / "episode.mp4"),
+                              "subtitles": str(folder / "episode.srt"),
+                              "poster": str(folder / "poster.png")}
     assert set(report["totals"]["providers"]) == {"llm", "tts", "image"}
     assert "speedup" in result.stderr
 
@@ -97,7 +101,7 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
 def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", "--premise", "A slow heist", "--scenes", "8",
+        [sys.executable, "-m", "showrunner", "run", "--premise", "A slow heist", "--scenes", "8",
          "--output", str(tmp_path / "out"), "--latency-scale", "3"],
         stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT)},
     )
@@ -105,10 +109,12 @@ def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:
     reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")),
                               daemon=True)
     reader.start()
-    deadline = time.monotonic() + 60
-    while not any("running" in line for line in seen):  # the progress bar shows it started
-        assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-2000:]
-        time.sleep(0.1)
+
+    def started() -> bool:  # the progress bar shows it started
+        assert proc.poll() is None, "".join(seen)[-2000:]
+        return any("running" in line for line in seen)
+
+    wait_for(started, 60, lambda: "the run to start: " + "".join(seen)[-2000:], interval=0.1)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -9,21 +9,22 @@ from pathlib import Path
 import imageio_ffmpeg
 import pytest
 
-from actors.coordinator import ThreadMediaTasks
+from actors.media_tasks import ThreadMediaTasks
 from local_server.images import scene_card
 from local_server.speech import speaker as get_speaker
 from pipelines.composition import (
     GAP_S,
     Line,
-    MediaError,
     compose_scene,
     pan_clip,
     run_ffmpeg,
     stitch,
     wav_seconds,
 )
+from pipelines.episode_folder import Artifact, EpisodeFolder
+from pipelines.errors import MediaError
 from pipelines.settings import EncodingSettings
-from tests.support import processes
+from tests.support import processes, wait_for
 
 
 def probe(path: Path) -> tuple[str, float]:
@@ -62,21 +63,24 @@ def test_a_scene_has_its_lines_length_video_audio_and_subtitles(media: dict) -> 
     info, duration = probe(out)
     assert "Video: h264" in info and "Audio: aac" in info and "1280x720" in info
     assert duration == pytest.approx(expected, rel=0.10)
-    assert [text for _, _, text in scene["cues"]][0] == "Ada: The lamp is still broken."
+    assert scene.cues[0].text == "Ada: The lamp is still broken."
     assert not list(out.parent.glob(".compose-*"))  # its work folder is gone
 
 
 def test_an_episode_is_its_scenes_in_order_with_subtitles_and_a_poster(media: dict) -> None:
-    root = Path(media["root"])
-    first = compose_scene(media["lines"], media["clip"], str(root / "ep" / "s1.mp4"))
-    second = compose_scene(media["lines"][:1], media["clip"], str(root / "ep" / "s2.mp4"))
-    files = stitch([first, second], media["image"], str(root / "ep"))
-    info, duration = probe(Path(files["video"]))
+    folder = EpisodeFolder(Path(media["root"]), "ep")
+    first = compose_scene(media["lines"], media["clip"], str(folder.scene_video(1)))
+    second = compose_scene(media["lines"][:1], media["clip"], str(folder.scene_video(2)))
+    folder.image(2).write_bytes(Path(media["image"]).read_bytes())
+    made = stitch(folder, [(1, first), (2, second)], poster_scene=2)
+    assert set(made.artifacts) == {Artifact.VIDEO, Artifact.SUBTITLES, Artifact.POSTER}
+    info, duration = probe(folder.artifact(Artifact.VIDEO))
     assert "Video: h264" in info and "Audio: aac" in info
-    assert duration == pytest.approx(first["length_s"] + second["length_s"], rel=0.10)
-    subtitles = Path(files["subtitles"]).read_text()
+    assert duration == pytest.approx(first.length_s + second.length_s, rel=0.10)
+    subtitles = folder.artifact(Artifact.SUBTITLES).read_text()
     assert subtitles.count(" --> ") == 4 and subtitles.startswith("1\n00:00:00,000 --> ")
-    assert Path(files["poster"]).read_bytes()[:4] == b"\x89PNG"
+    assert folder.artifact(Artifact.POSTER).read_bytes() == folder.image(2).read_bytes()
+    assert not list(folder.path.glob(".stitch-*"))
 
 
 PREVIEW = EncodingSettings(width=320, height=180, fps=8, x264_preset="ultrafast")
@@ -87,14 +91,14 @@ def test_a_scene_follows_the_encoding_profile_and_reports_its_cpu(media: dict) -
     scene = compose_scene(media["lines"], media["clip"], str(out), PREVIEW)
     info, _ = probe(out)
     assert "320x180" in info and " 8 fps" in info and "Audio: aac" in info
-    assert 0 < scene["cpu_s"] < 60 and scene["run_s"] > 0
+    assert 0 < scene.cpu_s < 60 and scene.run_s > 0
 
 
 def test_a_local_clip_pans_at_the_profiles_size_and_rate(media: dict) -> None:
     out = Path(media["root"]) / "pan" / "clip.mp4"
     made = pan_clip(media["image"], str(out), 2, PREVIEW)
     info, duration = probe(out)
-    assert made["path"] == str(out) and made["cpu_s"] > 0
+    assert made.cpu_s > 0 and made.run_s > 0
     assert "320x180" in info and " 8 fps" in info and duration == pytest.approx(2.0, abs=0.2)
 
 
@@ -106,14 +110,14 @@ def test_run_ffmpeg_reports_its_childs_cpu_and_its_errors(tmp_path: Path) -> Non
         run_ffmpeg(["-i", str(tmp_path / "missing.wav"), str(tmp_path / "x.mp4")])
 
 
-async def test_thread_tasks_count_a_local_clips_cpu_with_its_scene(media: dict) -> None:
+async def test_thread_tasks_work_at_their_encoding_and_report_their_cpu(media: dict) -> None:
     tasks = ThreadMediaTasks(PREVIEW)
-    root = Path(media["root"]) / "tasks"
-    clip = await tasks.pan(media["image"], str(root / "clip.mp4"))
-    scene = await tasks.compose(media["lines"], clip, str(root / "scene.mp4"))
-    alone = compose_scene(media["lines"], clip, str(root / "again.mp4"), PREVIEW)
-    assert "320x180" in probe(Path(scene["path"]))[0]
-    assert scene["cpu_s"] > alone["cpu_s"] * 0.5 and not tasks._clip_cpu_s  # handed over
+    folder = EpisodeFolder(Path(media["root"]), "tasks")
+    folder.scene(1).mkdir(parents=True)
+    clip = await tasks.pan(media["image"], str(folder.clip(1)))
+    scene = await tasks.compose(media["lines"], str(folder.clip(1)), str(folder.scene_video(1)))
+    assert "320x180" in probe(folder.clip(1))[0] and "320x180" in probe(folder.scene_video(1))[0]
+    assert clip.cpu_s > 0 and scene.cpu_s > 0
 
 
 def _ffmpeg_writing(target: Path) -> list[int]:
@@ -123,8 +127,6 @@ def _ffmpeg_writing(target: Path) -> list[int]:
 
 @pytest.mark.usefixtures("ray_session")
 def test_cancelling_a_composition_task_leaves_no_ffmpeg_behind(media: dict) -> None:
-    import time
-
     import ray
 
     from actors.remote import compose_scene_task
@@ -132,15 +134,9 @@ def test_cancelling_a_composition_task_leaves_no_ffmpeg_behind(media: dict) -> N
     long_scene = media["lines"] * 12  # about a minute of speech: seconds of encoding
     target = Path(media["root"]) / "cancelled" / "scene.mp4"
     ref = compose_scene_task.remote(long_scene, media["clip"], str(target))
-    deadline = time.monotonic() + 60
-    while not _ffmpeg_writing(target):
-        assert time.monotonic() < deadline, "ffmpeg never started"
-        time.sleep(0.05)
+    wait_for(lambda: _ffmpeg_writing(target), 60, "ffmpeg to start")
     ray.cancel(ref)
     with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
         ray.get(ref, timeout=60)
-    deadline = time.monotonic() + 10
-    while _ffmpeg_writing(target):
-        assert time.monotonic() < deadline, "an ffmpeg process outlived its cancelled task"
-        time.sleep(0.05)
+    wait_for(lambda: not _ffmpeg_writing(target), 10, "the cancelled task's ffmpeg to end")
     assert not target.exists()  # nothing half-written

@@ -12,13 +12,16 @@ from typing import Any
 import pytest
 
 from actors.coordinator import EpisodeCoordinator
-from actors.errors import ProviderUnavailable
 from actors.gateway import ProviderGateway
 from local_server.process import LocalServer
-from pipelines.episode_state import EpisodeRecord, NodeState
-from pipelines.models import EpisodeRequest
+from pipelines.engine import NodeState
+from pipelines.episode_state import EpisodeRecord, EventKind
+from pipelines.errors import ProviderUnavailable
+from pipelines.models import EpisodeRequest, EpisodeStatus, SceneState
+from pipelines.planner import NodeId, content_id, dialogue_id, outline_id, speech_id
 from pipelines.report import build_report
-from pipelines.settings import ImageSettings, LLMSettings, Settings, TTSSettings
+from pipelines.settings import ImageSettings, LLMSettings, ProviderKind, Settings, TTSSettings
+from tests.support import wait_for_async
 
 Start = Callable[..., LocalServer]
 
@@ -51,19 +54,20 @@ def make(
     image = ImageSettings(rpm=None, timeout_s=10)
     gateways = {
         kind: ProviderGateway(kind, conf, local_base_url=server.base_url)
-        for kind, conf in (("llm", llm), ("tts", tts), ("image", image))
+        for kind, conf in ((ProviderKind.LLM, llm), (ProviderKind.TTS, tts),
+                           (ProviderKind.IMAGE, image))
     }
     OPEN.extend(gateways.values())
-    providers: dict[str, Any] = dict(gateways)
+    providers: dict[ProviderKind, Any] = dict(gateways)
     if wrap:
-        providers["llm"] = wrap(gateways["llm"])
+        providers[ProviderKind.LLM] = wrap(gateways[ProviderKind.LLM])
     coordinator = EpisodeCoordinator(
         Settings(llm=llm, tts=tts, image=image, **settings), providers, output_root=str(tmp_path)
     )
-    return coordinator, gateways["llm"]
+    return coordinator, gateways[ProviderKind.LLM]
 
 
-def interval(record: EpisodeRecord, node: str) -> tuple[float, float]:
+def interval(record: EpisodeRecord, node: NodeId) -> tuple[float, float]:
     n = record.nodes[node]
     assert n.started_s is not None and n.finished_s is not None
     return n.started_s, n.finished_s
@@ -91,19 +95,19 @@ async def test_chain_keeps_continuity_yet_pipelines(local_server: Start, tmp_pat
     eid = await coordinator.submit(
         script(premise="A heist at a bakery.", scenes=5, lines_per_scene=3, seed=7)
     )
-    [summary] = await coordinator.wait([eid])
-    assert summary["status"] == "completed" and summary["scenes"] == ["done"] * 5
+    [view] = await coordinator.wait([eid])
+    assert view.status is EpisodeStatus.COMPLETED and view.scenes == [SceneState.DONE] * 5
     record = await coordinator.episode(eid)
     for k in range(2, 6):  # each dialogue starts only after the previous one finished
-        assert interval(record, f"dialogue:{k}")[0] >= interval(record, f"dialogue:{k - 1}")[1]
+        assert interval(record, dialogue_id(k))[0] >= interval(record, dialogue_id(k - 1))[1]
     # ... while later scenes' content was written alongside, not after, the first dialogue.
-    assert interval(record, "content:5")[0] < interval(record, "dialogue:1")[1]
-    assert [len(record.dialogues[k].lines) for k in range(1, 6)] == [3] * 5
+    assert interval(record, content_id(5))[0] < interval(record, dialogue_id(1))[1]
+    assert [len(record.dialogue(k).lines) for k in range(1, 6)] == [3] * 5
     data = json.loads((tmp_path / eid / "script.json").read_text())
     assert [s["number"] for s in data["scenes"]] == [1, 2, 3, 4, 5]
     screenplay = (tmp_path / eid / "script.md").read_text()
     assert screenplay.startswith("# ") and "## Scene 5" in screenplay
-    assert record.events[-1].kind == "completed" and record.events[-1].percent == 100.0
+    assert record.events[-1].kind is EventKind.COMPLETED and record.events[-1].percent == 100.0
 
 
 async def test_max_parallel_scenes_one_is_sequential(local_server: Start, tmp_path: Path) -> None:
@@ -148,9 +152,9 @@ async def test_a_failed_scene_fails_its_episode_only(local_server: Start, tmp_pa
     await coordinator.submit(script(premise="p", scenes=4), episode_id="doomed")
     await coordinator.submit(script(premise="q", scenes=4), episode_id="fine")
     doomed, fine = await coordinator.wait(["doomed", "fine"])
-    assert doomed["status"] == "failed" and "content:2" in doomed["error"]
-    assert "injected fault" in doomed["error"]
-    assert fine["status"] == "completed"
+    assert doomed.status is EpisodeStatus.FAILED and "content:2" in doomed.error
+    assert "injected fault" in doomed.error
+    assert fine.status is EpisodeStatus.COMPLETED
     assert not (tmp_path / "doomed").exists()  # nothing half-written for a failed episode
 
 
@@ -160,13 +164,13 @@ async def test_skip_mode_completes_without_the_failed_scene(
     server = local_server(latency_scale=0.02)
     coordinator, _ = make(server, tmp_path, wrap=lambda g: FailFor(g, "Write scene 2:"))
     eid = await coordinator.submit(script(premise="p", scenes=4, on_scene_failure="skip"))
-    [summary] = await coordinator.wait([eid])
-    assert summary["status"] == "completed"
-    assert summary["scenes"] == ["done", "failed", "done", "done"]
-    assert "completed without scene(s) [2]" in summary["error"]
+    [view] = await coordinator.wait([eid])
+    assert view.status is EpisodeStatus.COMPLETED
+    assert [s.value for s in view.scenes] == ["done", "failed", "done", "done"]
+    assert "completed without scene(s) [2]" in view.error
     record = await coordinator.episode(eid)
-    assert record.nodes["dialogue:2"].state is NodeState.SKIPPED
-    assert 2 not in record.dialogues and 3 in record.dialogues
+    assert record.engine.node_state(dialogue_id(2)) is NodeState.SKIPPED
+    assert record.dialogue(2) is None and record.dialogue(3) is not None
 
 
 async def test_an_invalid_answer_is_retried_once_with_the_error(
@@ -190,11 +194,11 @@ async def test_an_invalid_answer_is_retried_once_with_the_error(
         server, tmp_path, wrap=lambda g: holder.append(FirstAnswerBroken(g)) or holder[0]
     )
     eid = await coordinator.submit(script(premise="p", scenes=1))
-    [summary] = await coordinator.wait([eid])
-    assert summary["status"] == "completed"
+    [view] = await coordinator.wait([eid])
+    assert view.status is EpisodeStatus.COMPLETED
     retry = holder[0].prompts[1]
     assert "That answer was invalid" in retry[-1]["content"]
-    assert (await coordinator.episode(eid)).nodes["outline:1"].calls == 2
+    assert (await coordinator.episode(eid)).nodes[outline_id(1)].calls == 2
 
 
 async def test_cancel_ends_work_within_a_second_and_keeps_what_finished(
@@ -203,24 +207,19 @@ async def test_cancel_ends_work_within_a_second_and_keeps_what_finished(
     server = local_server(latency_scale=2.0)  # slow calls, so some are in flight when cancelled
     coordinator, gateway = make(server, tmp_path)
     eid = await coordinator.submit(script(premise="p", scenes=6, continuity="none"))
-    deadline = time.monotonic() + 30
-    while (await coordinator.episode(eid)).nodes["outline:1"].state is not NodeState.DONE:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    while server.stats()["chat"]["inflight"] == 0:  # wait for content calls in flight
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-    started = time.monotonic()
-    assert await coordinator.cancel(eid) == "cancelled"
-    assert time.monotonic() - started < 1.0
     record = await coordinator.episode(eid)
-    assert record.nodes["outline:1"].state is NodeState.DONE and record.outline
+    await wait_for_async(lambda: outline_id(1) in record.engine.done, 30, "the outline")
+    await wait_for_async(lambda: server.stats()["chat"]["inflight"], 30,
+                         "content calls in flight")
+    started = time.monotonic()
+    assert await coordinator.cancel(eid) is EpisodeStatus.CANCELLED
+    assert time.monotonic() - started < 1.0
+    assert outline_id(1) in record.engine.done and record.outline_drafts()
+    assert record.engine.running == set()  # nothing half-kept
     assert gateway.deployments[0].limiter.inflight == 0
-    assert await coordinator.cancel(eid) == "cancelled"  # idempotent
-    deadline = time.monotonic() + 5
-    while server.stats()["chat"]["inflight"]:
-        assert time.monotonic() < deadline, "the HTTP requests were not aborted"
-        await asyncio.sleep(0.05)
+    assert await coordinator.cancel(eid) is EpisodeStatus.CANCELLED  # idempotent
+    await wait_for_async(lambda: not server.stats()["chat"]["inflight"], 5,
+                         "the HTTP requests to be aborted")
 
 
 async def test_report_explains_the_speedup(local_server: Start, tmp_path: Path) -> None:
@@ -229,7 +228,7 @@ async def test_report_explains_the_speedup(local_server: Start, tmp_path: Path) 
     ids = [await coordinator.submit(script(premise=f"p{i}", scenes=3)) for i in range(3)]
     await coordinator.wait(ids)
     records = [await coordinator.episode(i) for i in ids]
-    report = build_report(records, {"llm": gateway.snapshot()}, coordinator.settings)
+    report = build_report(records, {ProviderKind.LLM: gateway.snapshot()}, coordinator.settings)
     totals = report["totals"]
     assert totals["speedup"] == pytest.approx(totals["sequential_s"] / totals["wall_s"], rel=1e-2)
     assert totals["speedup"] > 1.5  # three episodes and their scenes overlapped
@@ -259,10 +258,10 @@ async def test_a_bug_fails_its_episode_not_the_coordinator(
     await coordinator.submit(script(premise="p", scenes=2), episode_id="buggy")
     await coordinator.submit(script(premise="q", scenes=2), episode_id="fine")
     buggy, fine = await coordinator.wait(["buggy", "fine"])
-    assert buggy["status"] == "failed" and "internal error" in buggy["error"]
-    assert fine["status"] == "completed"
+    assert buggy.status is EpisodeStatus.FAILED and "internal error" in buggy.error
+    assert fine.status is EpisodeStatus.COMPLETED
     record = await coordinator.episode("buggy")
-    assert all(n.state is not NodeState.RUNNING for n in record.nodes.values())
+    assert record.engine.running == set()
 
 
 async def test_an_episode_becomes_one_mp4_with_speech_and_subtitles(
@@ -281,9 +280,12 @@ async def test_an_episode_becomes_one_mp4_with_speech_and_subtitles(
         premise="A radio host hears the past.", scenes=2, lines_per_scene=2, seed=3
     )
     eid = await coordinator.submit(request)
-    [summary] = await coordinator.wait([eid])
-    assert summary["status"] == "completed", summary["error"]
-    files = summary["files"]
+    [view] = await coordinator.wait([eid])
+    assert view.status is EpisodeStatus.COMPLETED, view.error
+    assert {a.value for a in view.artifacts} == {
+        "script.json", "script.md", "episode.mp4", "episode.srt", "poster.png"}
+    files = {"video": tmp_path / eid / "episode.mp4", "subtitles": tmp_path / eid / "episode.srt",
+             "poster": tmp_path / eid / "poster.png"}
     lines = sorted((tmp_path / eid / "media").glob("scene*/line*.wav"))
     assert len(lines) == 4
     expected = sum(wav_seconds(str(p)) for p in lines) + GAP_S * len(lines)
@@ -299,7 +301,7 @@ async def test_an_episode_becomes_one_mp4_with_speech_and_subtitles(
     assert Path(files["poster"]).is_file()
     record = await coordinator.episode(eid)
     # Speech started as soon as its scene's dialogue existed, before later scenes were done.
-    assert record.nodes["speech:1.1"].started_s < record.nodes["dialogue:2"].finished_s
+    assert record.nodes[speech_id(1, 1)].started_s < record.nodes[dialogue_id(2)].finished_s
     assert record.cost_usd > 0 and record.stage_busy_s()["speech"] > 0
 
 
@@ -309,18 +311,21 @@ async def test_changes_give_each_changed_episode_its_newest_view(
     """What Serve replicas follow: every change is seen, views never go back, owners kept."""
     server = local_server(latency_scale=0.02)
     coordinator, _ = make(server, tmp_path)
-    assert await coordinator.changes(0, timeout_s=0.05) == (0, {})  # nothing yet: waits, empty
+    assert await coordinator.changes(0, timeout_s=0.05) == (0, [])  # nothing yet: waits, empty
     waiting = asyncio.create_task(coordinator.changes(0, timeout_s=10))
     a = await coordinator.submit(script(premise="a", scenes=2), owner="t1")
     since, views = await waiting
-    assert since >= 1 and views[a]["owner"] == "t1" and views[a]["status"] in ("queued", "running")
+    [first] = views
+    assert since >= 1 and first.id == a and first.owner == "t1"
+    assert first.status in (EpisodeStatus.QUEUED, EpisodeStatus.RUNNING)
     b = await coordinator.submit(script(premise="b", scenes=2), owner="t2")
-    latest: dict[str, dict[str, Any]] = {}
-    while not all(latest.get(i, {}).get("status") == "completed" for i in (a, b)):
+    latest: dict[str, Any] = {}
+    while not all(i in latest and latest[i].status is EpisodeStatus.COMPLETED for i in (a, b)):
         since, views = await coordinator.changes(since, timeout_s=10)
-        for eid, view in views.items():
-            assert view["last_event_id"] >= latest.get(eid, {"last_event_id": 0})["last_event_id"]
-            latest[eid] = view
-    assert latest[b]["owner"] == "t2" and latest[a]["percent"] == 100.0
-    assert latest[a]["last_event_id"] == (await coordinator.episode(a)).events[-1].seq
-    assert await coordinator.view(a, "t2") is None and (await coordinator.view(a, "t1"))["id"] == a
+        for view in views:
+            assert view.last_event_id >= (latest[view.id].last_event_id if view.id in latest
+                                          else 0)
+            latest[view.id] = view
+    assert latest[b].owner == "t2" and latest[a].percent == 100.0
+    assert latest[a].last_event_id == (await coordinator.episode(a)).events[-1].seq
+    assert (await coordinator.view(a)).id == a and await coordinator.view("nope") is None

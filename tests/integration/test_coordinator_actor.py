@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +10,11 @@ import pytest
 import ray
 
 from local_server.process import LocalServer
-from pipelines import launcher
-from pipelines.models import EpisodeRequest
-from pipelines.settings import LLMSettings, Settings
-from tests.support import processes
+from pipelines.episode_state import EventKind
+from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.settings import LLMSettings, ProviderKind, Settings
+from showrunner import launcher
+from tests.support import processes, wait_for, wait_for_async
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -29,32 +29,33 @@ async def test_events_stream_and_cancel_through_ray(
         [EpisodeRequest(media=False, premise="A night ferry.", scenes=6, continuity="none")]
     )
     # Long-poll the events the way an SSE stream does, resuming from the last seq seen.
-    seen: list[str] = []
-    last = 0
-    deadline = time.monotonic() + 30
-    while "node_finished" not in seen:
-        assert time.monotonic() < deadline
-        events = await run.coordinator.events.remote(eid, after=last, timeout_s=5)
-        seen += [e.kind for e in events]
-        last = events[-1].seq if events else last
-    assert seen[:2] == ["queued", "started"]
-    provider = run.providers["llm"]
-    while (await provider.stats.remote())["deployments"][0]["inflight"] == 0:
-        assert time.monotonic() < deadline, "no content call went out"
-        await asyncio.sleep(0.02)
+    seen: list[EventKind] = []
+
+    async def a_node_finished() -> bool:
+        events = await run.coordinator.events.remote(eid, after=len(seen), timeout_s=5)
+        seen.extend(e.kind for e in events)
+        return EventKind.NODE_FINISHED in seen
+
+    await wait_for_async(a_node_finished, 30, "a node to finish", interval=0)
+    assert seen[:2] == [EventKind.QUEUED, EventKind.STARTED]
+    provider = run.providers[ProviderKind.LLM]
+
+    async def inflight() -> int:
+        return (await provider.stats.remote())["deployments"][0]["inflight"]
+
+    await wait_for_async(inflight, 30, "a content call to go out", interval=0.02)
     started = time.monotonic()
-    assert await run.coordinator.cancel.remote(eid) == "cancelled"
+    assert await run.coordinator.cancel.remote(eid) is EpisodeStatus.CANCELLED
     assert time.monotonic() - started < 1.0
-    deadline = time.monotonic() + 5
-    while (await provider.stats.remote())["deployments"][0]["inflight"]:
-        assert time.monotonic() < deadline, "the provider actor's calls were not cancelled"
-        await asyncio.sleep(0.05)
-    status = await run.coordinator.status.remote(eid)
-    assert status["status"] == "cancelled" and status["percent"] > 0
-    tail = await run.coordinator.events.remote(eid, after=last)
-    assert tail[-1].kind == "cancelled"
-    for actor in (run.coordinator, provider):
-        ray.kill(actor)
+    async def idle() -> bool:
+        return await inflight() == 0
+
+    await wait_for_async(idle, 5, "the provider actor's calls to end")
+    [view] = await run.coordinator.views.remote([eid])
+    assert view.status is EpisodeStatus.CANCELLED and view.percent > 0
+    tail = await run.coordinator.events.remote(eid, after=len(seen))
+    assert tail[-1].kind is EventKind.CANCELLED
+    run.stop()
 
 
 def _ray_worker_processes() -> int:
@@ -68,17 +69,16 @@ async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
     llm = LLMSettings(model="m", rpm=None, tpm=None, max_inflight=2000)
     settings = Settings(llm=llm, max_parallel_episodes=50, max_parallel_scenes=20)
     run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-thousand")
-    await run.coordinator.list_episodes.remote()
+    run.wait_ready()
     workers_before = _ray_worker_processes()
     requests = [EpisodeRequest(media=False, premise=f"Story {i}", scenes=20, lines_per_scene=1,
                                continuity="none") for i in range(50)]
     ids = await run.coordinator.submit_many.remote(requests)
-    summaries = await run.coordinator.wait.remote(ids)
-    assert {s["status"] for s in summaries} == {"completed"}
+    views = await run.coordinator.wait.remote(ids)
+    assert {v.status for v in views} == {EpisodeStatus.COMPLETED}
     assert server.stats()["chat"]["max_inflight"] >= 1000
     assert _ray_worker_processes() <= workers_before + 2
-    for actor in (run.coordinator, *run.providers.values()):
-        ray.kill(actor)
+    run.stop()
 
 
 def test_a_run_is_ready_once_every_actor_answers(
@@ -89,15 +89,17 @@ def test_a_run_is_ready_once_every_actor_answers(
     server = local_server()
     run = launcher.start_run(Settings(), tmp_path, server.base_url, prefix="test-ready")
     run.wait_ready()
-    assert ray.get(run.coordinator.list_episodes.remote()) == []
+    assert ray.get(run.coordinator.views.remote([])) == []
     ray.kill(run.coordinator)
-    deadline = time.monotonic() + 30
-    while True:  # the kill lands a moment after the call returns: until a call sees it
+
+    def dead() -> bool:  # the kill lands a moment after the call returns: until a call sees it
         try:
             ray.get(run.coordinator.ping.remote(), timeout=10)
         except ray.exceptions.RayActorError:
-            break
-        assert time.monotonic() < deadline
+            return True
+        return False
+
+    wait_for(dead, 30, "the coordinator's death to show", interval=0)
     with pytest.raises(ray.exceptions.RayActorError):
         run.wait_ready(timeout_s=10)
     for actor in run.providers.values():

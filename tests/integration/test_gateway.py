@@ -10,16 +10,17 @@ from typing import Any
 
 import pytest
 
-from actors.errors import (
+from actors.gateway import ProviderGateway
+from local_server.process import LocalServer
+from pipelines.errors import (
     AuthFailed,
     MalformedResponse,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExhausted,
 )
-from actors.gateway import ProviderGateway
-from local_server.process import LocalServer
-from pipelines.settings import DeploymentSettings, ProviderSettings
+from pipelines.settings import DeploymentSettings, ProviderKind, ProviderSettings
+from tests.support import wait_for_async
 
 Start = Callable[..., LocalServer]
 Build = Callable[..., ProviderGateway]
@@ -34,7 +35,8 @@ async def gateway() -> AsyncIterator[Build]:
     def build(base_url: str | None, **settings: Any) -> ProviderGateway:
         fields: dict[str, Any] = {"model": "test-model", "rpm": None, "timeout_s": 10.0}
         fields.update(settings)
-        made.append(ProviderGateway("llm", ProviderSettings(**fields), local_base_url=base_url))
+        made.append(ProviderGateway(ProviderKind.LLM, ProviderSettings(**fields),
+                                    local_base_url=base_url))
         return made[-1]
 
     yield build
@@ -182,15 +184,10 @@ async def test_cancelling_a_call_frees_its_slot(gateway: Build, local_server: St
     server = local_server(hang_rate=1.0)
     gw = gateway(server.base_url, timeout_s=30, max_inflight=1)
     task = asyncio.create_task(gw.chat(MESSAGES))
-    deadline = time.monotonic() + 5
-    while server_count(server, "inflight") == 0:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await wait_for_async(lambda: server_count(server, "inflight"), 5, "the request to arrive")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gw.deployments[0].limiter.inflight == 0
-    deadline = time.monotonic() + 5
-    while server_count(server, "inflight") != 0:  # the HTTP request was aborted too
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await wait_for_async(lambda: server_count(server, "inflight") == 0, 5,
+                         "the HTTP request to be aborted too")

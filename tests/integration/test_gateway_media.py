@@ -9,21 +9,22 @@ from typing import Any
 
 import pytest
 
-from actors.errors import GenerationFailed, ProviderUnavailable
 from actors.gateway import ProviderGateway
 from local_server.process import LocalServer
-from pipelines.settings import ImageSettings, TTSSettings, VideoSettings
+from pipelines.errors import GenerationFailed, ProviderTimeout, ProviderUnavailable
+from pipelines.settings import ImageSettings, ProviderKind, TTSSettings, VideoSettings
 
 Start = Callable[..., LocalServer]
 Build = Callable[..., ProviderGateway]
-KINDS = {"tts": TTSSettings, "image": ImageSettings, "video": VideoSettings}
+KINDS = {ProviderKind.TTS: TTSSettings, ProviderKind.IMAGE: ImageSettings,
+         ProviderKind.VIDEO: VideoSettings}
 
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Build]:
     made: list[ProviderGateway] = []
 
-    def build(kind: str, base_url: str, **fields: Any) -> ProviderGateway:
+    def build(kind: ProviderKind, base_url: str, **fields: Any) -> ProviderGateway:
         settings = KINDS[kind](**{"rpm": None, "timeout_s": 10.0, **fields})
         made.append(ProviderGateway(kind, settings, local_base_url=base_url))
         return made[-1]
@@ -36,7 +37,7 @@ async def gateway() -> AsyncIterator[Build]:
 async def test_speech_is_written_to_a_file_and_billed_per_character(
     local_server: Start, gateway: Build, tmp_path: Path
 ) -> None:
-    gw = gateway("tts", local_server().base_url)
+    gw = gateway(ProviderKind.TTS, local_server().base_url)
     text = "I kept the lantern lit for you."
     result = await gw.speech(text, voice="nova", out_path=str(tmp_path / "a" / "line.wav"),
                              episode_id="ep")
@@ -49,7 +50,7 @@ async def test_speech_is_written_to_a_file_and_billed_per_character(
 
 async def test_images_are_written_as_png(local_server: Start, gateway: Build,
                                          tmp_path: Path) -> None:
-    gw = gateway("image", local_server().base_url)
+    gw = gateway(ProviderKind.IMAGE, local_server().base_url)
     result = await gw.image("A lighthouse at dawn.", out_path=str(tmp_path / "scene.png"),
                             size="1024x1024")
     assert Path(result.path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -59,7 +60,7 @@ async def test_images_are_written_as_png(local_server: Start, gateway: Build,
 async def test_speech_faults_are_retried_then_reported(local_server: Start, gateway: Build,
                                                        tmp_path: Path) -> None:
     server = local_server(fault_rate=1.0)
-    gw = gateway("tts", server.base_url, max_attempts=2)
+    gw = gateway(ProviderKind.TTS, server.base_url, max_attempts=2)
     with pytest.raises(ProviderUnavailable):
         await gw.speech("x", voice="alloy", out_path=str(tmp_path / "x.wav"))
     assert server.stats()["speech"]["faults"]["server_error"] == 2
@@ -70,9 +71,9 @@ async def test_a_clip_is_polled_to_completion_from_the_scene_image(
     local_server: Start, gateway: Build, tmp_path: Path
 ) -> None:
     server = local_server(latency_scale=0.03)
-    image = await gateway("image", server.base_url).image(
+    image = await gateway(ProviderKind.IMAGE, server.base_url).image(
         "The ferry.", out_path=str(tmp_path / "scene.png"), size="1024x1024")
-    gw = gateway("video", server.base_url, poll_initial_s=0.1, poll_max_s=0.3)
+    gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.1, poll_max_s=0.3)
     result = await gw.clip("The ferry leaves.", image_path=image.path, seconds="4",
                            out_path=str(tmp_path / "clip.mp4"), episode_id="ep")
     data = Path(result.path).read_bytes()
@@ -86,7 +87,8 @@ async def test_a_failed_clip_job_is_started_again_then_reported(
     local_server: Start, gateway: Build, tmp_path: Path
 ) -> None:
     server = local_server(latency_scale=0.01, video_fail_rate=1.0)
-    gw = gateway("video", server.base_url, poll_initial_s=0.05, poll_max_s=0.1, max_attempts=2)
+    gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
+                 max_attempts=2)
     with pytest.raises(GenerationFailed, match="on purpose"):
         await gw.clip("x", out_path=str(tmp_path / "clip.mp4"))
     stats = gw.snapshot()
@@ -99,10 +101,8 @@ async def test_a_clip_job_that_outlives_its_timeout_has_failed(
 ) -> None:
     import time
 
-    from actors.errors import ProviderTimeout
-
     server = local_server(latency_scale=1.0, video_latency=0, video_job_s=3600)  # never ends
-    gw = gateway("video", server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
+    gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
                  clip_timeout_s=0.5)
     started = time.monotonic()
     with pytest.raises(ProviderTimeout, match="clip timeout"):
@@ -120,15 +120,15 @@ async def test_clip_jobs_never_exceed_the_providers_job_cap(
     # Small renders: a job's length is the one drawn, not how long a busy machine took to encode.
     server = local_server(latency_scale=0.01, video_max_jobs=2, video_render_size="320x180",
                           video_render_fps=8)
-    gw = gateway("video", server.base_url, max_jobs=2, max_inflight=10, poll_initial_s=0.02,
-                 poll_max_s=0.05)
+    gw = gateway(ProviderKind.VIDEO, server.base_url, max_jobs=2, max_inflight=10,
+                 poll_initial_s=0.02, poll_max_s=0.05)
     results = await asyncio.gather(*(
         gw.clip(f"clip {i}", out_path=str(tmp_path / f"clip{i}.mp4")) for i in range(8)))
     assert all(Path(r.path).read_bytes()[4:8] == b"ftyp" for r in results)
     assert gw.snapshot()["rate_limited"] == 0
     assert server.stats()["video"]["rate_limited"] == 0
     # Eight jobs measured (60 s ± 15 s at 1/100): they now time the first poll.
-    assert 0.3 < gw.job_durations.first_poll_s() < 1.0
+    assert 0.3 < gw.clips.durations.first_poll_s() < 1.0
     # How long the jobs were seen running, for the report's bound: polled near each job's end,
     # most of what the server drew; never more than the jobs ran (the slack: a render that
     # still overran on a busy machine).

@@ -6,7 +6,6 @@ that counts requests reads the counters of a server no other test uses.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -25,6 +24,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from local_server.process import LocalServer, LocalServerError
+from tests.support import wait_for, wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -161,11 +161,9 @@ async def test_a_hang_is_a_timeout_and_frees_the_server() -> None:
         async with client(server, timeout=0.5) as sdk:
             with pytest.raises(openai.APITimeoutError):
                 await sdk.chat.completions.create(model="m", messages=MESSAGES)
-        deadline = time.monotonic() + 10
-        while (counted := server.stats()["chat"])["inflight"]:
-            assert time.monotonic() < deadline, "the hanging handler outlived its client"
-            await asyncio.sleep(0.05)
-    assert counted["faults"]["hang"] == 1
+        await wait_for_async(lambda: not server.stats()["chat"]["inflight"], 10,
+                             "the hanging handler to end with its client")
+        assert server.stats()["chat"]["faults"]["hang"] == 1
 
 
 async def test_a_bad_body_is_a_bad_request_error(plain: LocalServer) -> None:
@@ -198,10 +196,8 @@ def test_stopping_with_a_request_hanging_is_prompt_and_clean() -> None:
         request = urllib.request.Request(f"{server.base_url}/chat/completions", data=body)
         caller = threading.Thread(target=_ignore_errors, args=(request,), daemon=True)
         caller.start()
-        deadline = time.monotonic() + 10
-        while server.stats()["chat"]["inflight"] == 0:
-            assert time.monotonic() < deadline, "the request never arrived"
-            time.sleep(0.01)
+        wait_for(lambda: server.stats()["chat"]["inflight"], 10, "the request to arrive",
+                 interval=0.01)
         started = time.monotonic()
     assert time.monotonic() - started < 4 and server.returncode == 0
     caller.join(timeout=5)
@@ -264,6 +260,19 @@ def _probe(path: Path) -> str:
     return run.stderr
 
 
+async def _until_over(sdk: openai.AsyncOpenAI, job_id: str, interval: float,
+                      seen: set[str] | None = None) -> Any:
+    """Poll a video job until it is over; return its last state."""
+
+    async def over() -> Any:
+        job = await sdk.videos.retrieve(job_id)
+        if seen is not None:
+            seen.add(job.status)
+        return job if job.status in ("completed", "failed") else None
+
+    return await wait_for_async(over, 30, f"video job {job_id} to end", interval=interval)
+
+
 async def test_video_jobs_progress_complete_and_download(tmp_path: Path) -> None:
     with LocalServer(latency_scale=0.03) as server:  # a 60 s job takes about 2 s
         async with client(server) as sdk:
@@ -272,12 +281,7 @@ async def test_video_jobs_progress_complete_and_download(tmp_path: Path) -> None
                                           seconds="4", size="1280x720")
             assert job.status == "queued" and job.progress == 0
             seen = {job.status}
-            deadline = time.monotonic() + 30
-            while job.status not in ("completed", "failed"):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-                job = await sdk.videos.retrieve(job.id)
-                seen.add(job.status)
+            job = await _until_over(sdk, job.id, 0.1, seen)
             assert job.status == "completed" and "in_progress" in seen and job.progress == 100
             took = time.monotonic() - created
             content = await sdk.videos.download_content(job.id)
@@ -295,11 +299,7 @@ async def test_clips_can_be_rendered_small_whatever_size_the_job_asks(tmp_path: 
                      video_render_fps=8) as server:
         async with client(server) as sdk:
             job = await sdk.videos.create(prompt="A ferry in fog.", seconds="4", size="1280x720")
-            deadline = time.monotonic() + 30
-            while job.status not in ("completed", "failed"):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-                job = await sdk.videos.retrieve(job.id)
+            job = await _until_over(sdk, job.id, 0.05)
             assert job.status == "completed" and job.size == "1280x720"  # as asked, on paper
             content = await sdk.videos.download_content(job.id)
     clip = tmp_path / "clip.mp4"
@@ -316,11 +316,8 @@ async def test_video_jobs_fail_on_cue_and_refuse_early_downloads() -> None:
                 await sdk.videos.download_content(job.id)
             with pytest.raises(openai.RateLimitError) as busy:  # one job at a time
                 await sdk.videos.create(prompt="y", seconds="4")
-            deadline = time.monotonic() + 30
-            while job.status != "failed":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-                job = await sdk.videos.retrieve(job.id)
+            job = await _until_over(sdk, job.id, 0.1)
+            assert job.status == "failed"
             with pytest.raises(openai.NotFoundError):
                 await sdk.videos.retrieve("video_nope")
             with pytest.raises(openai.BadRequestError, match="seconds"):

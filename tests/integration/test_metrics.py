@@ -1,7 +1,7 @@
 """Showrunner's metrics reach the node's Prometheus endpoint, and say what ``stats()`` says.
 
 Metrics are pushed to the endpoint periodically (once a second in the test session), so each
-check scrapes until the figures arrive or a deadline passes. The counters are cumulative for the
+check scrapes until the figures arrive. The counters are cumulative for the
 whole session, so samples are picked by a label only this test's calls carry: the deployment
 (the local server's own port) or the driver's worker id.
 """
@@ -9,7 +9,6 @@ whole session, so samples are picked by a label only this test's calls carry: th
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +18,14 @@ import pytest
 import ray
 
 from actors import metrics
-from actors.errors import QuotaExhausted
 from actors.gateway import deployment_label
+from actors.ray_metrics import RayCoordinatorMetrics
 from actors.remote import provider_actor
 from local_server.process import LocalServer
-from pipelines.settings import ProviderSettings, VideoSettings
+from pipelines.errors import QuotaExhausted
+from pipelines.planner import NodeKind
+from pipelines.settings import ProviderKind, ProviderSettings, VideoSettings
+from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 MESSAGES = [{"role": "user", "content": "Two rivals share a taxi in the rain."}]
@@ -52,13 +54,16 @@ def total(samples: list[Sample], name: str, **labels: str) -> float:
 
 
 def scrape_until(url: str, read: Callable[[list[Sample]], Any], expected: Any) -> Any:
-    """``read`` of the latest scrape, once it equals ``expected`` or the deadline passed."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        observed = read(scrape(url))
-        if observed == expected or time.monotonic() > deadline:
-            return observed
-        time.sleep(0.2)  # a poll interval, not a wait for something to happen
+    """``read`` of the latest scrape, once it equals ``expected``."""
+    observed: list[Any] = [None]
+
+    def arrived() -> bool:
+        observed[0] = read(scrape(url))
+        return bool(observed[0] == expected)
+
+    wait_for(arrived, DEADLINE_S, lambda: f"{expected}; the endpoint shows {observed[0]}",
+             interval=0.2)
+    return observed[0]
 
 
 def provider_figures(samples: list[Sample], provider: str, deployment: str) -> dict[str, Any]:
@@ -100,16 +105,17 @@ def test_provider_metrics_match_the_actors_stats(
     server = local_server(llm_rpm=300)  # 5 a second: 30 at once earn 429s on any machine
     broke = local_server(quota_exhausted=True)  # every call fails at once: outcome "error"
     prices = {"input_per_1m_tokens": 2.0, "output_per_1m_tokens": 8.0, "per_image": 0.04}
-    llm = provider_actor("llm", settings(rpm=60_000, prices=prices),  # far above the server's
-                         local_base_url=server.base_url, name="test:metrics-llm")
-    broke_llm = provider_actor("llm", settings(), local_base_url=broke.base_url,
+    llm = provider_actor(ProviderKind.LLM, settings(rpm=60_000, prices=prices),  # above the
+                         local_base_url=server.base_url, name="test:metrics-llm")  # server's
+    broke_llm = provider_actor(ProviderKind.LLM, settings(), local_base_url=broke.base_url,
                                name="test:metrics-broke")
-    image = provider_actor("image", settings(prices=prices), local_base_url=server.base_url,
-                           name="test:metrics-image")
+    image = provider_actor(ProviderKind.IMAGE, settings(prices=prices),
+                           local_base_url=server.base_url, name="test:metrics-image")
 
     # Clip jobs of about half a second, small renders: polled while they run.
     clips = local_server(latency_scale=0.01, video_render_size="320x180", video_render_fps=8)
-    video = provider_actor("video", VideoSettings(rpm=None, poll_initial_s=0.05, poll_max_s=0.1),
+    video = provider_actor(ProviderKind.VIDEO,
+                           VideoSettings(rpm=None, poll_initial_s=0.05, poll_max_s=0.1),
                            local_base_url=clips.base_url, name="test:metrics-video")
 
     ray.get([llm.chat.remote(MESSAGES, episode_id=f"e{i % 3}") for i in range(30)])
@@ -137,10 +143,10 @@ def test_provider_metrics_match_the_actors_stats(
 
 def test_coordinator_gauges_and_stages_reach_the_endpoint(metrics_url: str) -> None:
     me = ray.get_runtime_context().get_worker_id()  # the driver records them, under its id
-    metrics.set_episode_gauges(queued=3, running=2, nodes_in_flight=7)
-    # A stage of its own: coordinators that other tests ran in this driver observed real ones.
+    sink = RayCoordinatorMetrics()  # what the factory gives a coordinator actor
+    sink.episodes(queued=3, running=2, nodes_in_flight=7)
     for seconds in (0.5, 1.5):
-        metrics.observe_stage("probe", seconds)
+        sink.stage(NodeKind.DIALOGUE, seconds)
     # Ray exports a histogram's buckets exactly, but rebuilds its _sum from bucket midpoints.
     expected = {
         ("ray_showrunner_episodes_queued", ""): 3, ("ray_showrunner_episodes_running", ""): 2,
@@ -153,7 +159,7 @@ def test_coordinator_gauges_and_stages_reach_the_endpoint(metrics_url: str) -> N
 
     def read(samples: list[Sample]) -> dict[tuple[str, str], float]:
         def tags(name: str, le: str) -> dict[str, str]:
-            stage = {"stage": "probe"} if name.startswith("ray_showrunner_stage") else {}
+            stage = {"stage": "dialogue"} if name.startswith("ray_showrunner_stage") else {}
             return {"WorkerId": me, **stage, **({"le": le} if le else {})}
 
         return {(name, le): total(samples, name, **tags(name, le)) for name, le in expected}
@@ -161,7 +167,7 @@ def test_coordinator_gauges_and_stages_reach_the_endpoint(metrics_url: str) -> N
     assert scrape_until(metrics_url, read, expected) == expected
     stages = {tags.get("stage") for name, tags, _ in scrape(metrics_url)
               if name == "ray_showrunner_stage_seconds_bucket" and tags.get("WorkerId") == me}
-    assert "probe" in stages
+    assert "dialogue" in stages
     coordinator = [s for s in metrics.SPECS if "provider" not in s.tags]
     assert_exported_as_specified(metrics_url, coordinator)
 

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python -m pipelines run ...`` against a real cluster.
+"""``ray job submit --working-dir . -- python -m showrunner run ...`` against a real cluster.
 
 The cluster is a head node of its own, started with ``ray start --head --block`` as a child in a
 session of its own: the suite's session Ray (``ray.init`` in conftest) and any other Ray on this
@@ -24,16 +24,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +57,6 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("", 0))
             ports.append(sock.getsockname()[1])
         return ports
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str,
-             interval_s: float = 0.2) -> None:
-    """Poll until ``condition()`` holds; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def cluster_pids(marker: str, session: int) -> list[int]:
@@ -187,10 +178,8 @@ def head() -> Iterator[Head]:
         for attempt in range(1, START_ATTEMPTS + 1):
             node = start_head(temp_dir)
             started.append(node)
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not node.dashboard_up() and node.proc.poll() is None:
-                assert time.monotonic() < deadline, f"no dashboard in time:\n{node.log_tail()}"
-                time.sleep(0.25)
+            wait_for(lambda n=node: n.dashboard_up() or n.proc.poll() is not None,
+                     START_TIMEOUT_S, lambda n=node: f"the dashboard:\n{n.log_tail()}", 0.25)
             if node.proc.poll() is None:
                 break
             assert attempt < START_ATTEMPTS, (
@@ -210,7 +199,8 @@ def test_ray_job_submit_runs_episodes_and_names_outputs(head: Head, tmp_path: Pa
     result = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url,
          "--submission-id", submission_id, "--working-dir", str(ROOT), "--",
-         "python", "-m", "pipelines", "run", "--premise", "A lighthouse keeper hides a smuggler.",
+         "python", "-m", "showrunner", "run", "--premise",
+         "A lighthouse keeper hides a smuggler.",
          "--scenes", "2", "--lines", "2", "--script-only", "--latency-scale", "0",
          "--output", str(out)],
         capture_output=True, text=True, env=head.env, cwd=tmp_path, timeout=JOB_TIMEOUT_S,
@@ -239,7 +229,7 @@ def test_ray_job_submit_runs_episodes_and_names_outputs(head: Head, tmp_path: Pa
     # --working-dir uploads the repository as git sees it: no .venv (hundreds of MB), no .git
     # (both left out by Ray itself), nothing .gitignore names (Ray reads it).
     [unpacked] = head.temp_dir.glob("session_latest/runtime_resources/working_dir_files/*/")
-    assert (unpacked / "pipelines" / "cli.py").is_file()
+    assert (unpacked / "showrunner" / "cli.py").is_file()
     assert (unpacked / "pyproject.toml").is_file()
     assert not (unpacked / ".venv").exists() and not (unpacked / ".git").exists()
     ignored = [p for p in ("pipelines/__pycache__", "showrunner.egg-info", ".pytest_cache",

@@ -15,6 +15,7 @@ import requests
 from ray import serve
 
 import serve_app
+from pipelines.episode_folder import Artifact
 from pipelines.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -101,7 +102,7 @@ def test_submit_then_events_until_completed_then_artifacts(base_url: str) -> Non
     shown = client(KEY_A).get(base_url + episode["links"]["self"]).json()
     assert shown["status"] == "completed" and shown["percent"] == 100.0
     assert shown["scenes"] == ["done", "done"] and shown["report"]["scenes_completed"] == 2
-    assert set(shown["artifacts"]) == set(serve_app.ARTIFACTS)
+    assert set(shown["artifacts"]) == {a.value for a in Artifact}
     assert "output_dir" not in json.dumps(shown)  # links, never server paths
 
     video = base_url + shown["artifacts"]["episode.mp4"]

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from tests.integration.test_cli import ROOT, showrunner
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def serving(tmp_path: Path, **env: str) -> Iterator[tuple[str, list[str], subpro
         port = s.getsockname()[1]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "serve", "--port", str(port), "--latency-scale", "0"],
+        [sys.executable, "-m", "showrunner", "serve", "--port", str(port), "--latency-scale", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         env={**clean, "PYTHONPATH": str(ROOT),
              "SHOWRUNNER_SERVICE__OUTPUT_DIR": str(tmp_path / "episodes"), **env},
@@ -58,11 +58,12 @@ def serving(tmp_path: Path, **env: str) -> Iterator[tuple[str, list[str], subpro
     seen: list[str] = []
     threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")),
                      daemon=True).start()
+    def listening() -> bool:
+        assert proc.poll() is None, "".join(seen)[-3000:]
+        return any("Showrunner API on" in line for line in seen)
+
     try:
-        deadline = time.monotonic() + 120
-        while not any("Showrunner API on" in line for line in seen):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
-            time.sleep(0.2)
+        wait_for(listening, 120, lambda: "the API to listen: " + "".join(seen)[-3000:], 0.2)
         yield f"http://127.0.0.1:{port}", seen, proc
     finally:
         if proc.poll() is None:
@@ -78,12 +79,12 @@ def test_serve_answers_over_http_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             "media": False})
         assert made.status_code == 202, made.text
         url = base + made.json()["links"]["self"]
-        deadline = time.monotonic() + 60
-        while (status := requests.get(url, headers=auth, timeout=10).json()["status"]) in (
-                "queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert status == "completed"
+
+        def ended() -> str | None:
+            status = requests.get(url, headers=auth, timeout=10).json()["status"]
+            return None if status in ("queued", "running") else status
+
+        assert wait_for(ended, 60, "the episode to end", interval=0.2) == "completed"
         assert requests.get(url, timeout=10).status_code == 401
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]

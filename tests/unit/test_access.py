@@ -10,10 +10,10 @@ from pipelines.access import (
     LOCAL_TENANT,
     ApiKeys,
     TenantRateLimiter,
-    artifact_path,
     check_idempotency_key,
     episode_ids,
 )
+from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.settings import SettingsError, load_settings
 
 KEY_A = "alpha-0123456789abcdef"
@@ -85,10 +85,10 @@ def test_bad_idempotency_keys(key: str) -> None:
 
 
 def test_artifacts_only_by_name_from_the_table(tmp_path: Path) -> None:
-    (tmp_path / "script.json").write_text("{}")
-    (tmp_path.parent / "secret.txt").write_text("no")
-    allowed = ["script.json", "episode.mp4"]
-    assert artifact_path(str(tmp_path), "script.json", allowed) == tmp_path / "script.json"
-    assert artifact_path(str(tmp_path), "episode.mp4", allowed) is None  # not made yet
-    assert artifact_path(str(tmp_path), "../secret.txt", allowed) is None
-    assert artifact_path(None, "script.json", allowed) is None
+    assert Artifact.named("script.json") is Artifact.SCRIPT_JSON
+    for name in ("../secret.txt", "media/scene001/image.png", "", "script.json/", "SCRIPT.JSON"):
+        assert Artifact.named(name) is None
+    folder = EpisodeFolder(tmp_path, "e1")
+    assert folder.artifact(Artifact.VIDEO) == tmp_path / "e1" / "episode.mp4"
+    assert {a.media_type.split(";")[0] for a in Artifact} == {
+        "application/json", "text/markdown", "application/x-subrip", "image/png", "video/mp4"}

@@ -9,18 +9,20 @@ import httpx2
 import openai
 import pytest
 
-from actors import errors
-from actors.errors import (
+from actors import sdk_errors
+from actors.sdk_errors import from_openai, provider_errors
+from pipelines.errors import (
     AuthFailed,
     BadRequest,
     MalformedResponse,
+    MediaError,
+    NodeFailed,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
-    from_openai,
-    provider_errors,
+    StageOutputError,
 )
 
 REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
@@ -54,8 +56,8 @@ def _all_sdk_error_classes() -> set[type[BaseException]]:
 
 
 def test_every_sdk_error_class_has_an_explicit_mapping() -> None:
-    unmapped = _all_sdk_error_classes() - set(errors.OPENAI_ERROR_MAP)
-    assert not unmapped, f"map these openai errors in actors/errors.py: {unmapped}"
+    unmapped = _all_sdk_error_classes() - set(sdk_errors.OPENAI_ERROR_MAP)
+    assert not unmapped, f"map these openai errors in actors/sdk_errors.py: {unmapped}"
 
 
 @pytest.mark.parametrize(
@@ -114,13 +116,20 @@ def test_connection_and_timeout_errors() -> None:
                     retry_after_s=1.5),
         QuotaExhausted("no credit", provider="tts", status=429),
         ProviderTimeout("late", provider="video"),
+        StageOutputError("the answer did not follow the schema twice"),
+        MediaError("ffmpeg failed: no such file"),
     ],
 )
-def test_errors_pickle_with_their_fields(err: ProviderError) -> None:
+def test_errors_pickle_with_their_fields(err: NodeFailed) -> None:
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is type(err)
     assert back.__dict__ == err.__dict__
     assert str(back) == str(err)
+
+
+def test_one_tree_holds_every_way_a_node_fails() -> None:
+    for kind in (ProviderError, RateLimited, QuotaExhausted, StageOutputError, MediaError):
+        assert issubclass(kind, NodeFailed)
 
 
 def test_the_context_manager_chains_the_original_error() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,18 @@ from actors.limiter import Limits, Permit, RateLimiter
 from tests.fakes import FakeClock, settle
 
 
+class Held:
+    """A permit a task holds inside ``async with`` until the test lets go of it."""
+
+    def __init__(self, permit: Permit) -> None:
+        self.permit = permit
+        self.gone = asyncio.Event()
+
+    def let_go(self, used_tokens: int | None = None) -> None:
+        self.permit.settle(used_tokens)
+        self.gone.set()
+
+
 class Recorder:
     """Starts acquirers as tasks and records (time, key, index) of each grant."""
 
@@ -19,14 +32,16 @@ class Recorder:
         self.limiter = limiter
         self.clock = clock
         self.grants: list[tuple[float, str, int]] = []
-        self.permits: list[Permit] = []
+        self.held: list[Held] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self, key: str, index: int = 0, tokens: int = 0) -> asyncio.Task[None]:
         async def run() -> None:
-            permit = await self.limiter.acquire(key, tokens)
-            self.grants.append((self.clock.now(), key, index))
-            self.permits.append(permit)
+            async with self.limiter.permit(key, tokens) as permit:
+                self.grants.append((self.clock.now(), key, index))
+                held = Held(permit)
+                self.held.append(held)
+                await held.gone.wait()
 
         task = asyncio.create_task(run())
         self.tasks.append(task)
@@ -110,12 +125,34 @@ async def test_max_inflight_caps_concurrency_without_a_rate_limit() -> None:
         rec.start("ep", i)
     await settle()
     assert len(rec.grants) == 2 and limiter.inflight == 2
-    rec.permits[0].release()
-    await settle()
-    assert len(rec.grants) == 3
-    rec.permits[0].release()  # a second release of the same permit changes nothing
+    rec.held[0].let_go()
     await settle()
     assert len(rec.grants) == 3 and limiter.inflight == 2
+    rec.tasks[3].cancel()  # a waiter cancelled while waiting takes no slot
+    await settle()
+    rec.held[1].let_go()
+    await settle()
+    assert len(rec.grants) == 3 and limiter.inflight == 1
+
+
+async def test_a_permit_is_given_back_however_its_block_is_left() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=6000, tpm=6000, max_inflight=5), clock)  # 100 of each
+    with pytest.raises(RuntimeError):
+        async with limiter.permit("ep", 40):
+            raise RuntimeError("the call broke")
+    holder = Recorder(limiter, clock).start("ep", tokens=40)
+    await settle()
+    assert limiter.inflight == 1
+    holder.cancel()  # cancelled mid-flight, with the slot held
+    await settle()
+    assert limiter.inflight == 0
+    # Both left without a word kept their estimates; a failed attempt gives its tokens back.
+    assert limiter._tokens is not None and limiter._tokens.level == pytest.approx(20)
+    async with limiter.permit("ep", 10) as permit:
+        permit.failed(counted=False)
+    assert limiter._tokens.level == pytest.approx(20)
+    assert limiter._requests is not None and limiter._requests.level == pytest.approx(98)
 
 
 async def test_cancelled_waiter_leaves_the_queue_and_consumes_nothing() -> None:
@@ -169,23 +206,25 @@ async def test_pause_is_capped() -> None:
 async def test_settling_refunds_an_over_estimate_and_charges_an_under_estimate() -> None:
     clock = FakeClock()
     limiter = RateLimiter(Limits(tpm=6000), clock)  # capacity 100 tokens
-    first = await limiter.acquire("ep", 80)
     rec = Recorder(limiter, clock)
+    rec.start("ep", 0, tokens=80)
+    await settle()
     rec.start("ep", 1, tokens=60)
     await settle()
-    assert rec.grants == []
-    first.release(used_tokens=30)  # 50 refunded: 70 now present
-    await settle()
     assert len(rec.grants) == 1
-    rec.permits[0].release(used_tokens=100)  # 40 more than estimated: level goes to -30
+    rec.held[0].let_go(used_tokens=30)  # 50 refunded: 70 now present
+    await settle()
+    assert len(rec.grants) == 2
+    rec.held[1].let_go(used_tokens=100)  # 40 more than estimated: level goes to -30
+    await settle()
     assert limiter._tokens is not None and limiter._tokens.level == pytest.approx(-30)
 
 
 async def test_a_request_larger_than_the_bucket_waits_for_a_full_bucket_not_forever() -> None:
     clock = FakeClock()
     limiter = RateLimiter(Limits(tpm=600), clock)  # 10 tokens/s, capacity 10
-    small = await limiter.acquire("ep", 5)
-    small.release()
+    async with limiter.permit("ep", 5):
+        pass
     rec = Recorder(limiter, clock)
     rec.start("ep", 1, tokens=1000)
     await settle()
@@ -212,7 +251,8 @@ async def test_server_headers_only_tighten() -> None:
 async def test_headers_are_carried_forward_from_when_the_request_was_sent() -> None:
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=600), clock)  # 10/s, capacity 10
-    permits = [await limiter.acquire("ep") for _ in range(10)]
+    held = contextlib.AsyncExitStack()
+    permits = [await held.enter_async_context(limiter.permit("ep")) for _ in range(10)]
     clock.advance(0.5)  # the answers come back half a second later; 5 refilled meanwhile
     assert limiter._requests is not None
     limiter.observe(permits[-1], remaining_requests=0)  # agrees with us at send time
@@ -223,20 +263,25 @@ async def test_headers_are_carried_forward_from_when_the_request_was_sent() -> N
     # Replaying the same disagreement from a later answer does not count it twice.
     limiter.observe(permits[3], remaining_requests=0)
     assert limiter._requests.level == pytest.approx(-1)
+    await held.aclose()
 
 
 async def test_a_much_lower_server_limit_is_adopted_without_a_long_stall() -> None:
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=60_000), clock)  # we think 1000/s
-    permits = [await limiter.acquire("ep") for _ in range(30)]
+    taken, refused = contextlib.AsyncExitStack(), contextlib.AsyncExitStack()
+    permits = [await taken.enter_async_context(limiter.permit("ep")) for _ in range(10)]
+    permits += [await refused.enter_async_context(limiter.permit("ep")) for _ in range(20)]
     # The server allows 10/s: it took 10 and refused 20, all answered with remaining 0.
     for permit in permits[10:]:
-        permit.release(counted=False)
+        permit.failed(counted=False)
+    await refused.aclose()
     for permit in permits:
         limiter.observe(permit, limit_requests=600, remaining_requests=0)
     assert limiter._requests is not None and limiter._requests.rate == pytest.approx(10)
     # What the server counted is gone; no more: at most about one second at the real rate.
     assert limiter._requests.level >= -limiter._requests.capacity
+    await taken.aclose()
 
 
 @settings(max_examples=60, deadline=None)
@@ -281,9 +326,8 @@ async def _simulate(
     grants: list[tuple[float, int]] = []
 
     async def call(key: str, tokens: int) -> None:
-        permit = await limiter.acquire(key, tokens)
-        grants.append((clock.now(), tokens))
-        permit.release()
+        async with limiter.permit(key, tokens):
+            grants.append((clock.now(), tokens))
 
     async def run_timers_until(deadline: float) -> None:
         # One instant at a time, so each grant is recorded at the moment it was made.

@@ -1,4 +1,4 @@
-"""Without Ray the metrics do nothing; the dashboard queries only metrics that exist."""
+"""Without Ray the metrics go nowhere; the dashboard queries only metrics that exist."""
 
 from __future__ import annotations
 
@@ -7,42 +7,33 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from actors import metrics
 from actors.stats import ProviderStats
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "showrunner.json"
 
 
-@pytest.fixture
-def no_metric_objects(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to make a Ray metric object fails the test."""
+class Recording:
+    """A sink that keeps what it is told, to show the counters and the metrics agree."""
 
-    def refuse(spec: metrics.Spec) -> None:
-        raise AssertionError(f"{spec.name} was made without Ray")
+    def __init__(self) -> None:
+        self.events: list[tuple[str, tuple[object, ...]]] = []
 
-    monkeypatch.setattr(metrics.Spec, "make", refuse)
-    monkeypatch.setattr(metrics, "_made", None)
-
-
-@pytest.mark.usefixtures("no_metric_objects")
-def test_without_ray_every_function_is_a_no_op() -> None:
-    metrics.set_episode_gauges(queued=1, running=2, nodes_in_flight=3)
-    metrics.observe_stage("dialogue", 1.5)
-    provider = metrics.ProviderMetrics("llm")
-    assert not provider.enabled
-    provider.succeeded("http://h:1", 0.2, 10, 5, 0.01)
-    provider.gave_up("http://h:1")
-    provider.rate_limited("http://h:1")
-    provider.retried("http://h:1")
-    provider.waited("http://h:1", 0.1)
-    assert metrics._made is None
+    def __getattr__(self, name: str) -> object:
+        return lambda *args: self.events.append((name, args))
 
 
-@pytest.mark.usefixtures("no_metric_objects")
-def test_stats_count_without_ray() -> None:
-    stats = ProviderStats("llm")
+def test_the_plain_classes_need_no_ray_and_default_to_no_metrics() -> None:
+    stats = ProviderStats()
+    assert stats.metrics is metrics.NO_METRICS
+    for name in ("succeeded", "gave_up", "rate_limited", "retried", "waited", "job_ended",
+                 "episodes", "stage"):
+        assert callable(getattr(metrics.NO_METRICS, name))
+
+
+def test_stats_count_and_tell_their_sink_the_same() -> None:
+    sink = Recording()
+    stats = ProviderStats(metrics=sink)  # type: ignore[arg-type]
     stats.started()
     stats.waited("http://h:1", 0.25)
     stats.attempt_failed("http://h:1", "RateLimited", rate_limited=True)
@@ -55,6 +46,8 @@ def test_stats_count_without_ray() -> None:
         1, 1, 0, 1, 1)
     assert snap["errors"] == {"RateLimited": 1} and snap["limiter_wait_s"] == 0.75
     assert (snap["tokens_in"], snap["tokens_out"], snap["latency"]["count"]) == (10, 5, 1)
+    assert [name for name, _ in sink.events] == [
+        "waited", "rate_limited", "retried", "waited", "succeeded"]
 
 
 def test_names_are_prefixed_and_unique() -> None:

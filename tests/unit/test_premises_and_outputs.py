@@ -1,4 +1,4 @@
-"""Requests from the command line, the concurrency window, and the files an episode becomes."""
+"""Requests from the command line, and the files an episode becomes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.coordinator import ConcurrencyWindow
-from pipelines.episode_state import EpisodeRecord, NodeRecord, NodeState
+from pipelines.episode_folder import Artifact, EpisodeFolder
+from pipelines.episode_state import EpisodeRecord
+from pipelines.files import write_atomic
 from pipelines.models import (
     EpisodeRequest,
     EpisodeStatus,
@@ -17,8 +18,9 @@ from pipelines.models import (
     SceneDialogue,
     SceneState,
 )
+from pipelines.planner import content_id, dialogue_id, outline_id
 from pipelines.premises import BadRequest, build_request, expand, parse_premises_file
-from pipelines.screenplay import write_atomic, write_episode_files
+from pipelines.screenplay import write_script
 
 
 def test_premises_file_mixes_plain_lines_and_json_lines() -> None:
@@ -68,39 +70,29 @@ def test_expand_cycles_premises_with_distinct_seeds() -> None:
         expand(base, 0)
 
 
-def test_concurrency_window_halves_on_429s_and_recovers() -> None:
-    window = ConcurrencyWindow(8)
-    for _ in range(8):
-        window.on_result(rate_limited=True)
-    assert window.limit == 4  # one cut per window's worth of results, not eight
-    for _ in range(4):
-        window.on_result(rate_limited=True)
-    assert window.limit == 2
-    for _ in range(100):
-        window.on_result(rate_limited=False)
-    assert window.limit == 8
-
-
 def _record() -> EpisodeRecord:
     request = EpisodeRequest(premise="A heist at a bakery.", scenes=2, media=False)
     record = EpisodeRecord(id="ep1", request=request, submitted_at=0.0,
                            status=EpisodeStatus.COMPLETED)
-    record.nodes = {nid: NodeRecord(state=NodeState.DONE) for nid in record.plan().nodes}
-    record.outline.append(OutlineDraft.model_validate({
+    record.engine.done.update(record.plan().nodes)
+    record.results[outline_id(1)] = OutlineDraft.model_validate({
         "title": "Flour Power", "logline": "Bakers rob a bank.",
         "characters": [{"name": "Ada", "description": "baker"}],
         "scenes": [{"number": n, "title": f"T{n}", "setting": "Bakery", "summary": "S",
                     "characters": ["Ada"]} for n in (1, 2)],
-    }))
+    })
     for n in (1, 2):
-        record.contents[n] = SceneContent(setting="Warm", action="Kneading", mood="tense")
-        record.dialogues[n] = SceneDialogue.model_validate(
+        record.results[content_id(n)] = SceneContent(setting="Warm", action="Kneading",
+                                                     mood="tense")
+        record.results[dialogue_id(n)] = SceneDialogue.model_validate(
             {"lines": [{"speaker": "Ada", "text": f"Line {n}", "direction": "whispers"}]})
     return record
 
 
 def test_episode_files_are_a_script_and_a_readable_screenplay(tmp_path: Path) -> None:
-    folder = Path(write_episode_files(_record(), str(tmp_path)))
+    written = write_script(_record(), EpisodeFolder(tmp_path, "ep1"))
+    assert written == (Artifact.SCRIPT_JSON, Artifact.SCRIPT_MD)
+    folder = tmp_path / "ep1"
     data = json.loads((folder / "script.json").read_text())
     assert data["title"] == "Flour Power" and len(data["scenes"]) == 2
     markdown = (folder / "script.md").read_text()
@@ -120,7 +112,8 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path: Path) -> No
 
 def test_scene_states_are_derived_from_nodes() -> None:
     record = _record()
-    record.nodes["dialogue:2"].state = NodeState.RUNNING
-    record.nodes["content:1"].state = NodeState.FAILED
+    record.engine.done -= {dialogue_id(2), content_id(1)}
+    record.engine.running.add(dialogue_id(2))
+    record.engine.failed.add(content_id(1))
     assert record.scene_states() == [SceneState.FAILED, SceneState.RUNNING]
     assert record.percent == pytest.approx(80.0)  # failed counts as settled; running does not

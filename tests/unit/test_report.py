@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 
-from pipelines.episode_state import EpisodeRecord, NodeRecord, NodeState
+from pipelines.composition import ComposedScene
+from pipelines.episode_state import EpisodeRecord, NodeRecord
+from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.planner import NodeKind
+from pipelines.planner import NodeKind, compose_id
 from pipelines.report import build_report, episode_entry, packed_s, slots_bound
-from pipelines.settings import Settings
+from pipelines.settings import ProviderKind, Settings
 
 # A one-scene, one-line episode: outline → content → dialogue → speech ┐
 #                                          content → image → clip ─────┴→ compose → stitch
@@ -18,22 +20,19 @@ LATENCY = {"outline:1": 1.0, "content:1": 1.0, "dialogue:1": 1.0, "speech:1.1": 
            "image:1": 2.0, "clip:1": 0.1, "compose:1": 9.0, "stitch:0": 0.2}
 
 
-def record(episode: str, *, cpu_s: float, run_s: float | None = None) -> EpisodeRecord:
+def record(episode: str, *, cpu_s: float, run_s: float = 0.0) -> EpisodeRecord:
     request = EpisodeRequest(premise="A lighthouse.", scenes=1, lines_per_scene=1)
     rec = EpisodeRecord(id=episode, request=request, submitted_at=0.0, started_at=100.0,
                         finished_at=120.0, status=EpisodeStatus.COMPLETED)
-    rec.nodes = {nid: NodeRecord(state=NodeState.DONE, latency_s=LATENCY[nid])
-                 for nid in rec.plan().nodes}
-    video: dict[str, Any] = {"path": "scene.mp4", "length_s": 3.0, "cues": [], "cpu_s": cpu_s}
-    if run_s is not None:
-        video["run_s"] = run_s
-    rec.scene_videos = {1: video}
+    rec.engine.done.update(rec.plan().nodes)
+    rec.nodes = {nid: NodeRecord(latency_s=LATENCY[str(nid)]) for nid in rec.plan().nodes}
+    rec.results[compose_id(1)] = ComposedScene(length_s=3.0, cues=(), cpu_s=cpu_s, run_s=run_s)
     return rec
 
 
 def test_a_composition_counts_the_time_it_ran_not_its_wait_for_a_cpu() -> None:
-    queued = episode_entry(record("a", cpu_s=0.5))  # no run_s: the latency as recorded
-    ran = episode_entry(record("a", cpu_s=0.5, run_s=1.0))
+    queued = episode_entry(EpisodeView.of(record("a", cpu_s=0.5)))  # no run_s: as recorded
+    ran = episode_entry(EpisodeView.of(record("a", cpu_s=0.5, run_s=1.0)))
     # image (2) + clip (0.1) after outline and content, then compose and stitch.
     assert queued["critical_path_s"] == pytest.approx(2 + 2.1 + 9.0 + 0.2)
     assert ran["critical_path_s"] == pytest.approx(2 + 2.1 + 1.0 + 0.2)
@@ -63,7 +62,7 @@ def test_without_a_cpu_count_the_report_uses_this_machines(
 
 def test_a_script_only_run_has_no_cpu_term_to_speak_of() -> None:
     rec = record("a", cpu_s=0.0)
-    rec.scene_videos = {}
+    rec.results.clear()
     totals = build_report([rec], {}, Settings(), cpus=2)["totals"]
     assert totals["cpu_s"] == 0.0 and totals["bounds_s"]["CPU"] == 0.0
     assert totals["bottleneck"] == "critical path"
@@ -110,15 +109,17 @@ def _video_stats(job_s: float) -> dict[str, Any]:
 def test_a_video_providers_cap_of_jobs_bounds_the_run() -> None:
     records = [record("a", cpu_s=0.5, run_s=1.0), record("b", cpu_s=0.5, run_s=1.0)]
     settings = Settings(video={"max_jobs": 10, "rpm": None})  # requests bound nothing here
-    totals = build_report(records, {"video": _video_stats(300.0)}, settings, cpus=2)["totals"]
+    jobs = {ProviderKind.VIDEO: _video_stats(300.0)}
+    totals = build_report(records, jobs, settings, cpus=2)["totals"]
     # Clips wait for a picture (4 s), 300 s of jobs on 10 places, then compose and stitch.
     assert totals["bounds_s"]["video jobs"] == pytest.approx(4.0 + 30.0 + 1.2)
     assert totals["bottleneck"] == "video jobs"
-    wider = build_report(records, {"video": _video_stats(300.0)},
+    wider = build_report(records, jobs,
                          Settings(video={"max_jobs": 100, "rpm": None}), cpus=2)["totals"]
     assert wider["bounds_s"]["video jobs"] == pytest.approx(4.0 + 3.0 + 1.2)
     # The recorded clip nodes' own latency is their download's: the jobs' time lies on the
     # path too, so this term is never below the critical path through a clip.
     assert wider["bounds_s"]["critical path"] == pytest.approx(5.3)
-    no_jobs = build_report(records, {"video": _video_stats(0.0)}, settings, cpus=2)["totals"]
+    no_jobs = build_report(records, {ProviderKind.VIDEO: _video_stats(0.0)}, settings,
+                           cpus=2)["totals"]
     assert "video jobs" not in no_jobs["bounds_s"]

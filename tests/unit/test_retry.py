@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.errors import AuthFailed, ProviderUnavailable, RateLimited
 from actors.retry import (
     RateLimitHeaders,
     RetryPolicy,
@@ -15,6 +14,7 @@ from actors.retry import (
     pause_for,
     should_retry,
 )
+from pipelines.errors import AuthFailed, ProviderUnavailable, RateLimited
 
 
 def test_only_retryable_errors_are_retried_and_only_while_attempts_remain() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from pipelines.episode_folder import Artifact
+from pipelines.episode_view import EpisodeFigures, EpisodeView
+from pipelines.models import EpisodeStatus, SceneState
 from serve_app import is_number, parse_submission, public, scrub
 
 
@@ -16,15 +19,20 @@ def test_errors_lose_provider_urls_and_server_paths() -> None:
 
 
 def test_public_view_has_links_not_paths() -> None:
-    summary = {"id": "e1", "status": "completed", "owner": "t_x", "output_dir": "/srv/out/e1",
-               "files": {"video": "/srv/out/e1/episode.mp4"},
-               "error": "at https://api.example.com/v1 timed out",
-               "report": {"output_dir": "/srv/out/e1", "files": {}, "error": "/srv/out/e1/x"}}
-    shown = json.dumps(public(summary))
-    assert "/srv/" not in shown and "api.example.com" not in shown and "t_x" not in shown
-    view = public(summary)
-    assert view["artifacts"]["episode.mp4"] == "/v1/episodes/e1/artifacts/episode.mp4"
-    assert set(view["artifacts"]) == {"script.json", "script.md", "episode.mp4"}
+    figures = EpisodeFigures(scenes=2, scenes_completed=2, wall_s=3.0, sequential_s=9.0,
+                             critical_path_s=2.5, cost_usd=0.01, cpu_s=1.5)
+    view = EpisodeView(id="e1", owner="t_x", status=EpisodeStatus.COMPLETED, title="T",
+                       percent=100.0, scenes=[SceneState.DONE] * 2, cost_usd=0.01,
+                       error="at https://api.example.com/v1 timed out: /srv/out/e1/x",
+                       last_event_id=9, figures=figures,
+                       artifacts=[Artifact.SCRIPT_JSON, Artifact.SCRIPT_MD, Artifact.VIDEO])
+    shown = public(view)
+    text = json.dumps(shown)
+    assert "/srv/" not in text and "api.example.com" not in text and "t_x" not in text
+    assert shown["artifacts"]["episode.mp4"] == "/v1/episodes/e1/artifacts/episode.mp4"
+    assert set(shown["artifacts"]) == {"script.json", "script.md", "episode.mp4"}
+    assert shown["report"]["critical_path_s"] == 2.5 and shown["report"]["error"] == shown["error"]
+    assert shown["links"]["events"] == "/v1/episodes/e1/events" and shown["scenes"] == ["done"] * 2
 
 
 def test_numbers_are_ascii_digits_only() -> None:

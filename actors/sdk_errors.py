@@ -1,20 +1,6 @@
-"""Typed errors of provider calls, and the one edge where ``openai`` SDK errors become them.
-
-    ProviderError                 a provider call failed: provider, deployment, status, request id
-    ├── RetryableError            another attempt may succeed
-    │   ├── RateLimited           429: wait out the shared pause, then retry
-    │   ├── ProviderTimeout       no answer within the request timeout
-    │   ├── ProviderUnavailable   connection refused or reset, 408, 409, 5xx
-    │   ├── MalformedResponse     a 2xx whose body could not be read
-    │   └── GenerationFailed      an asynchronous job (a clip) ended "failed"
-    └── FatalError                retrying cannot help: fail fast and say what to do
-        ├── QuotaExhausted        429 with code insufficient_quota: the account has no credit
-        ├── AuthFailed            401, 403: the key is wrong or lacks access
-        ├── BadRequest            400, 404, 422 and other 4xx: the request or model is wrong
-        └── OutputRejected        the answer was cut off or filtered
-
-Every class pickles with its fields, so an error raised in a provider actor arrives whole at the
-coordinator. Messages never contain an API key: a deployment is named by its host only.
+"""The one edge where the ``openai`` SDK's errors become the typed provider errors of
+``pipelines.errors`` (the tree is drawn there): ``provider_errors()`` wraps every SDK call, and
+``OPENAI_ERROR_MAP`` gives each SDK exception class a decision of its own (a test walks them all).
 """
 
 from __future__ import annotations
@@ -25,85 +11,17 @@ from typing import Any
 
 import openai
 
-
-class ProviderError(Exception):
-    """A provider call failed. ``kind`` names the provider (``llm``, ``tts``, ...)."""
-
-    retryable = False
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str = "",
-        deployment: str = "",
-        status: int | None = None,
-        request_id: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.provider = provider
-        self.deployment = deployment
-        self.status = status
-        self.request_id = request_id
-        self.retry_after_s = retry_after_s
-
-    def __str__(self) -> str:
-        where = f"{self.provider} provider" + (f" at {self.deployment}" if self.deployment else "")
-        status = f" HTTP {self.status}" if self.status is not None else ""
-        request = f" (request {self.request_id})" if self.request_id else ""
-        return f"{where}:{status} {self.message}{request}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only fields are not in ``args``; carry them in the state so pickling keeps them.
-        return (type(self), (self.message,), self.__dict__)
-
-
-class RetryableError(ProviderError):
-    """Worth another attempt after a backoff."""
-
-    retryable = True
-
-
-class RateLimited(RetryableError):
-    """429: every caller of the key pauses for ``retry_after_s``, then retries."""
-
-
-class ProviderTimeout(RetryableError):
-    """No answer within the request timeout."""
-
-
-class ProviderUnavailable(RetryableError):
-    """The server could not be reached, or answered 408, 409 or 5xx."""
-
-
-class MalformedResponse(RetryableError):
-    """A successful status whose body could not be parsed."""
-
-
-class GenerationFailed(RetryableError):
-    """An asynchronous generation job reported failure; a new job may succeed."""
-
-
-class FatalError(ProviderError):
-    """Retrying cannot help; the message says what to do instead."""
-
-
-class QuotaExhausted(FatalError):
-    """429 with ``insufficient_quota``: the account is out of credit."""
-
-
-class AuthFailed(FatalError):
-    """401 or 403: the API key is wrong, revoked, or lacks access to the model."""
-
-
-class BadRequest(FatalError):
-    """A 4xx other than 401, 403, 408, 409 and 429: the request itself is wrong."""
-
-
-class OutputRejected(FatalError):
-    """The model's answer was cut off by the length limit or removed by a content filter."""
+from pipelines.errors import (
+    AuthFailed,
+    BadRequest,
+    MalformedResponse,
+    OutputRejected,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExhausted,
+    RateLimited,
+)
 
 
 def _env(provider: str, field: str) -> str:

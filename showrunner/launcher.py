@@ -1,7 +1,7 @@
 """Starts a run: the bundled local server if a provider needs it, Ray, the provider actors and
 the coordinator; then follows the episodes to the end and writes the report.
 
-Used by the CLI and the benchmarks; the only place besides ``serve_app`` that starts things.
+Used by the CLI, the HTTP service and the benchmarks.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ import ray
 
 from actors.remote import coordinator_actor, provider_actor
 from local_server.process import LocalServer
-from pipelines.episode_state import EpisodeRecord
+from pipelines.episode_view import EpisodeView
+from pipelines.files import write_atomic
 from pipelines.models import EpisodeRequest
 from pipelines.report import build_report
-from pipelines.screenplay import write_atomic
-from pipelines.settings import Settings
+from pipelines.settings import ProviderKind, Settings
 
-BUNDLED = ("llm", "tts", "image")  # served by the local server when their base_url is unset
+# Served by the bundled server when their base_url is unset; a video provider is used only when
+# one is configured (otherwise clips are made locally).
+BUNDLED = (ProviderKind.LLM, ProviderKind.TTS, ProviderKind.IMAGE)
 POLL_S = 0.25
 
 
@@ -35,7 +37,7 @@ class Run:
     """Handles of a started run."""
 
     coordinator: Any
-    providers: dict[str, Any]
+    providers: dict[ProviderKind, Any]
     settings: Settings
     output_dir: Path
 
@@ -46,9 +48,13 @@ class Run:
                  *(actor.stats.remote() for actor in self.providers.values())],
                 timeout=timeout_s)
 
+    def stop(self) -> None:
+        for actor in (self.coordinator, *self.providers.values()):
+            ray.kill(actor)
+
 
 def needs_local_server(settings: Settings) -> bool:
-    return any(settings.provider(k).base_url is None for k in BUNDLED)  # type: ignore[arg-type]
+    return any(settings.provider(k).base_url is None for k in BUNDLED)
 
 
 def local_server_options(settings: Settings, latency_scale: float, seed: int = 0
@@ -87,10 +93,9 @@ def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
     """The provider actors and the coordinator (got if they exist: names are per prefix).
 
     ``detached`` actors outlive their creator: the service's, which Serve replicas share."""
-    # A video provider only when one is configured; otherwise clips are made locally.
-    kinds = [*BUNDLED, *(["video"] if settings.video.base_url is not None else [])]
+    kinds = [*BUNDLED, *([ProviderKind.VIDEO] if settings.video.base_url is not None else [])]
     providers = {
-        kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,  # type: ignore[arg-type]
+        kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,
                              name=f"{prefix}:{kind}", detached=detached)
         for kind in kinds
     }
@@ -103,17 +108,16 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def follow(run: Run, ids: list[str], on_progress: Callable[[list[dict]], None]) -> None:
+def follow(run: Run, ids: list[str], on_progress: Callable[[list[EpisodeView]], None]) -> None:
     """Poll the episodes until all have finished; Ctrl-C, or SIGTERM (``ray job stop``), cancels
     them cleanly."""
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
-            summaries = [s for s in ray.get(run.coordinator.list_episodes.remote())
-                         if s["id"] in ids]
-            on_progress(summaries)
-            if all(s["status"] in ("completed", "failed", "cancelled") for s in summaries):
+            views: list[EpisodeView] = ray.get(run.coordinator.views.remote(ids))
+            on_progress(views)
+            if all(v.finished for v in views):
                 return
             time.sleep(POLL_S)
     except KeyboardInterrupt:
@@ -128,10 +132,11 @@ def follow(run: Run, ids: list[str], on_progress: Callable[[list[dict]], None]) 
 
 
 def collect_report(run: Run, ids: list[str]) -> dict[str, Any]:
-    records: dict[str, EpisodeRecord] = ray.get(run.coordinator.records_snapshot.remote())
+    records = ray.get(run.coordinator.records_of.remote(ids))
     stats = {kind: ray.get(actor.stats.remote()) for kind, actor in run.providers.items()}
     cpus = ray.cluster_resources().get("CPU")  # media tasks run anywhere in the cluster
-    return build_report([records[i] for i in ids], stats, run.settings, cpus=cpus)
+    return build_report(records, stats, run.settings, cpus=cpus,
+                        root=run.output_dir.resolve())
 
 
 def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -> None:

@@ -1,4 +1,4 @@
-"""The ``showrunner`` command (also ``python -m pipelines``).
+"""The ``showrunner`` command (also ``python -m showrunner``).
 
 Bad input stops here with one line that names the problem and exit code 2, before anything runs.
 """
@@ -20,7 +20,13 @@ from pipelines.premises import (
     expand,
     parse_premises_file,
 )
-from pipelines.settings import Settings, SettingsError, load_settings, settings_reference
+from pipelines.settings import (
+    ProviderKind,
+    Settings,
+    SettingsError,
+    load_settings,
+    settings_reference,
+)
 
 EXIT_USAGE = 2
 
@@ -33,8 +39,8 @@ def _fail(message: str) -> int:
 def _settings_view(settings: Settings) -> dict:
     """The effective settings as JSON-ready data; secrets shown only as set or unset."""
     data = settings.model_dump(mode="json")
-    for kind in ("llm", "tts", "image", "video"):
-        provider = data[kind]
+    for kind in ProviderKind:
+        provider = data[kind.value]
         provider["api_key"] = "(set)" if provider["api_key"] else None
         provider["base_url"] = provider["base_url"] or "(bundled local server)"
         for deployment in provider["deployments"]:
@@ -128,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_dir = _output_dir(args.output)  # last: nothing is created for bad input
     except BadRequest as err:
         return _fail(str(err))
-    from pipelines.console import run_and_show
+    from showrunner.console import run_and_show
 
     return run_and_show(settings, requests, output_dir,
                         Path(args.report) if args.report else None, args.latency_scale)

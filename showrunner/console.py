@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines import launcher
+from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeRequest
 from pipelines.settings import Settings
+from showrunner import launcher
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 log = logging.getLogger("showrunner")
@@ -50,19 +51,20 @@ def run_and_show(
 
 
 @contextlib.contextmanager
-def _progress_view(console: Console, ids: list[str]) -> Iterator[Callable[[list[dict]], None]]:
+def _progress_view(console: Console, ids: list[str]
+                   ) -> Iterator[Callable[[list[EpisodeView]], None]]:
     """Live bars on a terminal; elsewhere (a log, a Ray job) a line per change of status and
     per quarter done, so the output stays readable."""
     if not console.is_terminal:
         shown: dict[str, tuple[str, int]] = {}
 
-        def log_lines(summaries: list[dict[str, Any]]) -> None:
-            for s in summaries:
-                state = (s["status"], int(s["percent"] // 25))
-                if shown.get(s["id"]) != state:
-                    shown[s["id"]] = state
-                    console.print(f"{s['id']} {s['status']} {s['percent']:.0f}% "
-                                  f"{s['title'] or ''}".rstrip())
+        def log_lines(views: list[EpisodeView]) -> None:
+            for v in views:
+                state = (v.status.value, int(v.percent // 25))
+                if shown.get(v.id) != state:
+                    shown[v.id] = state
+                    console.print(f"{v.id} {v.status.value} {v.percent:.0f}% "
+                                  f"{v.title or ''}".rstrip())
 
         yield log_lines
         return
@@ -76,11 +78,11 @@ def _progress_view(console: Console, ids: list[str]) -> Iterator[Callable[[list[
     ) as progress:
         bars = {i: progress.add_task(i, total=100, status="queued") for i in ids}
 
-        def update_bars(summaries: list[dict[str, Any]]) -> None:
-            for s in summaries:
-                title = (s["title"] or s["id"])[:40]
-                progress.update(bars[s["id"]], completed=s["percent"],
-                                description=f"{s['id']} {title}", status=s["status"])
+        def update_bars(views: list[EpisodeView]) -> None:
+            for v in views:
+                title = (v.title or v.id)[:40]
+                progress.update(bars[v.id], completed=v.percent, description=f"{v.id} {title}",
+                                status=v.status.value)
 
         yield update_bars
 

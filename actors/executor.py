@@ -1,0 +1,82 @@
+"""Runs one episode's graph: starts what its engine says is ready, awaits it, and tells the
+engine how it went. No graph logic here: which nodes may run, what a failure skips and when the
+episode is over are ``pipelines.engine``'s; what a node does is its runner's.
+
+In-flight nodes are coroutines awaiting the provider actors (or Ray tasks, for CPU work); none
+holds a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+from actors.metrics import NO_METRICS, CoordinatorMetrics
+from actors.node_runners import EpisodeContext, NodeRunner
+from pipelines.engine import EpisodeEngine, Outcome
+from pipelines.episode_state import EventKind
+from pipelines.errors import NodeFailed
+from pipelines.planner import Node, NodeId, NodeKind
+
+# What the coordinator records of an episode's progress: an event, about a node or not.
+Emit = Callable[[EventKind, NodeId | None, str], None]
+MAX_ERROR_CHARS = 1000
+
+
+class EpisodeExecutor:
+    def __init__(self, ctx: EpisodeContext, engine: EpisodeEngine,
+                 runners: Mapping[NodeKind, NodeRunner], emit: Emit, *, started: float,
+                 metrics: CoordinatorMetrics = NO_METRICS) -> None:
+        """``started``: when the episode started, on the monotonic clock."""
+        self.ctx = ctx
+        self.engine = engine
+        self.runners = runners
+        self.emit = emit
+        self.started = started
+        self.metrics = metrics
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    async def run(self) -> Outcome:
+        """Until the engine says the episode is over. Cancelled, it cancels what runs; those
+        nodes go back to ready (nothing half-kept). A bug in a node is raised."""
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                reason = self.ctx.record.over_budget()
+                if reason is not None:
+                    self.engine.stop(reason)
+                running |= {asyncio.create_task(self._execute(node))
+                            for node in self.engine.start_ready()}
+                if not running:
+                    return self.engine.outcome()
+                finished, running = await asyncio.wait(running,
+                                                       return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()  # a node's own failure was marked; anything else is a bug
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            self.engine.abandon()
+
+    async def _execute(self, node: Node) -> None:
+        record = self.ctx.record
+        figures = record.node(node.id)
+        figures.started_s = self.elapsed()
+        self.emit(EventKind.NODE_STARTED, node.id, "")
+        try:
+            result = await self.runners[node.kind].run(self.ctx, node, figures)
+        except NodeFailed as err:
+            figures.error = str(err)[:MAX_ERROR_CHARS]
+            figures.finished_s = self.elapsed()
+            self.engine.mark_failed(node.id, rate_limited=figures.rate_limited > 0)
+            self.emit(EventKind.NODE_FAILED, node.id, figures.error)
+            return
+        record.results[node.id] = result
+        figures.finished_s = self.elapsed()
+        self.engine.mark_done(node.id, rate_limited=figures.rate_limited > 0)
+        self.metrics.stage(node.kind, figures.finished_s - figures.started_s)
+        self.emit(EventKind.NODE_FINISHED, node.id, "")

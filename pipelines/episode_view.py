@@ -1,0 +1,86 @@
+"""One typed view of an episode: what a watcher polls, what the HTTP API shows (without its
+owner and with links), what the CLI's bars and the run report's episode entries are made of.
+
+Built from the record in the coordinator and sent between processes instead of the record: it
+is small and holds no server path (``EpisodeFolder`` gives paths to whoever has the root).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from pipelines.episode_folder import Artifact
+from pipelines.episode_state import EpisodeRecord
+from pipelines.models import EpisodeStatus, SceneState
+
+_VIEW = ConfigDict(frozen=True, extra="forbid")
+
+
+class EpisodeFigures(BaseModel):
+    """What an episode took: the run report's episode entry, so far."""
+
+    model_config = _VIEW
+
+    scenes: int
+    scenes_completed: int
+    wall_s: float | None  # from start to end; None until it ends
+    sequential_s: float  # its nodes' time one at a time
+    critical_path_s: float  # its longest chain of nodes: no schedule could beat it
+    cost_usd: float
+    cpu_s: float  # CPU seconds of its own media work
+
+    @classmethod
+    def of(cls, record: EpisodeRecord, states: list[SceneState]) -> EpisodeFigures:
+        latencies = record.node_latencies()
+        return cls(
+            scenes=record.request.scenes,
+            scenes_completed=sum(1 for s in states if s is SceneState.DONE),
+            wall_s=_round(record.wall_s),
+            sequential_s=round(sum(latencies.values()), 4),
+            critical_path_s=round(record.plan().critical_path(latencies), 4),
+            cost_usd=round(record.cost_usd, 6),
+            cpu_s=round(record.media_cpu_s(), 4),
+        )
+
+
+class EpisodeView(BaseModel):
+    """An episode as everyone outside the coordinator sees it."""
+
+    model_config = _VIEW
+
+    id: str
+    owner: str
+    status: EpisodeStatus
+    title: str | None
+    percent: float
+    scenes: list[SceneState]
+    cost_usd: float
+    error: str | None
+    last_event_id: int  # views of one episode are ordered by it
+    artifacts: list[Artifact]  # files of its folder a user may fetch
+    figures: EpisodeFigures
+
+    @classmethod
+    def of(cls, record: EpisodeRecord) -> EpisodeView:
+        states = record.scene_states()
+        return cls(
+            id=record.id,
+            owner=record.owner,
+            status=record.status,
+            title=record.title,
+            percent=record.percent,
+            scenes=states,
+            cost_usd=round(record.cost_usd, 6),
+            error=record.error,
+            last_event_id=record.events[-1].seq if record.events else 0,
+            artifacts=list(record.artifacts),
+            figures=EpisodeFigures.of(record, states),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

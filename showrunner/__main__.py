@@ -1,0 +1,5 @@
+"""``python -m showrunner``: the ``showrunner`` command."""
+
+from showrunner.cli import run
+
+run()
