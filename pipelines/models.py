@@ -6,6 +6,7 @@ with Structured Outputs (the JSON schema of the ``*Draft`` classes) and validate
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,7 +33,9 @@ class Continuity:
     k: int = 1
 
     @classmethod
+    @functools.lru_cache(maxsize=64)
     def parse(cls, text: str) -> Continuity:
+        """A mode from its text (cached: plans are looked up by it on every status poll)."""
         text = text.strip().lower()
         if text in ("chain", "none"):
             return cls(text)  # type: ignore[arg-type]
