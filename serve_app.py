@@ -19,6 +19,7 @@ import logging
 import re
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import ray
@@ -278,7 +279,8 @@ class ShowrunnerAPI:
         ray.get(desk.ping.remote(), timeout=60)
         self.coordinator = ActorProxy(self.run.coordinator)
         self.desk = ActorProxy(desk)
-        self.folders = self.settings.service.output_dir.resolve()
+        # Episode files are served from where the coordinator writes them, as it resolved it.
+        self.folders = Path(ray.get(self.run.coordinator.episodes_root.remote()))
         # Every episode's latest view, kept current by following the coordinator's changes:
         # status polls, the most frequent request, are answered from here.
         self.views: dict[str, EpisodeView] = {}
@@ -363,15 +365,15 @@ class ShowrunnerAPI:
                            f"key may ask for {service.max_scenes_per_request} in one request — "
                            "split it", headers={"retry-after": str(QUOTA_RETRY_S)})
         try:
-            made = await self.desk.submit(tenant, requests, idempotency_key=idempotency_key,
-                                          max_active=service.max_active_episodes)
+            views: list[EpisodeView] = await self.desk.submit(
+                tenant, requests, idempotency_key=idempotency_key,
+                max_active=service.max_active_episodes)
         except QuotaExceeded as err:
             raise ApiError(429, "quota_exceeded", f"{err}; wait for some to finish",
                            headers={"retry-after": str(QUOTA_RETRY_S)}) from None
         except IdempotencyConflict:
             raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with "
                            "a different request; use a new key") from None
-        views: list[EpisodeView] = await self.coordinator.views(made)
         for view in views:
             self._keep(view)
         shown = [{"id": v.id, "status": v.status.value, "links": links(v.id)} for v in views]

@@ -73,9 +73,9 @@ class EpisodeCoordinator:
     # -- the public surface (each method is an actor method) ----------------------------------
 
     async def submit_many(self, requests: list[EpisodeRequest], *, ids: list[str] | None = None,
-                          owner: str = "") -> list[str]:
-        """Queue episodes; each starts as soon as a slot is free. Returns their ids (made here
-        unless given; a given id must be new)."""
+                          owner: str = "") -> list[EpisodeView]:
+        """Queue episodes; each starts as soon as a slot is free. Returns their views (their ids
+        are made here unless given; a given id must be new)."""
         chosen = list(ids) if ids is not None else [uuid.uuid4().hex[:12] for _ in requests]
         if len(chosen) != len(requests):
             raise ValueError("ids and requests differ in length")
@@ -92,13 +92,14 @@ class EpisodeCoordinator:
             heapq.heappush(self._queue, (-request.priority, record.arrival, episode_id))
             self._emit(record, EventKind.QUEUED, message=f"{request.scenes} scenes")
         self._admit()
-        return chosen
+        return [EpisodeView.of(self.records[i]) for i in chosen]
 
     async def submit(self, request: EpisodeRequest, episode_id: str | None = None,
                      owner: str = "") -> str:
+        """Queue one episode; returns its id."""
         [made] = await self.submit_many([request], ids=[episode_id] if episode_id else None,
                                         owner=owner)
-        return made
+        return made.id
 
     async def cancel(self, episode_id: str) -> EpisodeStatus:
         """End all of an episode's work; what finished is kept. Idempotent."""
@@ -113,8 +114,10 @@ class EpisodeCoordinator:
         else:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            if not record.status.finished:  # cancelled before its first step ran
-                self._finish(record, EpisodeStatus.CANCELLED, "cancelled")
+            if not record.status.finished:  # cancelled before its first step ran: ``_run``
+                self._finish(record, EpisodeStatus.CANCELLED, "cancelled")  # never started,
+                self._tasks.pop(episode_id, None)  # so its slot is given back here
+                self._admit()
         return record.status
 
     async def episode(self, episode_id: str) -> EpisodeRecord:
@@ -171,6 +174,11 @@ class EpisodeCoordinator:
 
     async def ping(self) -> str:
         return "ok"
+
+    async def episodes_root(self) -> str | None:
+        """The folder every episode's folder is in (``EpisodeFolder(root, id)``), as this
+        coordinator resolved it: readers serve files from there."""
+        return str(self.output_root) if self.output_root is not None else None
 
     # -- running episodes ---------------------------------------------------------------------
 

@@ -50,12 +50,15 @@ class EpisodeExecutor:
                     self.engine.stop(reason)
                 running |= {asyncio.create_task(self._execute(node))
                             for node in self.engine.start_ready()}
-                if not running:
+                if self.engine.is_over:
                     return self.engine.outcome()
                 finished, running = await asyncio.wait(running,
                                                        return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    task.result()  # a node's own failure was marked; anything else is a bug
+                # A node's own failure was marked; anything else is a bug, raised (every one is
+                # looked at, so none is left unretrieved).
+                bugs = [error for task in finished if (error := task.exception())]
+                if bugs:
+                    raise bugs[0]
         finally:
             for task in running:
                 task.cancel()

@@ -22,7 +22,7 @@ class Coordinator(Protocol):
     """What the desk needs of the coordinator (or its Ray actor's adapter)."""
 
     async def submit_many(self, requests: list[EpisodeRequest], *,
-                          ids: list[str] | None = None, owner: str = "") -> list[str]: ...
+                          ids: list[str] | None = None, owner: str = "") -> list[EpisodeView]: ...
 
     async def statuses(self, episode_ids: list[str]) -> list[EpisodeStatus | None]: ...
 
@@ -37,20 +37,29 @@ class TenantDesk:
 
     async def submit(self, owner: str, requests: list[EpisodeRequest], *,
                      idempotency_key: str | None = None, max_active: int | None = None
-                     ) -> list[str]:
-        """Queue a tenant's episodes, all or none; returns their ids. The same idempotency key
-        with the same episodes returns the ids it made before; over ``max_active`` unfinished
-        episodes is a ``QuotaExceeded``."""
+                     ) -> list[EpisodeView]:
+        """Queue a tenant's episodes, all or none; returns their views. The same idempotency
+        key with the same episodes returns the episodes it made before; over ``max_active``
+        unfinished episodes is a ``QuotaExceeded``.
+
+        Shielded: a caller that goes away (a client that timed out, and will retry with its
+        key) must not leave episodes queued at the coordinator that the book never heard of.
+        """
+        return await asyncio.shield(self._submit(owner, requests, idempotency_key, max_active))
+
+    async def _submit(self, owner: str, requests: list[EpisodeRequest],
+                      idempotency_key: str | None, max_active: int | None) -> list[EpisodeView]:
         key = request_key(owner, idempotency_key)
         async with self._turns[owner]:
             replayed = self.book.replay(key, requests)
             if replayed is not None:
-                return replayed
-            await self._forget_finished(owner)
-            self.book.check_quota(owner, len(requests), max_active)
+                return await self.coordinator.views(replayed)
+            if max_active is not None:
+                await self._forget_finished(owner)
+                self.book.check_quota(owner, len(requests), max_active)
             made = await self.coordinator.submit_many(
                 requests, ids=episode_ids(owner, idempotency_key, len(requests)), owner=owner)
-            self.book.add(owner, made, key, requests)
+            self.book.add(owner, [view.id for view in made], key, requests)
             return made
 
     async def page(self, owner: str, status: EpisodeStatus | None = None, limit: int = 20,

@@ -30,7 +30,6 @@ from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 from pipelines.models import Continuity
-from pipelines.settings import ProviderKind
 
 # Scenes outlined per call: enough for a whole short episode, small enough that the answer for a
 # 200-scene episode is not one enormous, slow, fragile document.
@@ -48,25 +47,9 @@ class NodeKind(StrEnum):
     STITCH = "stitch"  # CPU work: a Ray task, once per episode
 
     @property
-    def provider(self) -> ProviderKind | None:
-        """The provider its node calls; None for CPU work (and a clip is made locally when no
-        video provider is configured)."""
-        return _PROVIDER_OF.get(self)
-
-    @property
     def per_scene(self) -> bool:
         """Whether its nodes belong to one scene (an outline chunk and the stitch do not)."""
         return self not in (NodeKind.OUTLINE, NodeKind.STITCH)
-
-
-_PROVIDER_OF: dict[NodeKind, ProviderKind] = {
-    NodeKind.OUTLINE: ProviderKind.LLM,
-    NodeKind.CONTENT: ProviderKind.LLM,
-    NodeKind.DIALOGUE: ProviderKind.LLM,
-    NodeKind.SPEECH: ProviderKind.TTS,
-    NodeKind.IMAGE: ProviderKind.IMAGE,
-    NodeKind.CLIP: ProviderKind.VIDEO,
-}
 
 
 @dataclass(frozen=True, order=True, slots=True, repr=False)
@@ -77,6 +60,19 @@ class NodeId:
     kind: NodeKind
     index: int = 0
     line: int = 0
+    # Node ids are looked up in sets and dicts on every step of an episode and every status
+    # poll: the hash is made once (a generated one builds a tuple and hashes an enum each time).
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.kind.value, self.index, self.line)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Made again where it is unpickled: a string's hash differs from process to process.
+        return (NodeId, (self.kind, self.index, self.line))
 
     @property
     def scene(self) -> int | None:

@@ -13,7 +13,7 @@ MAX_EPISODES = 1000
 MAX_FILE_BYTES = 10 * 1024 * 1024
 
 
-class BadRequest(ValueError):
+class BadInput(ValueError):
     """Input that cannot become episodes; the message is one line naming the problem."""
 
 
@@ -34,7 +34,7 @@ def build_request(fields: dict[str, Any], where: str = "") -> EpisodeRequest:
     try:
         return EpisodeRequest.model_validate(fields)
     except ValidationError as err:
-        raise BadRequest(describe(err, where)) from None
+        raise BadInput(describe(err, where)) from None
 
 
 def parse_premises_file(text: str, defaults: dict[str, Any]) -> list[EpisodeRequest]:
@@ -52,14 +52,14 @@ def parse_premises_file(text: str, defaults: dict[str, Any]) -> list[EpisodeRequ
             try:
                 fields = json.loads(line)
             except json.JSONDecodeError as err:
-                raise BadRequest(f"line {number} is not valid JSON: {err.msg}") from None
+                raise BadInput(f"line {number} is not valid JSON: {err.msg}") from None
             if not isinstance(fields, dict):
-                raise BadRequest(f"line {number} is not a JSON object")
+                raise BadInput(f"line {number} is not a JSON object")
             requests.append(build_request({**defaults, **fields}, where))
         else:
             requests.append(build_request({**defaults, "premise": line}, where))
     if not requests:
-        raise BadRequest("the premises file holds no premise")
+        raise BadInput("the premises file holds no premise")
     return requests
 
 
@@ -68,7 +68,7 @@ def expand(requests: list[EpisodeRequest], episodes: int | None) -> list[Episode
     if episodes is None:
         episodes = len(requests)
     if not 1 <= episodes <= MAX_EPISODES:
-        raise BadRequest(f"--episodes must be from 1 to {MAX_EPISODES}, not {episodes}")
+        raise BadInput(f"--episodes must be from 1 to {MAX_EPISODES}, not {episodes}")
     out = []
     for i in range(episodes):
         base = requests[i % len(requests)]

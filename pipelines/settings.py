@@ -43,11 +43,6 @@ class ProviderKind(StrEnum):
     IMAGE = "image"
     VIDEO = "video"
 
-    @property
-    def env_prefix(self) -> str:
-        """Where its settings come from, e.g. ``SHOWRUNNER_LLM__``."""
-        return f"SHOWRUNNER_{self.value.upper()}__"
-
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 

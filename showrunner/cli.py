@@ -15,7 +15,7 @@ from pathlib import Path
 from pipelines.models import EpisodeRequest
 from pipelines.premises import (
     MAX_FILE_BYTES,
-    BadRequest,
+    BadInput,
     build_request,
     expand,
     parse_premises_file,
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         requests = _requests(args)
         output_dir = _output_dir(args.output)  # last: nothing is created for bad input
-    except BadRequest as err:
+    except BadInput as err:
         return _fail(str(err))
     from showrunner.console import run_and_show
 
@@ -191,12 +191,12 @@ def _read_premises(path: str) -> str:
     file = Path(path)
     try:
         if file.stat().st_size > MAX_FILE_BYTES:
-            raise BadRequest(f"premises file {path} is over {MAX_FILE_BYTES // 2**20} MiB")
+            raise BadInput(f"premises file {path} is over {MAX_FILE_BYTES // 2**20} MiB")
         return file.read_text(encoding="utf-8")
     except OSError as err:
-        raise BadRequest(f"cannot read premises file {path}: {err.strerror}") from None
+        raise BadInput(f"cannot read premises file {path}: {err.strerror}") from None
     except UnicodeDecodeError:
-        raise BadRequest(f"premises file {path} is not UTF-8 text") from None
+        raise BadInput(f"premises file {path} is not UTF-8 text") from None
 
 
 def _output_dir(path: str) -> Path:
@@ -204,9 +204,9 @@ def _output_dir(path: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise BadRequest(f"cannot create output directory {path}: {err.strerror}") from None
+        raise BadInput(f"cannot create output directory {path}: {err.strerror}") from None
     if not os.access(folder, os.W_OK):
-        raise BadRequest(f"output directory {path} is not writable")
+        raise BadInput(f"output directory {path} is not writable")
     return folder
 
 

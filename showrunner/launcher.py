@@ -147,4 +147,5 @@ def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -
 
 
 def submit(run: Run, requests: list[EpisodeRequest]) -> list[str]:
-    return ray.get(run.coordinator.submit_many.remote(requests))
+    """Queue the episodes; returns their ids."""
+    return [view.id for view in ray.get(run.coordinator.submit_many.remote(requests))]

@@ -329,3 +329,17 @@ async def test_changes_give_each_changed_episode_its_newest_view(
     assert latest[b].owner == "t2" and latest[a].percent == 100.0
     assert latest[a].last_event_id == (await coordinator.episode(a)).events[-1].seq
     assert (await coordinator.view(a)).id == a and await coordinator.view("nope") is None
+
+
+async def test_an_episode_cancelled_as_it_is_admitted_frees_its_slot(
+    local_server: Start, tmp_path: Path
+) -> None:
+    """Cancelled before its first step ran (admitted in the same turn, as Ctrl-C's cancels
+    arrive together): the slot it was given goes to the next episode."""
+    server = local_server(latency_scale=0.02)
+    coordinator, _ = make(server, tmp_path, max_parallel_episodes=1)
+    first = await coordinator.submit(script(premise="p", scenes=1))
+    assert await coordinator.cancel(first) is EpisodeStatus.CANCELLED
+    second = await coordinator.submit(script(premise="q", scenes=1))
+    [view] = await asyncio.wait_for(coordinator.wait([second]), 30)
+    assert view.status is EpisodeStatus.COMPLETED

@@ -25,9 +25,10 @@ async def test_events_stream_and_cancel_through_ray(
     server = local_server(latency_scale=1.5)
     settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None), max_parallel_scenes=4)
     run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-actor")
-    [eid] = await run.coordinator.submit_many.remote(
+    [queued] = await run.coordinator.submit_many.remote(
         [EpisodeRequest(media=False, premise="A night ferry.", scenes=6, continuity="none")]
     )
+    eid = queued.id
     # Long-poll the events the way an SSE stream does, resuming from the last seq seen.
     seen: list[EventKind] = []
 
@@ -65,7 +66,9 @@ def _ray_worker_processes() -> int:
 async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
     local_server: Callable[..., LocalServer], tmp_path: Path
 ) -> None:
-    server = local_server(latency_scale=5.0, llm_jitter=0.0)  # every call takes 4 s
+    # Every call takes 8 s: long enough for all 1,000 to be sent before the first ends, on a
+    # busy two-core machine too.
+    server = local_server(latency_scale=10.0, llm_jitter=0.0)
     llm = LLMSettings(model="m", rpm=None, tpm=None, max_inflight=2000)
     settings = Settings(llm=llm, max_parallel_episodes=50, max_parallel_scenes=20)
     run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-thousand")
@@ -73,8 +76,8 @@ async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
     workers_before = _ray_worker_processes()
     requests = [EpisodeRequest(media=False, premise=f"Story {i}", scenes=20, lines_per_scene=1,
                                continuity="none") for i in range(50)]
-    ids = await run.coordinator.submit_many.remote(requests)
-    views = await run.coordinator.wait.remote(ids)
+    queued = await run.coordinator.submit_many.remote(requests)
+    views = await run.coordinator.wait.remote([v.id for v in queued])
     assert {v.status for v in views} == {EpisodeStatus.COMPLETED}
     assert server.stats()["chat"]["max_inflight"] >= 1000
     assert _ray_worker_processes() <= workers_before + 2

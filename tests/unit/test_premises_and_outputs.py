@@ -19,7 +19,7 @@ from pipelines.models import (
     SceneState,
 )
 from pipelines.planner import content_id, dialogue_id, outline_id
-from pipelines.premises import BadRequest, build_request, expand, parse_premises_file
+from pipelines.premises import BadInput, build_request, expand, parse_premises_file
 from pipelines.screenplay import write_script
 
 
@@ -43,7 +43,7 @@ def test_premises_file_mixes_plain_lines_and_json_lines() -> None:
     ],
 )
 def test_bad_premises_files_name_the_problem(text: str, message: str) -> None:
-    with pytest.raises(BadRequest, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_premises_file(text, {})
 
 
@@ -57,7 +57,7 @@ def test_bad_premises_files_name_the_problem(text: str, message: str) -> None:
     ],
 )
 def test_request_limits(fields: dict, needle: str) -> None:
-    with pytest.raises(BadRequest, match=needle):
+    with pytest.raises(BadInput, match=needle):
         build_request(fields)
 
 
@@ -66,7 +66,7 @@ def test_expand_cycles_premises_with_distinct_seeds() -> None:
     out = expand(base, 5)
     assert [r.premise for r in out] == ["a", "b", "a", "b", "a"]
     assert len({(r.premise, r.seed) for r in out}) == 5
-    with pytest.raises(BadRequest, match="--episodes"):
+    with pytest.raises(BadInput, match="--episodes"):
         expand(base, 0)
 
 

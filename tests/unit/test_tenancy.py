@@ -1,10 +1,14 @@
-"""The service's book of tenants' episodes: order, idempotency keys and quotas."""
+"""The service's book of tenants' episodes, and its desk: order, idempotency keys, quotas."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 import pytest
 
-from pipelines.models import EpisodeRequest
+from actors.tenant_desk import TenantDesk
+from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.tenancy import IdempotencyConflict, QuotaExceeded, TenantBook
 
 
@@ -45,3 +49,41 @@ def test_pages_follow_submission_order_per_tenant() -> None:
     assert [i for _, i in mine] == ["a1", "a2", "a3"]
     assert [i for _, i in book.after("t1", mine[0][0])] == ["a2", "a3"]
     assert book.after("t3", 0) == []
+
+
+class RoundTrip:
+    """The coordinator as the desk sees it across Ray: it takes the episodes at once, and its
+    answer arrives a moment later (a stand-in for the network, which a unit test has none of)."""
+
+    def __init__(self) -> None:
+        self.taken: list[list[str]] = []
+        self.arrived = asyncio.Event()
+
+    async def submit_many(self, requests: list[EpisodeRequest], *, ids: list[str] | None = None,
+                          owner: str = "") -> list[SimpleNamespace]:
+        made = ids or [f"e{len(self.taken)}-{i}" for i in range(len(requests))]
+        self.taken.append(made)
+        self.arrived.set()
+        await asyncio.sleep(0.05)
+        return await self.views(made)
+
+    async def statuses(self, episode_ids: list[str]) -> list[EpisodeStatus | None]:
+        return [EpisodeStatus.RUNNING for _ in episode_ids]
+
+    async def views(self, episode_ids: list[str]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(id=i) for i in episode_ids]  # all the desk reads of a view
+
+
+async def test_a_submission_whose_caller_went_away_is_still_booked() -> None:
+    coordinator = RoundTrip()
+    desk = TenantDesk(coordinator)  # type: ignore[arg-type]
+    first = asyncio.create_task(desk.submit("t1", requests("a"), idempotency_key="k",
+                                            max_active=5))
+    await coordinator.arrived.wait()
+    first.cancel()  # the client timed out while the answer was on its way
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    again = await desk.submit("t1", requests("a"), idempotency_key="k", max_active=5)
+    assert coordinator.taken == [[v.id for v in again]]  # the retry got the episode made once
+    with pytest.raises(QuotaExceeded):  # and it counts against the quota
+        await desk.submit("t1", requests(*"bcdef"), max_active=5)
