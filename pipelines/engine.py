@@ -104,13 +104,13 @@ class EngineState(BaseModel):
         states = []
         for scene in range(1, plan.scenes + 1):
             mine = plan.by_scene[scene]
-            if any(n in self.failed for n in mine):
+            if not self.failed.isdisjoint(mine):
                 states.append(SceneState.FAILED)
-            elif any(n in self.skipped for n in mine):
+            elif not self.skipped.isdisjoint(mine):
                 states.append(SceneState.SKIPPED)
-            elif all(n in self.done for n in mine):
+            elif self.done.issuperset(mine):
                 states.append(SceneState.DONE)
-            elif any(n in self.done or n in self.running for n in mine):
+            elif not (self.done.isdisjoint(mine) and self.running.isdisjoint(mine)):
                 states.append(SceneState.RUNNING)
             else:
                 states.append(SceneState.PENDING)

@@ -165,6 +165,9 @@ class EpisodePlan:
     start_order: dict[NodeId, int] = field(default_factory=dict)
     children: dict[NodeId, tuple[NodeId, ...]] = field(default_factory=dict)
     by_scene: dict[int, tuple[NodeId, ...]] = field(default_factory=dict)  # scene -> its nodes
+    # Each node's inputs by their position in ``nodes``: the critical path is asked for on every
+    # status view, and lists indexed by position cost far less than dicts keyed by node id.
+    deps_at: tuple[tuple[int, ...], ...] = ()
 
     def chunk_of(self, scene: int) -> int:
         return (scene - 1) // OUTLINE_CHUNK + 1
@@ -189,14 +192,17 @@ class EpisodePlan:
 
     def critical_path(self, durations: Mapping[NodeId, float]) -> float:
         """The longest chain of durations through the graph: no schedule can beat it."""
-        return max(self.earliest_finish(durations).values(), default=0.0)
+        return max(self._finish_times(durations), default=0.0)
 
     def earliest_finish(self, durations: Mapping[NodeId, float]) -> dict[NodeId, float]:
         """When each node would end if every node started the moment its inputs existed."""
-        finish: dict[NodeId, float] = {}
-        for n in self.nodes.values():  # topological order
-            start = max((finish[d] for d in n.deps), default=0.0)
-            finish[n.id] = start + durations.get(n.id, 0.0)
+        return dict(zip(self.nodes, self._finish_times(durations), strict=True))
+
+    def _finish_times(self, durations: Mapping[NodeId, float]) -> list[float]:
+        finish = [0.0] * len(self.nodes)
+        for at, (nid, deps) in enumerate(zip(self.nodes, self.deps_at, strict=True)):
+            start = max([finish[d] for d in deps]) if deps else 0.0  # topological order
+            finish[at] = start + durations.get(nid, 0.0)
         return finish
 
     def longest_after(self, durations: Mapping[NodeId, float]) -> dict[NodeId, float]:
@@ -253,10 +259,11 @@ def plan_episode(scenes: int, continuity: Continuity, lines: int = 0) -> Episode
             by_scene[nid.scene].append(nid)
     rank = _ranks(nodes, children)
     position = {nid: i for i, nid in enumerate(nodes)}
+    deps_at = tuple(tuple(position[d] for d in n.deps) for n in nodes.values())
     ordered = sorted(nodes, key=lambda n: (-rank[n], n.index, position[n]))
     return EpisodePlan(scenes, continuity, lines, nodes, {n: i for i, n in enumerate(ordered)},
                        {n: tuple(c) for n, c in children.items()},
-                       {s: tuple(ids) for s, ids in by_scene.items()})
+                       {s: tuple(ids) for s, ids in by_scene.items()}, deps_at)
 
 
 def _ranks(nodes: Mapping[NodeId, Node], children: Mapping[NodeId, list[NodeId]]
