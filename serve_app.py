@@ -453,16 +453,17 @@ class ShowrunnerAPI:
         requests supported)."""
         tenant = self._tenant(request)
         view = await self._view(tenant, episode_id)
-        artifact = Artifact.named(name)  # never a path built from the request
-        if artifact not in view.artifacts:  # perhaps made since the last followed change
+        artifact = Artifact.named(name)  # looked up: a path is never built from the request
+        if artifact is not None and artifact not in view.artifacts:  # made since last followed?
             view = await self._view(tenant, episode_id, fresh=True)
-        path = EpisodeFolder(self.folders, episode_id).artifact(artifact) if (
-            artifact is not None and artifact in view.artifacts) else None
+        path = None
+        if artifact is not None and artifact in view.artifacts:
+            path = EpisodeFolder(self.folders, episode_id).artifact(artifact)
         if path is None or not path.is_file():
             have = [a.value for a in view.artifacts] or "none yet"
             raise ApiError(404, "not_found", f"episode {episode_id!r} has no artifact {name!r}; "
                            f"it has {have}")
-        return FileResponse(path, media_type=artifact.media_type)
+        return FileResponse(path, media_type=Artifact(path.name).media_type)
 
     @api.get("/healthz", summary="The HTTP server is up")
     async def healthz(self) -> dict[str, str]:
