@@ -9,7 +9,6 @@ gateway never draws ``too_many_jobs`` 429s. When to poll is ``actors.clip_pollin
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import openai
 
+from actors import answer_checks
 from actors.call_results import Answer, Attempts, MediaResult, Usage
 from actors.clip_polling import JobDurations, remaining_s
 from actors.stats import ProviderStats
@@ -74,7 +74,8 @@ class ClipJobs:
 
         async def create(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
             raw = await client.videos.with_raw_response.create(**params)
-            return Answer(json.loads(raw.content), Usage(), raw.headers)
+            return Answer(answer_checks.job(raw.content, raw.headers, raw.status_code), Usage(),
+                          raw.headers)
 
         async with self._slots:  # held while the provider counts the job: until it ends
             job_id, status, how = await self._run(create, episode_id)
@@ -86,7 +87,8 @@ class ClipJobs:
 
         async def download(client: openai.AsyncOpenAI) -> Answer[bytes]:
             raw = await client.videos.with_raw_response.download_content(job_id)
-            return Answer(raw.content, Usage(units=float(seconds)), raw.headers)
+            clip = answer_checks.video(raw.content, raw.headers, raw.status_code)
+            return Answer(clip, Usage(units=float(seconds)), raw.headers)
 
         answer, how = await self._send(episode_id, 0, download)
         path = Path(out_path)
@@ -118,7 +120,8 @@ class ClipJobs:
                 nonlocal polled_at  # as it leaves: after any wait for the limiter or a retry
                 polled_at = time.monotonic() - created
                 raw = await client.videos.with_raw_response.retrieve(job_id)
-                return Answer(json.loads(raw.content), Usage(), raw.headers)
+                return Answer(answer_checks.job(raw.content, raw.headers, raw.status_code),
+                              Usage(), raw.headers)
 
             polled, how = await self._send(episode_id, 0, poll)
             assert polled_at is not None  # set by the attempt that answered

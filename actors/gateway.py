@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
+from actors import answer_checks
 from actors.call_results import Answer, Attempts, ChatResult, MediaResult, Usage, cost_usd
 from actors.clip_jobs import ClipJobs
 from actors.limiter import Clock, Limits, LoopClock, Permit, RateLimiter
@@ -191,7 +192,9 @@ class ProviderGateway:
 
         async def attempt(client: openai.AsyncOpenAI) -> Answer[bytes]:
             raw = await client.audio.speech.with_raw_response.create(**params)
-            return Answer(raw.content, Usage(units=len(text)), raw.headers)
+            spoken = answer_checks.audio(raw.content, response_format, raw.headers,
+                                         raw.status_code)
+            return Answer(spoken, Usage(units=len(text)), raw.headers)
 
         answer, how = await self.send(episode_id, 0, attempt)
         path = Path(out_path)
@@ -207,14 +210,15 @@ class ProviderGateway:
         async def attempt(client: openai.AsyncOpenAI) -> Answer[bytes]:
             raw = await client.images.with_raw_response.generate(**params)
             try:
-                png = base64.b64decode(json.loads(raw.content)["data"][0]["b64_json"])
+                picture = base64.b64decode(json.loads(raw.content)["data"][0]["b64_json"])
             except (ValueError, KeyError, IndexError, TypeError) as err:
                 raise MalformedResponse(
                     "the answer holds no b64_json image (a provider that only returns URLs is "
-                    "not supported)", status=raw.status_code,
-                    request_id=raw.headers.get("x-request-id"),
+                    "not supported): " + answer_checks.described(raw.content, raw.headers),
+                    status=raw.status_code, request_id=raw.headers.get("x-request-id"),
                 ) from err
-            return Answer(png, Usage(units=1), raw.headers)
+            answer_checks.image(picture, raw.headers, raw.status_code)
+            return Answer(picture, Usage(units=1), raw.headers)
 
         answer, how = await self.send(episode_id, 0, attempt)
         path = Path(out_path)

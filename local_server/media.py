@@ -7,6 +7,7 @@ drawn.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import random
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from local_server.background import in_background
-from local_server.endpoint import Admission
+from local_server.endpoint import MALFORMED_BODY, Admission
 from local_server.errors import ApiError, bad_request
 from local_server.images import DEFAULT_SIZE, SIZES, scene_card
 from local_server.speech import VOICES, speaker
@@ -156,8 +157,9 @@ class Videos:
     async def retrieve(self, request: web.Request) -> web.Response:
         request_id = self.state.request_id()
         try:
-            return web.json_response(self._job(request).view(),
-                                     headers={"x-request-id": request_id})
+            view = self._job(request).view()
+            return await self._fault(request_id) or web.json_response(
+                view, headers={"x-request-id": request_id})
         except ApiError as err:
             return err.response(request_id)
 
@@ -168,10 +170,30 @@ class Videos:
             if job.status != "completed" or job.path is None:
                 raise ApiError(409, f"The video is {job.status}, not completed.",
                                code="video_not_ready")
-            return web.FileResponse(job.path, headers={"Content-Type": "video/mp4",
-                                                       "x-request-id": request_id})
+            return await self._fault(request_id) or web.FileResponse(
+                job.path, headers={"Content-Type": "video/mp4", "x-request-id": request_id})
         except ApiError as err:
             return err.response(request_id)
+
+    async def _fault(self, request_id: str) -> web.Response | None:
+        """The configured faults hit a job's reads too: a 5xx, a hang, or a broken body. (No
+        draw when none is configured, so fault-free runs replay as before.)"""
+        config, stats = self.state.config, self.state.stats["video"]
+        if not (config.fault_rate or config.hang_rate or config.malformed_rate):
+            return None
+        fault = self.state.draw_fault()
+        if fault == "server_error":
+            error = self.state.server_error()
+            stats.count(error.counter)
+            raise error
+        if fault == "hang":
+            stats.count("hang")
+            await asyncio.sleep(config.hang_s)
+        if fault == "malformed":
+            stats.count("malformed")
+            return web.Response(body=MALFORMED_BODY, content_type="application/json",
+                                headers={"x-request-id": request_id})
+        return None
 
     async def close(self, app: web.Application) -> None:
         """Stop running jobs (and their ffmpeg children) when the server stops."""

@@ -46,12 +46,13 @@ def make(
     tmp_path: Path,
     *,
     wrap: Callable[[Any], Any] | None = None,
+    attempts: int = 2,
     **settings: Any,
 ) -> tuple[EpisodeCoordinator, ProviderGateway]:
     """A coordinator on real gateways to ``server``: text, and speech and images for media."""
-    llm = LLMSettings(model="test", rpm=None, tpm=None, max_attempts=2, timeout_s=10)
-    tts = TTSSettings(rpm=None, timeout_s=10)
-    image = ImageSettings(rpm=None, timeout_s=10)
+    llm = LLMSettings(model="test", rpm=None, tpm=None, max_attempts=attempts, timeout_s=10)
+    tts = TTSSettings(rpm=None, timeout_s=10, max_attempts=max(attempts, 5))
+    image = ImageSettings(rpm=None, timeout_s=10, max_attempts=max(attempts, 5))
     gateways = {
         kind: ProviderGateway(kind, conf, local_base_url=server.base_url)
         for kind, conf in ((ProviderKind.LLM, llm), (ProviderKind.TTS, tts),
@@ -343,3 +344,26 @@ async def test_an_episode_cancelled_as_it_is_admitted_frees_its_slot(
     second = await coordinator.submit(script(premise="q", scenes=1))
     [view] = await asyncio.wait_for(coordinator.wait([second]), 30)
     assert view.status is EpisodeStatus.COMPLETED
+
+
+async def test_broken_answers_cost_a_retry_not_the_episode(
+    local_server: Start, tmp_path: Path
+) -> None:
+    """A provider that sometimes answers 200 with a broken body: every such answer is retried,
+    whatever the call (chat, speech, picture), and the episode is made of real files."""
+    import wave
+
+    server = local_server(latency_scale=0.02, malformed_rate=0.2, seed=11)
+    coordinator, _ = make(server, tmp_path, attempts=6)
+    eid = await coordinator.submit(EpisodeRequest(premise="A storm at sea.", scenes=2,
+                                                  lines_per_scene=4, seed=5))
+    [view] = await coordinator.wait([eid])
+    assert view.status is EpisodeStatus.COMPLETED, view.error
+    for kind, endpoint in ((ProviderKind.LLM, "chat"), (ProviderKind.TTS, "speech")):
+        broken = server.stats()[endpoint]["faults"]["malformed"]
+        counted = coordinator.providers[kind].snapshot()["errors"].get("MalformedResponse", 0)
+        assert broken > 0 and counted == broken, kind
+    for line in (tmp_path / eid / "media").glob("scene*/line*.wav"):
+        with wave.open(str(line)) as audio:
+            assert audio.getnframes() > 0
+    assert (tmp_path / eid / "episode.mp4").read_bytes()[4:8] == b"ftyp"

@@ -11,7 +11,12 @@ import pytest
 
 from actors.gateway import ProviderGateway
 from local_server.process import LocalServer
-from pipelines.errors import GenerationFailed, ProviderTimeout, ProviderUnavailable
+from pipelines.errors import (
+    GenerationFailed,
+    MalformedResponse,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from pipelines.settings import ImageSettings, ProviderKind, TTSSettings, VideoSettings
 
 Start = Callable[..., LocalServer]
@@ -134,3 +139,37 @@ async def test_clip_jobs_never_exceed_the_providers_job_cap(
     # still overran on a busy machine).
     drawn = sum(server.stats()["video"]["jobs_s"])
     assert 0.5 * drawn < gw.snapshot()["job_s"] < 1.05 * drawn
+
+
+async def test_a_speech_answer_that_is_not_audio_is_malformed_retried_and_reported(
+    local_server: Start, gateway: Build, tmp_path: Path
+) -> None:
+    server = local_server(malformed_rate=1.0)  # 200s whose bodies are broken JSON
+    gw = gateway(ProviderKind.TTS, server.base_url, max_attempts=2)
+    out = tmp_path / "line.wav"
+    with pytest.raises(MalformedResponse) as caught:
+        await gw.speech("The lamp is lit.", voice="nova", out_path=str(out))
+    message = str(caught.value)
+    assert "not WAV audio" in message and "bytes of application/json" in message
+    assert "chatcmpl-broken" in message  # what came back, its first bytes
+    stats = gw.snapshot()
+    assert stats["errors"] == {"MalformedResponse": 2} and stats["retries"] == 1
+    assert not out.exists()  # nothing that is not audio is written
+
+
+async def test_malformed_job_answers_are_retried_like_a_5xx_and_counted(
+    local_server: Start, gateway: Build, tmp_path: Path
+) -> None:
+    """Creates, polls and downloads that answer broken bodies are retried; the clip is made and
+    the counters say what happened."""
+    server = local_server(latency_scale=0.01, malformed_rate=0.3, seed=3,
+                          video_render_size="320x180", video_render_fps=8)
+    gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
+                 max_attempts=8)
+    results = [await gw.clip(f"clip {i}", out_path=str(tmp_path / f"clip{i}.mp4"))
+               for i in range(3)]
+    assert all(Path(r.path).read_bytes()[4:8] == b"ftyp" for r in results)
+    stats = gw.snapshot()
+    malformed = server.stats()["video"]["faults"]["malformed"]
+    assert malformed > 0 and stats["errors"]["MalformedResponse"] == malformed
+    assert stats["retries"] >= malformed and stats["failed"] == 0
