@@ -241,6 +241,15 @@ class ServiceSettings(BaseModel):
     max_body_bytes: PositiveInt = Field(
         1 << 20, le=64 << 20, description="Largest request body accepted, bytes (else 413)."
     )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="A request body not fully arrived after this long is answered 408.",
+    )
+    unhealthy_after_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="`/healthz` fails once an actor the service needs has been down this long,"
+        " so an orchestrator restarts the replica.",
+    )
 
 
 class Settings(BaseSettings):
