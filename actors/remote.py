@@ -40,6 +40,10 @@ def _options(name: str, detached: bool) -> dict[str, Any]:
         # They only wait on the network: a CPU held here is one a media task cannot use.
         "num_cpus": 0,
         "max_concurrency": MAX_CONCURRENCY,
+        # A killed process comes back under the same name and handle. Calls in flight fail (the
+        # engine retries them: a provider call may have been paid, so Ray must not resend it);
+        # calls made while it restarts wait for it.
+        "max_restarts": -1,
     }
     if detached:
         options["lifetime"] = "detached"
