@@ -9,19 +9,24 @@ holds a process.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Mapping
 
 from actors.metrics import NO_METRICS, CoordinatorMetrics
 from actors.node_runners import EpisodeContext, NodeRunner
 from pipelines.engine import EpisodeEngine, Outcome
-from pipelines.episode_state import EventKind
-from pipelines.errors import NodeFailed
+from pipelines.episode_state import EventKind, NodeRecord, NodeResult
+from pipelines.errors import NodeFailed, storage_error
 from pipelines.planner import Node, NodeId, NodeKind
 
 # What the coordinator records of an episode's progress: an event, about a node or not.
 Emit = Callable[[EventKind, NodeId | None, str], None]
 MAX_ERROR_CHARS = 1000
+# A node whose work was lost (``NodeFailed.rerun``: a killed worker, encoder or provider actor) is
+# run again this many times, after a pause that doubles from RERUN_PAUSE_S.
+MAX_RERUNS = 3
+RERUN_PAUSE_S = 0.5
 
 
 class EpisodeExecutor:
@@ -71,7 +76,7 @@ class EpisodeExecutor:
         figures.started_s = self.elapsed()
         self.emit(EventKind.NODE_STARTED, node.id, "")
         try:
-            result = await self.runners[node.kind].run(self.ctx, node, figures)
+            result = await self._attempts(node, figures)
         except NodeFailed as err:
             figures.error = str(err)[:MAX_ERROR_CHARS]
             figures.finished_s = self.elapsed()
@@ -83,3 +88,22 @@ class EpisodeExecutor:
         self.engine.mark_done(node.id, rate_limited=figures.rate_limited > 0)
         self.metrics.stage(node.kind, figures.finished_s - figures.started_s)
         self.emit(EventKind.NODE_FINISHED, node.id, "")
+
+    async def _attempts(self, node: Node, figures: NodeRecord) -> NodeResult:
+        """The node's runner, run again while its work is lost under it. A file that could not
+        be written or read is the node's failure, classified, not a bug."""
+        for rerun in itertools.count():
+            try:
+                try:
+                    return await self.runners[node.kind].run(self.ctx, node, figures)
+                except OSError as err:
+                    if isinstance(err, ConnectionError | TimeoutError):
+                        raise  # no file's error: a bug, since providers' are mapped
+                    raise storage_error(err) from err
+            except NodeFailed as err:
+                if not err.rerun or rerun >= MAX_RERUNS:
+                    raise
+                figures.reruns += 1
+                self.emit(EventKind.NODE_RETRYING, node.id, str(err)[:MAX_ERROR_CHARS])
+                await asyncio.sleep(RERUN_PAUSE_S * 2**rerun)
+        raise AssertionError("unreachable")

@@ -12,7 +12,13 @@ import asyncio
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import (
+    NodeDiedError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 
 from actors.coordinator import EpisodeCoordinator
 from actors.gateway import ProviderGateway
@@ -21,6 +27,7 @@ from actors.ray_metrics import RayCoordinatorMetrics, RayProviderMetrics
 from actors.tenant_desk import TenantDesk
 from local_server.process import LocalServer
 from pipelines.composition import compose_scene, pan_clip, stitch
+from pipelines.errors import ProviderActorLost, WorkerLost
 from pipelines.settings import ProviderKind, ProviderSettings, Settings
 
 NAMESPACE = "showrunner"
@@ -71,7 +78,7 @@ def coordinator_actor(settings: Settings, providers: dict[ProviderKind, Any], *,
         .options(**_options(name or actor_name("coordinator"), detached))
         .remote(
             settings,
-            {kind: ActorProxy(handle) for kind, handle in providers.items()},
+            {kind: ProviderProxy(handle, kind) for kind, handle in providers.items()},
             output_root=output_root,
             tasks=RayMediaTasks(settings.encoding),
             metrics=RayCoordinatorMetrics(),
@@ -134,6 +141,27 @@ class ActorProxy:
         return call
 
 
+class ProviderProxy(ActorProxy):
+    """A provider actor, awaited like a gateway. Its process dying under a call is that call's
+    ``ProviderActorLost``, which the executor runs again once the actor is back."""
+
+    def __init__(self, handle: Any, kind: ProviderKind) -> None:
+        super().__init__(handle)
+        self.kind = kind
+
+    def __getattr__(self, method: str) -> Any:
+        call = super().__getattr__(method)
+
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await call(*args, **kwargs)
+            except RayActorError as err:
+                raise ProviderActorLost(f"the {self.kind} provider actor's process died: "
+                                        f"{type(err).__name__}") from err
+
+        return guarded
+
+
 async def await_call(ref: Any) -> Any:
     """Await a Ray call: cancelling the waiter cancels the call; a task's own error is raised
     as itself, not wrapped."""
@@ -154,11 +182,15 @@ class RayMediaTasks(ThreadMediaTasks):
     async def run(self, fn: Any, *args: Any) -> Any:
         task = {compose_scene: compose_scene_task, stitch: stitch_task,
                 pan_clip: pan_clip_task}[fn]
-        return await await_call(task.remote(*args))
+        try:
+            return await await_call(task.remote(*args))
+        except (WorkerCrashedError, NodeDiedError, OutOfMemoryError) as err:
+            raise WorkerLost(f"{fn.__name__}'s worker died: {type(err).__name__}") from err
 
 
-# CPU work: one CPU each, spread over the cluster's nodes by Ray. No retries: a composition that
-# fails says why, and a cancelled one kills its ffmpeg (see ``pipelines.composition``).
+# CPU work: one CPU each, spread over the cluster's nodes by Ray. No Ray retries: one retry policy,
+# the executor's, runs lost work again (``WorkerLost``); a composition that fails says why, and a
+# cancelled one kills its ffmpeg (see ``pipelines.composition``).
 compose_scene_task = ray.remote(num_cpus=1, max_retries=0)(compose_scene)
 stitch_task = ray.remote(num_cpus=1, max_retries=0)(stitch)
 pan_clip_task = ray.remote(num_cpus=1, max_retries=0)(pan_clip)

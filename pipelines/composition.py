@@ -8,7 +8,9 @@ How big and how fast is the caller's ``EncodingSettings`` (``settings.encoding``
 24 fps by default, a small ``ultrafast`` profile for previews and benchmarks.
 
 The timing and subtitle logic is pure; ``run_ffmpeg`` is the only I/O. It kills its child if the
-caller is interrupted (a cancelled Ray task), so no ffmpeg outlives its task, and it returns the
+caller is interrupted (a cancelled Ray task), and the child dies with its parent (a killed
+worker), so no ffmpeg outlives its task; a child killed by a signal is ``EncoderCrashed``, which
+the executor runs again, and a full disk is ``DiskFull``. It returns the
 CPU seconds that child used, read from the child's own resource usage (``os.wait4``): the
 process-wide ``RUSAGE_CHILDREN`` would mix in every other thread's children. Compositions and
 local clips report them (``LocalWork.cpu_s``) so the run report can say how much of the run the
@@ -18,12 +20,16 @@ CPUs alone force.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +38,7 @@ from PIL import ImageFont
 from pydantic import BaseModel, ConfigDict
 
 from pipelines.episode_folder import Artifact, EpisodeFolder
-from pipelines.errors import MediaError
+from pipelines.errors import DiskFull, EncoderCrashed, MediaError, NodeFailed
 from pipelines.files import write_atomic
 from pipelines.settings import EncodingSettings
 
@@ -150,11 +156,32 @@ def lower_priority(pid: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, niceness)
 
 
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before ffmpeg starts: be killed when the worker that started it dies.
+    Only a C call here: between fork and exec nothing else is safe in a threaded process."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _failure(returncode: int, stderr: bytes) -> NodeFailed:
+    """What an ffmpeg that did not succeed means: killed, out of space, or refused its work."""
+    said = stderr.decode(errors="replace").strip()[-500:]
+    if returncode < 0:
+        return EncoderCrashed(f"ffmpeg was killed by {signal.Signals(-returncode).name}")
+    if "No space left on device" in said or "Disk quota exceeded" in said:
+        return DiskFull(f"ffmpeg: {said}")
+    return MediaError(f"ffmpeg failed (exit {returncode}): {said or 'no reason given'}")
+
+
 def run_ffmpeg(args: Sequence[str]) -> float:
     """Run ffmpeg and return the CPU seconds (user + system) it used; on any interruption kill
     it, so no child outlives the task."""
     process = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel",
-                                "error", "-y", *args],
+                                "error", "-y", *args], preexec_fn=_die_with_parent,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         lower_priority(process.pid)
@@ -169,8 +196,18 @@ def run_ffmpeg(args: Sequence[str]) -> float:
         process.wait()
         raise
     if process.returncode != 0:
-        raise MediaError(f"ffmpeg failed: {stderr.decode(errors='replace')[-500:]}")
+        raise _failure(process.returncode, stderr)
     return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def scratch(parent: Path, prefix: str) -> Iterator[Path]:
+    """A scratch folder in ``parent``, removed after. Left-overs of earlier attempts (a killed
+    worker cleans nothing up) are removed first: one attempt of a node runs at a time."""
+    for stale in parent.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=prefix) as work:
+        yield Path(work)
 
 
 PREVIEW_PRESETS = ("ultrafast", "superfast")
@@ -228,8 +265,7 @@ def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
     length = scene_length(durations, gap_s)
     target = Path(out_path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".compose-") as work:
-        folder = Path(work)
+    with scratch(target.parent, ".compose-") as folder:
         subtitles = folder / "scene.srt"
         scene_cues = cues(lines, durations, gap_s)
         subtitles.write_text(srt(scene_cues), encoding="utf-8")
@@ -262,11 +298,11 @@ def stitch(folder: EpisodeFolder, scenes: Sequence[tuple[int, ComposedScene]],
     """The episode's video (its scenes in order), subtitles and poster (the picture of
     ``poster_scene``) in its folder."""
     out = folder.path
-    with tempfile.TemporaryDirectory(dir=out, prefix=".stitch-") as work:
-        listing = Path(work) / "scenes.txt"
+    with scratch(out, ".stitch-") as work:
+        listing = work / "scenes.txt"
         listing.write_text("".join(f"file '{folder.scene_video(s).resolve()}'\n"
                                    for s, _ in scenes), encoding="utf-8")
-        partial = Path(work) / Artifact.VIDEO.value
+        partial = work / Artifact.VIDEO.value
         # Every scene was encoded alike, so the streams are joined without re-encoding.
         run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
                     "-movflags", "+faststart", str(partial)])

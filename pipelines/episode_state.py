@@ -44,6 +44,7 @@ class EventKind(StrEnum):
     STARTED = "started"
     NODE_STARTED = "node_started"
     NODE_FINISHED = "node_finished"
+    NODE_RETRYING = "node_retrying"  # its work was lost (a killed process): it runs again
     NODE_FAILED = "node_failed"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -101,6 +102,7 @@ class NodeRecord(BaseModel):
     rate_limited: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    reruns: int = 0  # times its work was lost under it and run again
 
     def account(self, call: CallFigures) -> None:
         """Add one provider call's figures."""

@@ -14,22 +14,32 @@
     │       ├── BadRequest        400, 404, 422 and other 4xx: the request or model is wrong
     │       └── OutputRejected    the answer was cut off or filtered
     ├── StageOutputError          the model's answer did not validate, even after a corrective retry
-    └── MediaError                ffmpeg could not make a file, or a scene has nothing to compose
+    ├── MediaError                ffmpeg could not make a file, or a scene has nothing to compose
+    │   └── EncoderCrashed        ffmpeg was killed (by a signal, the OOM killer): run it again
+    ├── StorageError              a file of the episode could not be written or read
+    │   └── DiskFull              no space left on the device (ENOSPC, EDQUOT)
+    └── WorkLost                  the process doing a node's work died under it: run it again
+        ├── ProviderActorLost     a provider actor's process died with the call in flight
+        └── WorkerLost            a media task's worker process, or its node, died
 
-Anything else raised while a node runs is a bug of ours: it fails that episode as an internal
-error, never the coordinator. Provider errors are raised by the provider actors, where
-``actors.sdk_errors`` maps the ``openai`` SDK's errors onto them at one edge. Every class pickles
-with its fields, so an error raised in one process arrives whole in another. Messages never
-contain an API key: a deployment is named by its host only.
+A node whose error has ``rerun`` set is run again by the executor, a few times: its work is
+idempotent and its inputs are kept. Anything else raised while a node runs is a bug of ours: it
+fails that episode as an internal error, never the coordinator. Provider errors are raised by
+the provider actors, where ``actors.sdk_errors`` maps the ``openai`` SDK's errors onto them at
+one edge. Every class pickles with its fields, so an error raised in one process arrives whole
+in another. Messages never contain an API key: a deployment is named by its host only.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
 class NodeFailed(Exception):
     """A node of an episode's graph could not make its result."""
+
+    rerun = False  # True: the work itself was lost, not refused; running it again may succeed
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only fields are not in ``args``; carry them in the state so pickling keeps them.
@@ -42,6 +52,45 @@ class StageOutputError(NodeFailed):
 
 class MediaError(NodeFailed):
     """ffmpeg could not make a file; the message carries the end of its error output."""
+
+
+class EncoderCrashed(MediaError):
+    """ffmpeg died of a signal, with nothing to say: its work, not its input, was lost."""
+
+    rerun = True
+
+
+class StorageError(NodeFailed):
+    """A file of the episode could not be written or read: the message names it and why."""
+
+
+class DiskFull(StorageError):
+    """No space is left where the episode's files go."""
+
+
+class WorkLost(NodeFailed):
+    """The process doing a node's work died under it (killed, out of memory, its node gone)."""
+
+    rerun = True
+
+
+class ProviderActorLost(WorkLost):
+    """A provider actor's process died with the call in flight. The call may have been paid
+    for; a new one is made, as after a timeout."""
+
+
+class WorkerLost(WorkLost):
+    """The worker process of a media task, or the node it ran on, died."""
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(err: OSError) -> StorageError:
+    """An operating system's error about a file, as the node's failure."""
+    where = f" ({err.filename})" if err.filename else ""
+    kind = DiskFull if err.errno in FULL else StorageError
+    return kind(f"{err.strerror or err}{where}")
 
 
 class ProviderError(NodeFailed):

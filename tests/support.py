@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -64,3 +67,36 @@ def processes(matching: Callable[[bytes], bool]) -> list[int]:
             if matching(cmdline):
                 found.append(int(entry.name))
     return found
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent's pid of a live process; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the name, in brackets, may hold spaces
+
+
+def unavailable(what: str, how: str) -> None:
+    """Skip a test that needs something this machine lacks, saying how to get it; under
+    ``CI=true`` fail instead, since CI provides everything."""
+    message = f"needs {what}: {how}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI must run this test)")
+    pytest.skip(message)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A real filesystem of ``size_bytes`` at ``path`` (a tmpfs), so that writes past it fail
+    with ENOSPC from the kernel. Needs root, as in CI."""
+    if os.geteuid() != 0:
+        unavailable("root, to mount a small tmpfs", "run the suite as root, as CI does")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

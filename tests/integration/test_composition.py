@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -22,9 +27,9 @@ from pipelines.composition import (
     wav_seconds,
 )
 from pipelines.episode_folder import Artifact, EpisodeFolder
-from pipelines.errors import MediaError
+from pipelines.errors import DiskFull, EncoderCrashed, MediaError
 from pipelines.settings import EncodingSettings
-from tests.support import processes, wait_for
+from tests.support import processes, small_disk, wait_for
 
 
 def probe(path: Path) -> tuple[str, float]:
@@ -106,8 +111,58 @@ def test_run_ffmpeg_reports_its_childs_cpu_and_its_errors(tmp_path: Path) -> Non
     cpu_s = run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=2",
                         "-c:v", "libx264", "-preset", "medium", str(tmp_path / "t.mp4")])
     assert 0.05 < cpu_s < 60  # 50 frames at "medium": real work, measured on that child only
-    with pytest.raises(MediaError, match="ffmpeg failed"):
+    with pytest.raises(MediaError, match=r"ffmpeg failed \(exit \d+\): (?s:.*)missing\.wav"):
         run_ffmpeg(["-i", str(tmp_path / "missing.wav"), str(tmp_path / "x.mp4")])
+
+
+LONG_ENCODE = ["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25:duration=600", "-c:v",
+               "libx264", "-preset", "medium"]
+
+
+def test_an_ffmpeg_killed_mid_work_is_a_crash_to_run_again(tmp_path: Path) -> None:
+    """It used to be "ffmpeg failed:" with nothing after: a media error, never run again."""
+    out = tmp_path / "killed.mp4"
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_ffmpeg, [*LONG_ENCODE, str(out)])
+        [pid] = wait_for(lambda: _ffmpeg_writing(out), 30, "ffmpeg to start")
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EncoderCrashed, match="killed by SIGKILL") as caught:
+            running.result(timeout=30)
+    assert caught.value.rerun
+
+
+def test_an_ffmpeg_dies_with_the_worker_that_started_it(tmp_path: Path) -> None:
+    """A killed Ray worker cleans nothing up: its encoder must not run on, unowned."""
+    out = tmp_path / "orphan.mp4"
+    worker = subprocess.Popen([sys.executable, "-c", "import sys; from pipelines.composition "
+                               "import run_ffmpeg; run_ffmpeg(sys.argv[1:])", *LONG_ENCODE,
+                               str(out)])
+    try:
+        wait_for(lambda: _ffmpeg_writing(out), 30, "ffmpeg to start")
+        worker.kill()
+        worker.wait()
+        wait_for(lambda: not _ffmpeg_writing(out), 10, "the orphaned ffmpeg to end")
+    finally:
+        worker.kill()
+
+
+def test_a_full_disk_is_said_so_and_leaves_no_scratch(media: dict, tmp_path: Path) -> None:
+    """The stitch copies every scene once more: a disk that holds the scenes but not twice over
+    fills up under it, with a real ENOSPC from the kernel."""
+    made = EpisodeFolder(tmp_path / "made", "ep")
+    scenes = [(n, compose_scene(media["lines"], media["clip"], str(made.scene_video(n)),
+                                PREVIEW)) for n in (1, 2)]
+    size = sum(made.scene_video(n).stat().st_size for n, _ in scenes)
+    with small_disk(tmp_path / "disk", size + size // 2 + 64 * 1024) as disk:
+        folder = EpisodeFolder(disk, "ep")
+        for n, _ in scenes:
+            folder.scene(n).mkdir(parents=True)
+            shutil.copy(made.scene_video(n), folder.scene_video(n))
+        with pytest.raises(DiskFull, match="No space left on device"):
+            stitch(folder, scenes, poster_scene=None)
+        assert not list(folder.path.glob(".stitch-*"))  # its scratch is gone, space given back
+        assert not folder.artifact(Artifact.VIDEO).exists()
+        assert all(folder.scene_video(n).stat().st_size > 0 for n, _ in scenes)
 
 
 async def test_thread_tasks_work_at_their_encoding_and_report_their_cpu(media: dict) -> None:
@@ -122,7 +177,7 @@ async def test_thread_tasks_work_at_their_encoding_and_report_their_cpu(media: d
 
 def _ffmpeg_writing(target: Path) -> list[int]:
     folder = str(target.parent).encode()
-    return processes(lambda cmdline: b"ffmpeg" in cmdline and folder in cmdline)
+    return processes(lambda cmdline: b"ffmpeg" in cmdline.split(b"\0")[0] and folder in cmdline)
 
 
 @pytest.mark.usefixtures("ray_session")

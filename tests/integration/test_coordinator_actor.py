@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +14,9 @@ import ray
 from local_server.process import LocalServer
 from pipelines.episode_state import EventKind
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.settings import LLMSettings, ProviderKind, Settings
+from pipelines.settings import EncodingSettings, LLMSettings, ProviderKind, Settings
 from showrunner import launcher
-from tests.support import processes, wait_for, wait_for_async
+from tests.support import parent_of, processes, wait_for, wait_for_async
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -107,3 +109,46 @@ def test_a_run_is_ready_once_every_actor_answers(
         run.wait_ready(timeout_s=10)
     for actor in run.providers.values():
         ray.kill(actor)
+
+
+def _compositions(root: Path) -> list[int]:
+    """Pids of the ffmpeg processes composing a scene under ``root``."""
+    return processes(lambda cmdline: b"ffmpeg" in cmdline and b".compose-" in cmdline
+                     and str(root).encode() in cmdline)
+
+
+def _kill_a_composition(root: Path, which: str, spare: int = 0) -> int:
+    """SIGKILL an ffmpeg composing a scene under ``root`` (not ``spare``), or the worker running
+    it; returns the ffmpeg's pid."""
+    def started() -> list[int]:
+        return [pid for pid in _compositions(root) if pid != spare]
+
+    ffmpeg = wait_for(started, 120, "a composition to start", interval=0.01)[0]
+    victim = parent_of(ffmpeg) if which == "worker" else ffmpeg
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    return ffmpeg
+
+
+async def test_killed_workers_and_encoders_cost_a_rerun_not_the_episode(
+    local_server: Callable[..., LocalServer], tmp_path: Path
+) -> None:
+    server = local_server()
+    settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None),
+                        encoding=EncodingSettings(width=640, height=360, fps=24))
+    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-kills")
+    [queued] = await run.coordinator.submit_many.remote(
+        [EpisodeRequest(premise="A lighthouse keeper's last night.", scenes=3,
+                        continuity="none")])
+    # The Ray task's process (WorkerCrashedError), then an encoder alone (an "ffmpeg failed:"
+    # that said nothing): each was an episode's "internal error".
+    first = _kill_a_composition(tmp_path, "worker")
+    _kill_a_composition(tmp_path, "ffmpeg", spare=first)
+    [view] = await run.coordinator.wait.remote([queued.id])
+    assert view.status is EpisodeStatus.COMPLETED, view.error
+    [record] = await run.coordinator.records_of.remote([queued.id])
+    assert sum(n.reruns for n in record.nodes.values()) >= 2
+    leftovers = [p for p in tmp_path.rglob(".*") if p.name.startswith((".compose-", ".stitch-"))]
+    assert leftovers == []  # no scratch folder of a killed attempt is left
+    assert not _compositions(tmp_path)
+    run.stop()

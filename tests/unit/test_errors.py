@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import pickle
 
@@ -14,15 +15,22 @@ from actors.sdk_errors import from_openai, provider_errors
 from pipelines.errors import (
     AuthFailed,
     BadRequest,
+    DiskFull,
+    EncoderCrashed,
     MalformedResponse,
     MediaError,
     NodeFailed,
+    ProviderActorLost,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
     StageOutputError,
+    StorageError,
+    WorkerLost,
+    WorkLost,
+    storage_error,
 )
 
 REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
@@ -118,6 +126,10 @@ def test_connection_and_timeout_errors() -> None:
         ProviderTimeout("late", provider="video"),
         StageOutputError("the answer did not follow the schema twice"),
         MediaError("ffmpeg failed: no such file"),
+        EncoderCrashed("ffmpeg was killed by SIGKILL"),
+        DiskFull("No space left on device (/out/ep/episode.srt)"),
+        ProviderActorLost("the tts provider actor's process died"),
+        WorkerLost("compose_scene's worker died"),
     ],
 )
 def test_errors_pickle_with_their_fields(err: NodeFailed) -> None:
@@ -128,8 +140,26 @@ def test_errors_pickle_with_their_fields(err: NodeFailed) -> None:
 
 
 def test_one_tree_holds_every_way_a_node_fails() -> None:
-    for kind in (ProviderError, RateLimited, QuotaExhausted, StageOutputError, MediaError):
+    for kind in (ProviderError, RateLimited, QuotaExhausted, StageOutputError, MediaError,
+                 EncoderCrashed, StorageError, DiskFull, WorkLost, ProviderActorLost, WorkerLost):
         assert issubclass(kind, NodeFailed)
+
+
+def test_only_lost_work_is_run_again() -> None:
+    """A killed process lost the work; a refusal, a bad answer or a full disk would repeat."""
+    rerun = {kind for kind in (ProviderError, RateLimited, StageOutputError, MediaError,
+                               EncoderCrashed, StorageError, DiskFull, WorkLost,
+                               ProviderActorLost, WorkerLost) if kind.rerun}
+    assert rerun == {EncoderCrashed, WorkLost, ProviderActorLost, WorkerLost}
+
+
+def test_a_files_error_is_classified_with_its_path() -> None:
+    full = storage_error(OSError(errno.ENOSPC, "No space left on device", "/out/e/script.md"))
+    assert type(full) is DiskFull and str(full) == "No space left on device (/out/e/script.md)"
+    quota = storage_error(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert type(quota) is DiskFull
+    denied = storage_error(PermissionError(errno.EACCES, "Permission denied", "/out/e"))
+    assert type(denied) is StorageError and "/out/e" in str(denied)
 
 
 def test_the_context_manager_chains_the_original_error() -> None:
