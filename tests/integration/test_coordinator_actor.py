@@ -152,3 +152,31 @@ async def test_killed_workers_and_encoders_cost_a_rerun_not_the_episode(
     assert leftovers == []  # no scratch folder of a killed attempt is left
     assert not _compositions(tmp_path)
     run.stop()
+
+
+def _pid(actor: ray.actor.ActorHandle) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
+
+
+async def test_a_killed_provider_actor_costs_its_calls_in_flight_not_the_episodes(
+    local_server: Callable[..., LocalServer], tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.5)
+    settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None))
+    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-provider-kill")
+    ids = launcher.submit(run, [EpisodeRequest(media=False, premise=f"Ferry {n}.", scenes=4)
+                                for n in range(3)])
+    llm = run.providers[ProviderKind.LLM]
+
+    async def inflight() -> int:
+        return (await llm.stats.remote())["deployments"][0]["inflight"]
+
+    await wait_for_async(inflight, 30, "calls in flight", interval=0.02)
+    os.kill(_pid(llm), signal.SIGKILL)
+    views = await run.coordinator.wait.remote(ids)
+    assert [v.status for v in views] == [EpisodeStatus.COMPLETED] * 3, [v.error for v in views]
+    records = await run.coordinator.records_of.remote(ids)
+    assert sum(n.reruns for r in records for n in r.nodes.values()) >= 1
+    report = launcher.collect_report(run, ids)  # the restarted actor answers for its stats
+    assert [e["status"] for e in report["episodes"]] == ["completed"] * 3
+    run.stop()
