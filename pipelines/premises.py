@@ -37,16 +37,23 @@ def build_request(fields: dict[str, Any], where: str = "") -> EpisodeRequest:
         raise BadInput(describe(err, where)) from None
 
 
-def parse_premises_file(text: str, defaults: dict[str, Any]) -> list[EpisodeRequest]:
+def parse_premises_file(
+    text: str, defaults: dict[str, Any], source: str = "the premises file"
+) -> list[EpisodeRequest]:
     """One premise a line, or one JSON ``EpisodeRequest`` a line; blank lines are skipped.
 
-    ``defaults`` (from the command line's flags) fill what a JSON line leaves out.
+    ``defaults`` (from the command line's flags) fill what a JSON line leaves out. ``source`` is
+    how errors name the file (``premises file plots.txt``): the user gave a file, not a count, so
+    a file over the limit is the file's fault. Parsing stops there, before the rest is validated.
     """
     requests = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
+        if len(requests) == MAX_EPISODES:
+            raise BadInput(f"{source} holds more than {MAX_EPISODES} premises, "
+                           f"the most episodes one run writes")
         where = f" (line {number})"
         if line.startswith("{"):
             try:
@@ -59,13 +66,16 @@ def parse_premises_file(text: str, defaults: dict[str, Any]) -> list[EpisodeRequ
         else:
             requests.append(build_request({**defaults, "premise": line}, where))
     if not requests:
-        raise BadInput("the premises file holds no premise")
+        raise BadInput(f"{source} holds no premise")
     return requests
 
 
 def expand(requests: list[EpisodeRequest], episodes: int | None) -> list[EpisodeRequest]:
     """Cycle through the premises until there are ``episodes`` of them (default: one each)."""
     if episodes is None:
+        if len(requests) > MAX_EPISODES:  # no flag was given, so the message names none
+            raise BadInput(f"{len(requests)} premises are more than {MAX_EPISODES}, "
+                           f"the most episodes one run writes")
         episodes = len(requests)
     if not 1 <= episodes <= MAX_EPISODES:
         raise BadInput(f"--episodes must be from 1 to {MAX_EPISODES}, not {episodes}")

@@ -6,15 +6,21 @@ Environment names are ``SHOWRUNNER_`` + the field path joined by ``__``, e.g.
 over the file, so a deployment can override one value without editing it.
 
 A provider whose ``base_url`` is unset is served by the bundled local server, so a newcomer needs no
-key. Bad values stop the program at start with one line naming the field (see ``SettingsError``).
+key. Bad values stop the program at start with one line naming the field (see ``SettingsError``),
+and so does a ``SHOWRUNNER_`` variable that names no setting: pydantic-settings would ignore it, and
+a misspelt ``SHOWRUNNER_LLM_BASE_URL`` would quietly run everything on the placeholder server.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import os
 import tomllib
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import (
     AnyHttpUrl,
@@ -27,6 +33,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +52,9 @@ class ProviderKind(StrEnum):
 
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+ENV_PREFIX = "SHOWRUNNER_"
+ENV_DELIMITER = "__"
 
 
 class SettingsError(Exception):
@@ -256,8 +266,8 @@ class Settings(BaseSettings):
     """Everything Showrunner reads at start."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SHOWRUNNER_",
-        env_nested_delimiter="__",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
         extra="forbid",
         frozen=True,
     )
@@ -304,8 +314,20 @@ class Settings(BaseSettings):
         return getattr(self, kind.value)
 
 
+# ``SHOWRUNNER_*`` variables that something reads for itself, not as a setting, so the check below
+# lets them pass. None today: every ``SHOWRUNNER_*`` name the code reads is a field (tests mark
+# their own processes with other prefixes, e.g. ``TEST_RAY_JOB_CLUSTER``). A new one goes here,
+# with the module that reads it, or every entry point refuses to start while it is set.
+NOT_SETTINGS: frozenset[str] = frozenset()
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment and an optional TOML file; raises ``SettingsError``."""
+    """Settings from the environment and an optional TOML file; raises ``SettingsError``.
+
+    Every entry point (the CLI, the service's replicas) comes through here, so the check of the
+    environment's names is here rather than in each of them.
+    """
+    check_environment_names(os.environ)
     settings_cls = Settings
     if config_file is not None:
         path = Path(config_file)
@@ -344,27 +366,89 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def settings_reference() -> str:
-    """A Markdown table of every environment variable, its default and its description.
+def check_environment_names(names: Iterable[str]) -> None:
+    """Raise ``SettingsError`` naming each ``SHOWRUNNER_`` variable that no setting reads.
 
-    ``docs/settings.md`` is this text; a test keeps the two equal.
+    Only names are looked at, never values: a value may be a secret. Names are compared in upper
+    case because pydantic-settings reads them in any case.
     """
-    rows = ["| environment variable | default | description |", "| --- | --- | --- |"]
+    known = environment_names() | NOT_SETTINGS
+    unknown = [n for n in names if n.upper().startswith(ENV_PREFIX) and n.upper() not in known]
+    if unknown:
+        raise SettingsError("; ".join(_describe_unknown(name) for name in sorted(unknown)))
 
-    def walk(model: type[BaseModel], prefix: str, defaults: Any) -> None:
+
+def _describe_unknown(name: str) -> str:
+    closest = closest_environment_name(name)
+    hint = (f"did you mean {closest}?" if closest is not None
+            else "no setting has a similar name; `showrunner config --reference` lists them")
+    return f"unknown setting {name} ({hint})"
+
+
+def closest_environment_name(name: str) -> str | None:
+    """The real setting a mistyped ``SHOWRUNNER_`` name most likely meant, if one is close.
+
+    A name left out of its table (``SHOWRUNNER_PORT``) means the one field of that name, if only
+    one table has it. Otherwise the most similar name wins; the shared prefix is left out of that
+    comparison, as every name has it and it would make any two names look alike.
+    """
+    suffixes = {n.removeprefix(ENV_PREFIX): n for n in environment_names()}
+    asked = name.upper().removeprefix(ENV_PREFIX)
+    same_field = [n for s, n in suffixes.items() if s.rsplit(ENV_DELIMITER, 1)[-1] == asked]
+    if len(same_field) == 1:
+        return same_field[0]
+    matches = difflib.get_close_matches(asked, sorted(suffixes), n=1, cutoff=0.6)
+    return suffixes[matches[0]] if matches else None
+
+
+class _EnvField(NamedTuple):
+    """One environment variable the settings read, with what the reference shows for it."""
+
+    name: str
+    field: FieldInfo
+    default: Any
+    table: bool  # a nested model: its fields have their own names, or it is given whole as JSON
+
+
+def _environment_fields() -> Iterator[_EnvField]:
+    """Every variable the settings read, tables before their fields: the one source of names."""
+
+    def walk(model: type[BaseModel], prefix: str, defaults: Any) -> Iterator[_EnvField]:
         for name, field in model.model_fields.items():
             env = f"{prefix}{name.upper()}"
             default = getattr(defaults, name, None) if defaults is not None else None
             annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, env + "__", default)
-                continue
-            shown = "(list, JSON)" if isinstance(default, list) else _default_text(default)
-            rows.append(f"| `{env}` | {shown} | {field.description or ''} |")
+            table = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            yield _EnvField(env, field, default, table)
+            if table:
+                yield from walk(annotation, env + ENV_DELIMITER, default)
 
-    walk(Settings, "SHOWRUNNER_", Settings.model_construct(
+    yield from walk(Settings, ENV_PREFIX, Settings.model_construct(
         **{k: f.get_default(call_default_factory=True) for k, f in Settings.model_fields.items()}
     ))
+
+
+@functools.cache
+def environment_names() -> frozenset[str]:
+    """Every ``SHOWRUNNER_`` name a setting is read from, in upper case.
+
+    A table's own name (``SHOWRUNNER_LLM``, ``SHOWRUNNER_LLM__PRICES``) is one: pydantic-settings
+    reads it as JSON of the whole table.
+    """
+    return frozenset(f.name for f in _environment_fields())
+
+
+def settings_reference() -> str:
+    """A Markdown table of every environment variable, its default and its description.
+
+    ``docs/settings.md`` holds this text under its introduction; a test keeps the two equal.
+    """
+    rows = ["| environment variable | default | description |", "| --- | --- | --- |"]
+    for env in _environment_fields():
+        if env.table:
+            continue
+        shown = "(list, JSON)" if isinstance(env.default, list) else _default_text(env.default)
+        rows.append(f"| `{env.name}` | {shown} | {env.field.description or ''} |")
     return "\n".join(rows) + "\n"
 
 

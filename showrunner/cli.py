@@ -117,13 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         local_server_cli.run(local_server_cli.config_from_args(args), port=args.port)
         return 0
+    if args.command == "config" and args.reference:
+        # Needs no settings: an unknown setting's error points here for the real names.
+        print(settings_reference())
+        return 0
     try:
         settings = load_settings(args.config)
     except SettingsError as err:
         return _fail(str(err))
     if args.command == "config":
-        print(settings_reference() if args.reference
-              else json.dumps(_settings_view(settings), indent=2))
+        print(json.dumps(_settings_view(settings), indent=2))
         return 0
     if args.command == "serve":
         return _serve(settings, args)
@@ -183,7 +186,8 @@ def _requests(args: argparse.Namespace) -> list[EpisodeRequest]:
     if args.premise is not None:
         base = [build_request({**defaults, "premise": args.premise})]
     else:
-        base = parse_premises_file(_read_premises(args.premises_file), defaults)
+        base = parse_premises_file(_read_premises(args.premises_file), defaults,
+                                   f"premises file {args.premises_file}")
     return expand(base, args.episodes)
 
 

@@ -54,6 +54,43 @@ def test_bad_settings_stop_at_start(tmp_path: Path) -> None:
     assert "llm.rpm = '-5'" in result.stderr and "sk-do-not-print" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("SHOWRUNNER_LLM_BASE_URL", "SHOWRUNNER_LLM__BASE_URL"),
+        ("SHOWRUNNER_MAX_PARALEL_EPISODES", "SHOWRUNNER_MAX_PARALLEL_EPISODES"),
+    ],
+)
+def test_an_unknown_setting_name_stops_at_start(name: str, closest: str, tmp_path: Path) -> None:
+    # Ignored, the misspelt name would let the run "succeed" on the bundled placeholder server.
+    out = tmp_path / "out"
+    result = showrunner("run", "--premise", "x", "--scenes", "1", "--lines", "1",
+                        "--script-only", "--latency-scale", "0", "--output", str(out),
+                        env={name: "http://127.0.0.1:9/v1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"showrunner: error: unknown setting {name} (did you mean {closest}?)"]
+    assert not out.exists()
+
+
+def test_the_reference_is_printed_even_while_a_setting_is_wrong() -> None:
+    # The error for an unknown name points here, so it must not fail for the same reason.
+    result = showrunner("config", "--reference", env={"SHOWRUNNER_ZZZZZZ": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "`SHOWRUNNER_LLM__BASE_URL`" in result.stdout
+
+
+def test_a_premises_file_over_the_limit_names_the_file_and_the_limit(tmp_path: Path) -> None:
+    premises = tmp_path / "plots.txt"
+    premises.write_text("A heist.\n" * 1001)
+    out = tmp_path / "out"
+    result = showrunner("run", "--premises-file", str(premises), "--output", str(out))
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = result.stderr.strip().splitlines()
+    assert f"premises file {premises} holds more than 1000 premises" in line
+    assert "--episodes" not in line and not out.exists()
+
+
 def test_config_masks_secrets() -> None:
     result = showrunner("config", env={"SHOWRUNNER_LLM__API_KEY": "sk-do-not-print"})
     assert result.returncode == 0

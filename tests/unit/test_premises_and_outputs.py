@@ -19,7 +19,13 @@ from pipelines.models import (
     SceneState,
 )
 from pipelines.planner import content_id, dialogue_id, outline_id
-from pipelines.premises import BadInput, build_request, expand, parse_premises_file
+from pipelines.premises import (
+    MAX_EPISODES,
+    BadInput,
+    build_request,
+    expand,
+    parse_premises_file,
+)
 from pipelines.screenplay import write_script
 
 
@@ -68,6 +74,25 @@ def test_expand_cycles_premises_with_distinct_seeds() -> None:
     assert len({(r.premise, r.seed) for r in out}) == 5
     with pytest.raises(BadInput, match="--episodes"):
         expand(base, 0)
+
+
+def test_a_premises_file_over_the_limit_names_the_file_and_the_limit() -> None:
+    text = "A heist.\n" * (MAX_EPISODES + 1)
+    with pytest.raises(BadInput) as caught:
+        parse_premises_file(text, {}, "premises file plots.txt")
+    message = str(caught.value)
+    assert message.startswith("premises file plots.txt holds more than 1000 premises")
+    assert "--episodes" not in message  # a flag the user never gave
+    assert len(parse_premises_file("A heist.\n\n" * MAX_EPISODES, {})) == MAX_EPISODES
+
+
+def test_expand_names_the_flag_only_when_it_was_given() -> None:
+    many = [build_request({"premise": "a"})] * (MAX_EPISODES + 1)
+    with pytest.raises(BadInput) as caught:
+        expand(many, None)
+    assert "--episodes" not in str(caught.value) and "1000" in str(caught.value)
+    with pytest.raises(BadInput, match="--episodes must be from 1 to 1000, not 1001"):
+        expand(many[:1], MAX_EPISODES + 1)
 
 
 def _record() -> EpisodeRecord:

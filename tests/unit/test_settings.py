@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.settings import SettingsError, load_settings, settings_reference
+from pipelines.settings import (
+    SettingsError,
+    check_environment_names,
+    load_settings,
+    settings_reference,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -109,3 +114,62 @@ def test_extra_deployments_inherit_the_providers_values(monkeypatch: pytest.Monk
 def test_the_settings_doc_lists_every_setting() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "settings.md").read_text(encoding="utf-8")
     assert settings_reference() in doc, "regenerate with: showrunner config --reference"
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("SHOWRUNNER_LLM_BASE_URL", "SHOWRUNNER_LLM__BASE_URL"),  # one underscore for two
+        ("SHOWRUNNER_MAX_PARALEL_EPISODES", "SHOWRUNNER_MAX_PARALLEL_EPISODES"),  # a typo
+        ("SHOWRUNNER_MAX_PARALLEL_EPISODES__X", "SHOWRUNNER_MAX_PARALLEL_EPISODES"),
+        ("SHOWRUNNER_LLM__BASEURL", "SHOWRUNNER_LLM__BASE_URL"),  # in a known table
+        ("showrunner_tts_model", "SHOWRUNNER_TTS__MODEL"),  # the settings read any case
+    ],
+)
+def test_an_unknown_environment_name_stops_with_the_closest_real_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, closest: str
+) -> None:
+    # Silently ignored, a misspelt base URL would run on the bundled placeholder server.
+    monkeypatch.setenv(name, "sk-value-never-shown")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message == f"unknown setting {name} (did you mean {closest}?)"
+
+
+def test_an_unknown_environment_name_like_no_setting_says_where_the_names_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOWRUNNER_ZZZZZZ", "1")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("unknown setting SHOWRUNNER_ZZZZZZ (")
+    assert "did you mean" not in message and "showrunner config --reference" in message
+
+
+def test_every_unknown_environment_name_is_named_on_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SHOWRUNNER_LLM_RPM", "5")
+    monkeypatch.setenv("SHOWRUNNER_TTS_RPM", "5")
+    config = tmp_path / "ok.toml"
+    config.write_text("[llm]\nrpm = 100\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)  # a config file does not excuse the environment
+    message = str(caught.value)
+    assert "SHOWRUNNER_LLM_RPM (did you mean SHOWRUNNER_LLM__RPM?)" in message
+    assert "SHOWRUNNER_TTS_RPM (did you mean SHOWRUNNER_TTS__RPM?)" in message
+    assert "\n" not in message
+
+
+def test_every_documented_name_and_every_table_as_json_is_a_known_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    documented = [line.split("`")[1] for line in settings_reference().splitlines()[2:]]
+    tables = ["SHOWRUNNER_LLM", "SHOWRUNNER_LLM__PRICES", "SHOWRUNNER_ENCODING",
+              "SHOWRUNNER_SERVICE"]
+    check_environment_names([*documented, *tables, "PATH", "RAY_ADDRESS"])
+    # A whole table as JSON is a way pydantic-settings reads, so it is not refused.
+    monkeypatch.setenv("SHOWRUNNER_LLM__PRICES", '{"per_image": 5}')
+    assert load_settings().llm.prices.per_image == 5
