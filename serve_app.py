@@ -249,7 +249,7 @@ def start_service(settings: Settings, prefix: str) -> tuple[Run, Any]:
             name=f"{prefix}:local-server")
         local_url = ray.get(server.base_url.remote())
     run = start_run(settings, output_dir, local_url, prefix=prefix, detached=True)
-    return run, tenant_desk_actor(run.coordinator, name=f"{prefix}:tenants")
+    return run, tenant_desk_actor(f"{prefix}:coordinator", name=f"{prefix}:tenants")
 
 
 def stop_service(prefix: str = "showrunner") -> None:

@@ -69,16 +69,16 @@ def provider_actor(kind: ProviderKind, settings: ProviderSettings, *,
     )
 
 
-def coordinator_actor(settings: Settings, providers: dict[ProviderKind, Any], *,
+def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
                       output_root: str | None = None, name: str | None = None,
                       detached: bool = False) -> Any:
-    """The coordinator actor, given the provider actors' handles."""
+    """The coordinator actor, given the provider actors' names."""
     return (
         ray.remote(EpisodeCoordinator)
         .options(**_options(name or actor_name("coordinator"), detached))
         .remote(
             settings,
-            {kind: ProviderProxy(handle, kind) for kind, handle in providers.items()},
+            {kind: ProviderProxy(name, kind) for kind, name in providers.items()},
             output_root=output_root,
             tasks=RayMediaTasks(settings.encoding),
             metrics=RayCoordinatorMetrics(),
@@ -86,12 +86,12 @@ def coordinator_actor(settings: Settings, providers: dict[ProviderKind, Any], *,
     )
 
 
-def tenant_desk_actor(coordinator: Any, *, name: str, detached: bool = True) -> Any:
-    """The service's desk, in front of the coordinator actor."""
+def tenant_desk_actor(coordinator: str, *, name: str, detached: bool = True) -> Any:
+    """The service's desk, in front of the coordinator actor (by name)."""
     return (
         ray.remote(TenantDesk)
         .options(**_options(name, detached))
-        .remote(ActorProxy(coordinator))
+        .remote(NamedActor(coordinator))
     )
 
 
@@ -128,26 +128,51 @@ class ActorProxy:
     """
 
     def __init__(self, handle: Any) -> None:
-        self.handle = handle
+        self._handle = handle
+
+    def actor(self) -> Any:
+        return self._handle
 
     def __getattr__(self, method: str) -> Any:
-        if method.startswith("__") or "handle" not in self.__dict__:
+        if method.startswith("__") or "_handle" not in self.__dict__:
             raise AttributeError(method)  # pickling looks for dunders; never a remote call
-        remote = getattr(self.handle, method).remote
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return await await_call(remote(*args, **kwargs))
+            return await await_call(getattr(self.actor(), method).remote(*args, **kwargs))
 
         return call
 
 
-class ProviderProxy(ActorProxy):
+class NamedActor(ActorProxy):
+    """An actor handed to another actor by its name, looked up on first use.
+
+    A handle among an actor's constructor arguments is kept in the object store, where a restart
+    may not find it (ray-project/ray#53727); a name always resolves, to the restarted actor too.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(None)
+        self.name = name
+
+    def actor(self) -> Any:
+        if self._handle is None:
+            self._handle = ray.get_actor(self.name, namespace=NAMESPACE)
+        return self._handle
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name,))  # a handle is this process's; the name travels
+
+
+class ProviderProxy(NamedActor):
     """A provider actor, awaited like a gateway. Its process dying under a call is that call's
     ``ProviderActorLost``, which the executor runs again once the actor is back."""
 
-    def __init__(self, handle: Any, kind: ProviderKind) -> None:
-        super().__init__(handle)
+    def __init__(self, name: str, kind: ProviderKind) -> None:
+        super().__init__(name)
         self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.kind))
 
     def __getattr__(self, method: str) -> Any:
         call = super().__getattr__(method)

@@ -142,10 +142,12 @@ def build_report(
     settings: Settings,
     cpus: float | None = None,
     root: Path | None = None,
+    lost: Iterable[EpisodeView] = (),
 ) -> dict[str, Any]:
     """``cpus``: the CPUs the run's media tasks could use (a Ray cluster's ``CPU`` resource);
     unset, this machine's, which is what a local Ray cluster has. ``root``: where the episodes'
-    folders are, for the entries' file paths."""
+    folders are, for the entries' file paths. ``lost``: episodes whose records are gone (their
+    coordinator died), as last seen: listed, not counted in the figures."""
     records = list(records)
     cpus = float(cpus or os.cpu_count() or 1)
     episodes = [episode_entry(EpisodeView.of(r), root) for r in records]
@@ -162,7 +164,7 @@ def build_report(
     bottleneck = max(candidates, key=lambda k: candidates[k])
     lower_bound = candidates[bottleneck]
     return {
-        "episodes": episodes,
+        "episodes": episodes + [episode_entry(view, root) for view in lost],
         "totals": {
             "wall_s": _round(wall),
             "sequential_s": _round(sequential),

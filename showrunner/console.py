@@ -32,16 +32,24 @@ def run_and_show(
     with launcher.local_server_if_needed(settings, latency_scale) as local_url:
         launcher.ensure_ray()
         run = launcher.start_run(settings, output_dir, local_url)
-        ids = launcher.submit(run, requests)
+        seen = {view.id: view for view in launcher.queue(run, requests)}
+        ids = list(seen)
         interrupted = False
         with _progress_view(console, ids) as show:
+
+            def show_and_keep(views: list[EpisodeView]) -> None:
+                seen.update((view.id, view) for view in views)
+                show(views)
+
             try:
-                launcher.follow(run, ids, show)
+                launcher.follow(run, ids, show_and_keep)
             except KeyboardInterrupt:
                 interrupted = True
                 console.print("interrupted: cancelled the episodes; writing the report for what "
                               "finished")
-        report = launcher.collect_report(run, ids)
+            except launcher.CoordinatorLost as err:
+                console.print(f"the run stopped: {err}")
+        report = launcher.collect_report(run, ids, seen)
     launcher.write_report(report, output_dir, report_file)
     _closing_table(console, report, output_dir)
     log.info("run report: %s", report["totals"])

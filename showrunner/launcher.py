@@ -11,18 +11,19 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from actors.remote import coordinator_actor, provider_actor
 from local_server.process import LocalServer
 from pipelines.episode_view import EpisodeView
 from pipelines.files import write_atomic
-from pipelines.models import EpisodeRequest
+from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.report import build_report
 from pipelines.settings import ProviderKind, Settings
 
@@ -30,6 +31,7 @@ from pipelines.settings import ProviderKind, Settings
 # one is configured (otherwise clips are made locally).
 BUNDLED = (ProviderKind.LLM, ProviderKind.TTS, ProviderKind.IMAGE)
 POLL_S = 0.25
+STATS_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -99,7 +101,8 @@ def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
                              name=f"{prefix}:{kind}", detached=detached)
         for kind in kinds
     }
-    coordinator = coordinator_actor(settings, providers, output_root=str(output_dir.resolve()),
+    coordinator = coordinator_actor(settings, {kind: f"{prefix}:{kind}" for kind in providers},
+                                    output_root=str(output_dir.resolve()),
                                     name=f"{prefix}:coordinator", detached=detached)
     return Run(coordinator, providers, settings, output_dir)
 
@@ -108,14 +111,22 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+class CoordinatorLost(Exception):
+    """The coordinator's process died during the run, and the episodes it held with it."""
+
+
+LOST = ("lost: the coordinator's process died during the run; what the episode had written "
+        "stays in its folder")
+
+
 def follow(run: Run, ids: list[str], on_progress: Callable[[list[EpisodeView]], None]) -> None:
     """Poll the episodes until all have finished; Ctrl-C, or SIGTERM (``ray job stop``), cancels
-    them cleanly."""
+    them cleanly. A coordinator that died (or came back without them) is ``CoordinatorLost``."""
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
-            views: list[EpisodeView] = ray.get(run.coordinator.views.remote(ids))
+            views: list[EpisodeView] = _ask_coordinator(run.coordinator.views.remote(ids))
             on_progress(views)
             if all(v.finished for v in views):
                 return
@@ -124,19 +135,40 @@ def follow(run: Run, ids: list[str], on_progress: Callable[[list[EpisodeView]], 
         # A second signal must not cut the cleanup short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        ray.get([run.coordinator.cancel.remote(i) for i in ids])
+        with contextlib.suppress(CoordinatorLost):  # nothing left to cancel
+            _ask_coordinator([run.coordinator.cancel.remote(i) for i in ids])
         raise
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def collect_report(run: Run, ids: list[str]) -> dict[str, Any]:
-    records = ray.get(run.coordinator.records_of.remote(ids))
-    stats = {kind: ray.get(actor.stats.remote()) for kind, actor in run.providers.items()}
+def _ask_coordinator(refs: Any) -> Any:
+    try:
+        return ray.get(refs)
+    except (RayActorError, KeyError) as err:  # KeyError: restarted, it knows no such episode
+        raise CoordinatorLost(f"{LOST} ({type(err).__name__})") from err
+
+
+def collect_report(run: Run, ids: list[str],
+                   last_seen: Mapping[str, EpisodeView] | None = None) -> dict[str, Any]:
+    """The run's report. Episodes the coordinator no longer has are reported failed, from how
+    they were last seen; a provider actor that cannot answer is left out of the totals."""
+    try:
+        statuses = _ask_coordinator(run.coordinator.statuses.remote(ids))
+    except CoordinatorLost:
+        statuses = [None] * len(ids)
+    kept = [i for i, status in zip(ids, statuses, strict=True) if status is not None]
+    records = _ask_coordinator(run.coordinator.records_of.remote(kept)) if kept else []
+    lost = [last_seen[i].model_copy(update={"status": EpisodeStatus.FAILED, "error": LOST})
+            for i in ids if i not in kept and last_seen and i in last_seen]
+    stats = {}
+    for kind, actor in run.providers.items():
+        with contextlib.suppress(RayActorError, ray.exceptions.GetTimeoutError):
+            stats[kind] = ray.get(actor.stats.remote(), timeout=STATS_TIMEOUT_S)
     cpus = ray.cluster_resources().get("CPU")  # media tasks run anywhere in the cluster
     return build_report(records, stats, run.settings, cpus=cpus,
-                        root=run.output_dir.resolve())
+                        root=run.output_dir.resolve(), lost=lost)
 
 
 def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -> None:
@@ -148,4 +180,9 @@ def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -
 
 def submit(run: Run, requests: list[EpisodeRequest]) -> list[str]:
     """Queue the episodes; returns their ids."""
-    return [view.id for view in ray.get(run.coordinator.submit_many.remote(requests))]
+    return [view.id for view in queue(run, requests)]
+
+
+def queue(run: Run, requests: list[EpisodeRequest]) -> list[EpisodeView]:
+    """Queue the episodes; returns how they are at first."""
+    return ray.get(run.coordinator.submit_many.remote(requests))

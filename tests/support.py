@@ -78,6 +78,29 @@ def parent_of(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])  # the name, in brackets, may hold spaces
 
 
+def descendants(pid: int) -> list[int]:
+    """Pids of every live process below ``pid``, children first."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parent = parent_of(int(entry.name))
+            if parent is not None:
+                parents[int(entry.name)] = parent
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def cmdline_of(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def unavailable(what: str, how: str) -> None:
     """Skip a test that needs something this machine lacks, saying how to get it; under
     ``CI=true`` fail instead, since CI provides everything."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import cmdline_of, descendants, wait_for
 
 ROOT = Path(__file__).parents[2]
 
@@ -157,3 +157,35 @@ def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     [episode] = report["episodes"]
     assert episode["status"] == "cancelled" and episode["scenes_completed"] < 8
+
+
+def test_a_killed_coordinator_still_leaves_a_report_naming_what_failed(tmp_path: Path) -> None:
+    """It used to end in an ActorDiedError traceback, exit 1 and no report."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "showrunner", "run", "--premise", "A slow heist", "--scenes", "8",
+         "--episodes", "2", "--script-only", "--output", str(tmp_path / "out"),
+         "--latency-scale", "2"],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT)},
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)
+    reader.start()
+
+    def coordinator() -> list[int]:
+        assert proc.poll() is None, "".join(seen)[-2000:]
+        return [pid for pid in descendants(proc.pid)
+                if cmdline_of(pid).startswith(b"ray::EpisodeCoordinator")]
+
+    wait_for(lambda: any("running" in line for line in seen) and coordinator(), 60,
+             lambda: "the run to start: " + "".join(seen)[-2000:], interval=0.1)
+    os.kill(coordinator()[0], signal.SIGKILL)
+    assert proc.wait(timeout=120) == 1, "".join(seen)[-3000:]
+    reader.join(timeout=10)
+    assert "Traceback" not in "".join(seen), "".join(seen)[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [e["status"] for e in report["episodes"]] == ["failed", "failed"]
+    for entry in report["episodes"]:
+        assert "coordinator" in entry["error"], entry
+    assert "coordinator" in "".join(seen)
