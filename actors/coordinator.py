@@ -31,7 +31,8 @@ from pipelines.episode_folder import EpisodeFolder
 from pipelines.episode_state import EpisodeRecord, Event, EventKind, StitchedEpisode
 from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.planner import STITCH_ID, NodeId, NodeKind
+from pipelines.errors import storage_error
+from pipelines.planner import STITCH_ID, NodeId, NodeKind, dialogue_id
 from pipelines.screenplay import write_script
 from pipelines.settings import ProviderKind, Settings
 
@@ -225,22 +226,57 @@ class EpisodeCoordinator:
         ctx = EpisodeContext(record, plan, folder, self.providers, self.tasks)
         executor = EpisodeExecutor(
             ctx, engine, self.runners,
-            lambda kind, node, message: self._emit(record, kind, node, message),
+            lambda kind, node, message: self._on_node_event(record, kind, node, message),
             started=self._started[record.id], metrics=self.metrics)
         self._runs[record.id] = executor
         return executor
 
     def _finish(self, record: EpisodeRecord, status: EpisodeStatus, reason: str | None) -> None:
+        """End an episode, keeping what it paid for whatever the ending: the script so far (its
+        media files are already in its folder)."""
+        problem = self._keep_script(record)
+        if problem is not None:
+            reason = f"{reason}; {problem}" if reason else problem
+            if status is EpisodeStatus.COMPLETED:
+                status = EpisodeStatus.FAILED
+        stitched = record.result(STITCH_ID, StitchedEpisode)
+        if stitched is not None:
+            record.artifacts = [*record.artifacts, *stitched.artifacts]
         record.status = status
         record.error = reason  # for a completed episode, a note such as the scenes it skipped
         record.finished_at = time.time()
-        if status is EpisodeStatus.COMPLETED and self.output_root is not None:
-            folder = EpisodeFolder(self.output_root, record.id)
-            stitched = record.result(STITCH_ID, StitchedEpisode)
-            record.artifacts = [*write_script(record, folder),
-                                *(stitched.artifacts if stitched else ())]
         self._emit(record, EventKind.ending(status), message=reason or "")
         log.info("episode %s %s%s", record.id, status.value, f": {reason}" if reason else "")
+
+    def _keep_script(self, record: EpisodeRecord) -> str | None:
+        """Write the episode's script as it stands, if it has one and a folder; say what went
+        wrong if it could not be written."""
+        if self.output_root is None or not record.outline_drafts():
+            return None
+        try:
+            record.artifacts = list(write_script(record, EpisodeFolder(self.output_root,
+                                                                       record.id)))
+        except OSError as err:
+            log.warning("episode %s: script not written: %s", record.id, err)
+            return f"the script could not be written: {storage_error(err)}"
+        return None
+
+    def _on_node_event(self, record: EpisodeRecord, kind: EventKind, node: NodeId | None,
+                       message: str) -> None:
+        self._emit(record, kind, node, message)
+        # The script is written as soon as its last dialogue is, before the media: an episode
+        # that fails later (a full disk at the stitch, a dead coordinator) still has it.
+        if (node is not None and node.kind is NodeKind.DIALOGUE and record.request.media
+                and kind in (EventKind.NODE_FINISHED, EventKind.NODE_FAILED)
+                and self._dialogues_settled(record)):
+            self._keep_script(record)
+
+    @staticmethod
+    def _dialogues_settled(record: EpisodeRecord) -> bool:
+        engine = record.engine
+        settled = engine.done | engine.failed | engine.skipped
+        return all(dialogue_id(scene) in settled
+                   for scene in range(1, record.request.scenes + 1))
 
     # -- events -------------------------------------------------------------------------------
 

@@ -43,6 +43,34 @@ class EpisodeFigures(BaseModel):
         )
 
 
+class Missing(BaseModel):
+    """Something an episode that ended short of done lacks, and why."""
+
+    model_config = _VIEW
+
+    what: str  # "scene 3", or an artifact's name such as "episode.mp4"
+    why: str
+
+    @classmethod
+    def of(cls, record: EpisodeRecord, states: list[SceneState]) -> list[Missing]:
+        """What a finished episode lacks: each scene not made, and the episode's video. Empty
+        while it runs, and for an episode that has everything."""
+        if not record.status.finished:
+            return []
+        ended = record.error or record.status.value
+        errors = {}  # scene -> the first error of its failed nodes
+        for nid in sorted(record.engine.failed, key=str):
+            error = record.nodes[nid].error if nid in record.nodes else None
+            if nid.scene is not None and error:
+                errors.setdefault(nid.scene, f"{nid}: {error}")
+        missing = [cls(what=f"scene {number}", why=errors.get(number, f"not made: {ended}"))
+                   for number, state in enumerate(states, start=1)
+                   if state is not SceneState.DONE]
+        if record.request.media and Artifact.VIDEO not in record.artifacts:
+            missing.append(cls(what=Artifact.VIDEO.value, why=ended))
+        return missing
+
+
 class EpisodeView(BaseModel):
     """An episode as everyone outside the coordinator sees it."""
 
@@ -59,6 +87,7 @@ class EpisodeView(BaseModel):
     last_event_id: int  # views of one episode are ordered by it
     artifacts: list[Artifact]  # files of its folder a user may fetch
     figures: EpisodeFigures
+    missing: list[Missing] = []  # once it ended: what it lacks, and why
 
     @classmethod
     def of(cls, record: EpisodeRecord) -> EpisodeView:
@@ -75,6 +104,7 @@ class EpisodeView(BaseModel):
             last_event_id=record.events[-1].seq if record.events else 0,
             artifacts=list(record.artifacts),
             figures=EpisodeFigures.of(record, states),
+            missing=Missing.of(record, states),
         )
 
     @property

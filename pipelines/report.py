@@ -56,6 +56,7 @@ def episode_entry(view: EpisodeView, root: Path | None = None) -> dict[str, Any]
         "files": {name: str(folder.artifact(a)) for name, a in FILES.items()
                   if a in view.artifacts} if folder is not None else {},
         "error": view.error,
+        "missing": [m.model_dump() for m in view.missing],
     }
 
 

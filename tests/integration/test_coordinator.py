@@ -16,7 +16,8 @@ from actors.gateway import ProviderGateway
 from local_server.process import LocalServer
 from pipelines.engine import NodeState
 from pipelines.episode_state import EpisodeRecord, EventKind
-from pipelines.errors import ProviderUnavailable
+from pipelines.episode_folder import SCRIPT_ARTIFACTS
+from pipelines.errors import BadRequest, ProviderUnavailable
 from pipelines.models import EpisodeRequest, EpisodeStatus, SceneState
 from pipelines.planner import NodeId, content_id, dialogue_id, outline_id, speech_id
 from pipelines.report import build_report
@@ -156,7 +157,10 @@ async def test_a_failed_scene_fails_its_episode_only(local_server: Start, tmp_pa
     assert doomed.status is EpisodeStatus.FAILED and "content:2" in doomed.error
     assert "injected fault" in doomed.error
     assert fine.status is EpisodeStatus.COMPLETED
-    assert not (tmp_path / "doomed").exists()  # nothing half-written for a failed episode
+    # What it paid for is kept: the script so far, the failed scene marked as not written.
+    kept = json.loads((tmp_path / "doomed" / "script.json").read_text())
+    assert [s["content"] is None for s in kept["scenes"]][1] is True
+    assert not list((tmp_path / "doomed").glob(".*"))  # and nothing half-written
 
 
 async def test_skip_mode_completes_without_the_failed_scene(
@@ -367,3 +371,60 @@ async def test_broken_answers_cost_a_retry_not_the_episode(
         with wave.open(str(line)) as audio:
             assert audio.getnframes() > 0
     assert (tmp_path / eid / "episode.mp4").read_bytes()[4:8] == b"ftyp"
+
+
+class RefuseImage:
+    """Wraps the image gateway; refuses one scene's picture for good (a fatal answer)."""
+
+    def __init__(self, gateway: Any, scene: int) -> None:
+        self.gateway, self.scene = gateway, scene
+
+    async def image(self, prompt: str, **kwargs: Any) -> Any:
+        out = Path(kwargs["out_path"])
+        if f"scene{self.scene:03d}" in str(out):
+            # Late, once the whole script is written: what a failed episode keeps is then known.
+            await wait_for_async(lambda: (out.parents[2] / "script.json").exists(), 30,
+                                 "the script")
+            raise BadRequest("injected refusal", provider="image", status=400)
+        return await self.gateway.image(prompt, **kwargs)
+
+
+async def test_a_failed_or_cancelled_episode_keeps_what_it_paid_for(
+    local_server: Start, tmp_path: Path
+) -> None:
+    """A failed episode used to leave its paid script nowhere on disk."""
+    server = local_server(latency_scale=0.02)
+    coordinator, _ = make(server, tmp_path)
+    images = coordinator.providers[ProviderKind.IMAGE]
+    coordinator.providers[ProviderKind.IMAGE] = RefuseImage(images, scene=2)
+    request = EpisodeRequest(premise="A radio host hears the past.", scenes=2, lines_per_scene=2,
+                             seed=3)
+    failed = await coordinator.submit(request)
+    [view] = await coordinator.wait([failed])
+    assert view.status is EpisodeStatus.FAILED and "image:2" in view.error
+    folder = tmp_path / failed
+    script_data = json.loads((folder / "script.json").read_text())
+    assert all(len(s["dialogue"]) == 2 for s in script_data["scenes"])  # the whole script
+    assert (folder / "script.md").is_file() and set(view.artifacts) >= set(SCRIPT_ARTIFACTS)
+    assert len(list(folder.glob("media/scene001/line*.wav"))) == 2  # and the speech it made
+    missing = {m.what: m.why for m in view.missing}
+    assert "injected refusal" in missing["scene 2"] and "image:2" in missing["scene 2"]
+    assert missing["scene 1"].startswith("not made: 1 node(s) failed: image:2")  # halted
+    assert "image:2" in missing["episode.mp4"]
+    entry = build_report([await coordinator.episode(failed)], {}, coordinator.settings,
+                         root=tmp_path)["episodes"][0]
+    assert entry["missing"] == [m.model_dump() for m in view.missing]
+
+    # Cancelled once its script is written (a speech call in flight): the script is kept.
+    coordinator.providers[ProviderKind.IMAGE] = images
+    cancelled = await coordinator.submit(request.model_copy(update={"seed": 4}))
+
+    async def script_written() -> bool:
+        return (tmp_path / cancelled / "script.json").exists()
+
+    await wait_for_async(script_written, 30, "the script to be written before the media")
+    await coordinator.cancel(cancelled)
+    [view] = await coordinator.wait([cancelled])
+    assert view.status is EpisodeStatus.CANCELLED
+    assert json.loads((tmp_path / cancelled / "script.json").read_text())["scenes"][1]["dialogue"]
+    assert "episode.mp4" in {m.what for m in view.missing}
