@@ -30,8 +30,8 @@ from pipelines.engine import EpisodeEngine, Outcome
 from pipelines.episode_folder import EpisodeFolder
 from pipelines.episode_state import EpisodeRecord, Event, EventKind, StitchedEpisode
 from pipelines.episode_view import EpisodeView
-from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.errors import storage_error
+from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.planner import STITCH_ID, NodeId, NodeKind, dialogue_id
 from pipelines.screenplay import write_script
 from pipelines.settings import ProviderKind, Settings

@@ -15,8 +15,8 @@ from actors.coordinator import EpisodeCoordinator
 from actors.gateway import ProviderGateway
 from local_server.process import LocalServer
 from pipelines.engine import NodeState
-from pipelines.episode_state import EpisodeRecord, EventKind
 from pipelines.episode_folder import SCRIPT_ARTIFACTS
+from pipelines.episode_state import EpisodeRecord, EventKind
 from pipelines.errors import BadRequest, ProviderUnavailable
 from pipelines.models import EpisodeRequest, EpisodeStatus, SceneState
 from pipelines.planner import NodeId, content_id, dialogue_id, outline_id, speech_id
