@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from pipelines.engine import NodeState
 from pipelines.episode_folder import SCRIPT_ARTIFACTS
 from pipelines.episode_state import EpisodeRecord, EventKind
 from pipelines.errors import BadRequest, ProviderUnavailable
+from pipelines.files import umask
 from pipelines.models import EpisodeRequest, EpisodeStatus, SceneState
 from pipelines.planner import NodeId, content_id, dialogue_id, outline_id, speech_id
 from pipelines.report import build_report
@@ -308,6 +310,9 @@ async def test_an_episode_becomes_one_mp4_with_speech_and_subtitles(
     # Speech started as soon as its scene's dialogue existed, before later scenes were done.
     assert record.nodes[speech_id(1, 1)].started_s < record.nodes[dialogue_id(2)].finished_s
     assert record.cost_usd > 0 and record.stage_busy_s()["speech"] > 0
+    # Every file has the mode the umask gives: scripts, speech and pictures were 0600.
+    made = [p for p in (tmp_path / eid).rglob("*") if p.is_file()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in made} == {0o666 & ~umask()}
 
 
 async def test_changes_give_each_changed_episode_its_newest_view(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
-from pipelines.files import write_atomic
+from pipelines.files import umask, write_atomic
 from pipelines.models import (
     EpisodeRequest,
     EpisodeStatus,
@@ -142,3 +144,17 @@ def test_scene_states_are_derived_from_nodes() -> None:
     record.engine.failed.add(content_id(1))
     assert record.scene_states() == [SceneState.FAILED, SceneState.RUNNING]
     assert record.percent == pytest.approx(80.0)  # failed counts as settled; running does not
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_files_get_the_mode_the_umask_gives(tmp_path: Path, mask: int) -> None:
+    """They used to be 0600 whatever the umask, while ffmpeg's MP4s were 0644."""
+    previous = os.umask(mask)
+    try:
+        assert umask() == mask
+        write_atomic(tmp_path / "script.md", "# Title\n")
+        (tmp_path / "by-another-program").write_bytes(b"")
+    finally:
+        os.umask(previous)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {0o666 & ~mask}
