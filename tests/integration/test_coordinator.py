@@ -50,12 +50,14 @@ def make(
     *,
     wrap: Callable[[Any], Any] | None = None,
     attempts: int = 2,
+    timeout_s: float = 10,
     **settings: Any,
 ) -> tuple[EpisodeCoordinator, ProviderGateway]:
     """A coordinator on real gateways to ``server``: text, and speech and images for media."""
-    llm = LLMSettings(model="test", rpm=None, tpm=None, max_attempts=attempts, timeout_s=10)
-    tts = TTSSettings(rpm=None, timeout_s=10, max_attempts=max(attempts, 5))
-    image = ImageSettings(rpm=None, timeout_s=10, max_attempts=max(attempts, 5))
+    llm = LLMSettings(model="test", rpm=None, tpm=None, max_attempts=attempts,
+                      timeout_s=timeout_s)
+    tts = TTSSettings(rpm=None, timeout_s=timeout_s, max_attempts=max(attempts, 5))
+    image = ImageSettings(rpm=None, timeout_s=timeout_s, max_attempts=max(attempts, 5))
     gateways = {
         kind: ProviderGateway(kind, conf, local_base_url=server.base_url)
         for kind, conf in ((ProviderKind.LLM, llm), (ProviderKind.TTS, tts),
@@ -376,6 +378,24 @@ async def test_broken_answers_cost_a_retry_not_the_episode(
         with wave.open(str(line)) as audio:
             assert audio.getnframes() > 0
     assert (tmp_path / eid / "episode.mp4").read_bytes()[4:8] == b"ftyp"
+
+
+async def test_every_episode_completes_through_errors_hangs_and_broken_answers(
+    local_server: Start, tmp_path: Path
+) -> None:
+    """The bundled server's fault flags at 10% errors, 5% hangs and 5% broken bodies, media on."""
+    server = local_server(latency_scale=0.02, fault_rate=0.10, hang_rate=0.05,
+                          malformed_rate=0.05, hang_s=60, seed=23)
+    coordinator, _ = make(server, tmp_path, attempts=8, timeout_s=3)
+    ids = [await coordinator.submit(EpisodeRequest(premise=f"A storm at sea, part {n}.",
+                                                   scenes=3, lines_per_scene=3, seed=n))
+           for n in range(3)]
+    views = await coordinator.wait(ids)
+    assert [v.status for v in views] == [EpisodeStatus.COMPLETED] * 3, [v.error for v in views]
+    faults = {endpoint: server.stats()[endpoint]["faults"] for endpoint in ("chat", "speech")}
+    assert all(sum(f.values()) > 0 for f in faults.values()), faults  # they did happen
+    for eid in ids:
+        assert (tmp_path / eid / "episode.mp4").read_bytes()[4:8] == b"ftyp"
 
 
 class RefuseImage:
