@@ -24,7 +24,7 @@ from pipelines.models import EpisodeRequest, EpisodeStatus, SceneState
 from pipelines.planner import NodeId, content_id, dialogue_id, outline_id, speech_id
 from pipelines.report import build_report
 from pipelines.settings import ImageSettings, LLMSettings, ProviderKind, Settings, TTSSettings
-from tests.support import wait_for_async
+from tests.support import small_disk, wait_for_async
 
 Start = Callable[..., LocalServer]
 
@@ -396,6 +396,47 @@ async def test_every_episode_completes_through_errors_hangs_and_broken_answers(
     assert all(sum(f.values()) > 0 for f in faults.values()), faults  # they did happen
     for eid in ids:
         assert (tmp_path / eid / "episode.mp4").read_bytes()[4:8] == b"ftyp"
+
+
+PAGE = 4096
+
+
+def _on_disk_file(path: Path) -> int:
+    return -(-path.stat().st_size // PAGE) * PAGE
+
+
+def _on_disk(folder: Path) -> int:
+    """What a folder takes on a tmpfs: whole pages, for its files and its folders."""
+    return sum(_on_disk_file(p) if p.is_file() else PAGE for p in folder.rglob("*"))
+
+
+async def test_a_full_disk_at_the_stitch_keeps_the_script_and_says_so(
+    local_server: Start, tmp_path: Path
+) -> None:
+    """It used to fail at 100% with every scene composed, as an internal error, the script
+    lost. A first run measures the episode; the second runs on a real filesystem that holds
+    everything but half the episode's video."""
+    server = local_server(latency_scale=0.02)
+    request = EpisodeRequest(premise="A radio host hears the past.", scenes=2,
+                             lines_per_scene=2, seed=3)
+    coordinator, _ = make(server, tmp_path / "measured")
+    first = await coordinator.submit(request)
+    await coordinator.wait([first])
+    folder = tmp_path / "measured" / first
+    stitched = {folder / a for a in ("episode.mp4", "episode.srt", "poster.png")}
+    before = _on_disk(folder) - sum(_on_disk_file(p) for p in stitched)
+    video = (folder / "episode.mp4").stat().st_size
+    with small_disk(tmp_path / "small", before + video // 2) as disk:
+        coordinator, _ = make(server, disk)
+        eid = await coordinator.submit(request)
+        [view] = await coordinator.wait([eid])
+        assert view.status is EpisodeStatus.FAILED
+        assert "stitch:0" in view.error and "No space left on device" in view.error
+        assert "internal error" not in view.error
+        assert len(json.loads((disk / eid / "script.json").read_text())["scenes"]) == 2
+        assert len(list((disk / eid).glob("media/scene*/scene.mp4"))) == 2  # kept
+        assert "No space left" in {m.what: m.why for m in view.missing}["episode.mp4"]
+        assert not list((disk / eid).glob(".stitch-*"))
 
 
 class RefuseImage:
