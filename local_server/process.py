@@ -2,23 +2,37 @@
 
 A separate process, so it is a real HTTP peer with its own CPU and event loop, as a provider is:
 a client measured against it does not share its loop with the referee.
+
+The child dies with its parent, however the parent ends: ``stop`` ends it cleanly, and on Linux
+the kernel kills it when the parent dies without a word (SIGKILL, a crash), through the parent-
+death signal (``prctl(PR_SET_PDEATHSIG)``, as Ray does for its own processes). That signal fires
+when the *thread* that started the child ends, not the process, so children are started from a
+thread that lives as long as the process: the main thread, or one kept for the purpose.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import queue
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from typing import IO, Any
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import IO, Any, TypeVar
 
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+T = TypeVar("T")
 
 
 class LocalServerError(RuntimeError):
@@ -45,13 +59,90 @@ def flags_of(options: dict[str, Any]) -> list[str]:
     return args
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which the kernel SIGKILLs the child when its parent dies; ``None``
+    where there is no ``prctl`` (not Linux), which leaves ``stop`` as the only way out.
+
+    ``prctl`` is looked up here, in the parent: between fork and exec the child only calls it.
+    A parent that dies before the call sends no signal, so the child checks it still has the
+    parent it was forked from, and kills itself if not.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                      ctypes.c_ulong]
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_death_signal
+
+
+class LastingThread:
+    """Runs calls on a thread that ends only with the process: the thread to fork children from
+    when their parent-death signal must mean the process's death, not a passing thread's (a
+    thread pool's worker, an actor's executor, a thread made to start a server)."""
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Start afresh: after a fork the child has only the forking thread, so the kept thread
+        (and whoever held the lock) stayed behind in the parent."""
+        self._lock = threading.Lock()
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+
+    def run(self, call: Callable[[], T]) -> T:
+        """``call()``, run on the main thread (which ends with the process) or the kept one."""
+        if threading.current_thread() is threading.main_thread():
+            return call()
+        future: Future[T] = Future()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="child-starter",
+                                                daemon=True)
+                self._thread.start()
+            self._calls.put((call, future))
+        return future.result()
+
+    def _serve(self) -> None:
+        while True:
+            call, future = self._calls.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as err:  # the caller's to handle, on its own thread
+                    future.set_exception(err)
+
+
+_starter = LastingThread()
+os.register_at_fork(after_in_child=_starter.forget)
+
+
+def start_child(args: list[str], **popen: Any) -> subprocess.Popen[str]:
+    """``subprocess.Popen(args, **popen)`` for a child that dies with this process."""
+    return _starter.run(lambda: subprocess.Popen(args, preexec_fn=die_with_parent(), **popen))
+
+
 class LocalServer:
     """``with LocalServer(latency_scale=0, llm_rpm=600) as server: server.base_url``.
 
     Keyword arguments are the server's flags (``llm_rpm`` is ``--llm-rpm``; see
     ``python -m local_server --help``); an unknown one is a ``TypeError`` here rather than a
     child that fails to start. The port is always picked free. On exit the child is terminated,
-    then killed if it lingers: no orphan survives.
+    then killed if it lingers; if this process dies first, the kernel kills the child (Linux):
+    no orphan survives.
     """
 
     def __init__(self, *, start_timeout_s: float = START_TIMEOUT_S, **options: Any) -> None:
@@ -95,7 +186,7 @@ class LocalServer:
             raise RuntimeError("this LocalServer is already running")
         self.returncode = None
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        self._proc = subprocess.Popen(
+        self._proc = start_child(
             [sys.executable, "-m", "local_server", "--port", "0", *flags_of(self.options)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

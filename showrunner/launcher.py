@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -78,23 +80,110 @@ def local_server_if_needed(settings: Settings, latency_scale: float, seed: int =
         yield server.base_url
 
 
+# Kills what a dead driver's raylet left running. It waits for EOF on its stdin, a pipe only the
+# driver writes to, so EOF means the driver has ended, however it ended (SIGKILL included). Then
+# it SIGKILLs the raylet's agents, named by pid and start time when the node started (a later
+# process reusing a pid has another start time), and every process whose environment names the
+# raylet in RAY_RAYLET_PID: its workers, and what they start. The agents need naming: setting
+# their process titles blanks the start of their /proc environ, and the mark with it at times.
+# Standard library only: it starts in milliseconds and weighs little for as long as the run
+# lasts. Ctrl-C and a closed terminal are the driver's to handle, not the keeper's cue to leave.
+KEEPER = """\
+import os, signal, sys
+for ignored in (signal.SIGINT, signal.SIGHUP):
+    signal.signal(ignored, signal.SIG_IGN)
+sys.stdin.buffer.read()
+mark = b"RAY_RAYLET_PID=" + sys.argv[1].encode()
+named = dict(arg.split(":") for arg in sys.argv[2:])
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            started = stat.read().rsplit(b")", 1)[1].split()[19].decode()
+        if named.get(pid) != started:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if mark not in environ.read().split(b"\\0"):
+                    continue
+        os.kill(int(pid), signal.SIGKILL)
+    except (OSError, IndexError):
+        pass
+"""
+# Keepers of the nodes this process started: their pipes stay open exactly as long as it lives.
+_keepers: list[subprocess.Popen[bytes]] = []
+
+
 def ensure_ray() -> None:
-    """Join the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``), else start one."""
-    if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            include_dashboard=False,
-            logging_level="WARNING",
-            log_to_driver=False,
-            configure_logging=True,
-        )
+    """Join the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``), else start one.
+
+    A node started here ends with this process, however it ends. Ray has the kernel SIGKILL its
+    GCS, raylet and monitors when the thread that called ``ray.init`` ends (Linux's parent-death
+    signal; so call this from the main thread). The raylet's workers notice its death only when
+    they next look (every second, and not before it is reaped), and its agents linger a minute
+    trying to report it to the dead GCS: a keeper ends them at once (``start_keeper``). On a
+    joined cluster nothing is started; the run's actors are owned by this driver (not detached),
+    so the cluster kills them when it sees the driver go.
+    """
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=False,
+        configure_logging=True,
+    )
+    raylet = raylet_child(os.getpid())
+    if raylet is not None:
+        _keepers.append(start_keeper(raylet, children(raylet)))
+
+
+def children(parent: int) -> dict[int, str]:
+    """The processes whose parent is ``parent``, with their start times (which tell a process
+    from a later one given its pid); none where there is no ``/proc``."""
+    found = {}
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if len(fields) > 19 and int(fields[1]) == parent:
+            found[int(pid)] = fields[19].decode()
+    return found
+
+
+def raylet_child(parent: int) -> int | None:
+    """The pid of the raylet ``parent`` started, if it started one (not when joining a
+    cluster)."""
+    for pid in children(parent):
+        try:
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "raylet":
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def start_keeper(raylet: int, agents: dict[int, str]) -> subprocess.Popen[bytes]:
+    """The keeper of the node whose raylet is ``raylet`` and whose agents (what the raylet
+    started with the node) are ``agents``, pid → start time. Closing its stdin, which this
+    process does by ending, has it kill them and whatever else the raylet started."""
+    named = [f"{pid}:{started}" for pid, started in agents.items()]
+    return subprocess.Popen([sys.executable, "-c", KEEPER, str(raylet), *named],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
               prefix: str = "showrunner", detached: bool = False) -> Run:
     """The provider actors and the coordinator (got if they exist: names are per prefix).
 
-    ``detached`` actors outlive their creator: the service's, which Serve replicas share."""
+    ``detached`` actors outlive their creator: the service's, which Serve replicas share. The
+    CLI's are not: owned by its driver, they end when it ends, however it ends (the cluster
+    kills the actors of a job whose driver is gone)."""
     kinds = [*BUNDLED, *([ProviderKind.VIDEO] if settings.video.base_url is not None else [])]
     providers = {
         kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,
