@@ -4,32 +4,43 @@
 Replicas hold no episode state: the coordinator and the provider actors are detached, named
 actors that every replica shares, so limits and tenancy hold however many replicas run.
 
-Every ``/v1`` route: authentication (401) → the tenant's request rate (429) → the route's own
-checks (404, 413, 422, 429 quota). Errors share one JSON shape, ``{"error": {"status", "code",
-"message", "fields"?}}``; none carries a secret or a server path.
+Every ``/v1`` route: authentication (401) → the tenant's request rate (429) → the actors it
+needs answering (503) → the route's own checks (404, 408, 413, 422, 429 quota). Errors share one
+JSON shape, ``{"error": {"status", "code", "message", "fields"?}}``; none carries a secret or a
+server path. Errors are mapped to it at the edges, not in routes: exception handlers (an actor
+down or restarting: 503), the ``JsonErrors`` middleware (plain-text answers of Starlette, and in
+``showrunner serve`` of Serve's proxy) and ``JsonErrorHTTP`` (uvicorn's own 400s, in the proxy).
 
 No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at run
 time, on methods that Serve wraps, where postponed (string) annotations do not resolve.
 """
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
+import os
 import re
 import signal
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import ray
+import uvicorn.config
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from actors.remote import (
     NAMESPACE,
@@ -46,7 +57,10 @@ from pipelines.access import (
 )
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.episode_view import EpisodeView
+from pipelines.error_shape import JsonErrors, code_for, error_body, raw_response
 from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.outages import Health, Outages
+from pipelines.request_numbers import NumberTooLong, exceeds, load_json, parse_counter
 from pipelines.settings import ProviderKind, Settings, load_settings
 from pipelines.tenancy import IdempotencyConflict, QuotaExceeded
 from showrunner.launcher import Run, local_server_options, needs_local_server, start_run
@@ -54,11 +68,17 @@ from showrunner.launcher import Run, local_server_options, needs_local_server, s
 log = logging.getLogger("showrunner.serve")
 
 EVENT_POLL_S = 15.0  # one long poll of the coordinator; a keep-alive comment between them
-READY_TIMEOUT_S = 2.0
+EVENT_POLL_GRACE_S = 5.0  # a long poll not back this long after its time: the coordinator hangs
+PROBE_TIMEOUT_S = 2.0  # an actor that does not answer a ping in this long is down
+PROBE_EVERY_S = 1.0  # how often a replica probes the actors it needs
+UNAVAILABLE_RETRY_S = 2  # an actor restarts in about a second
+NEWEST = sys.maxsize  # "changes after this": none ever are
 FOLLOW_BATCH_S = 0.1  # changes are gathered this long between pulls: views lag by about this
 FOLLOW_RETRY_S = 1.0
 QUOTA_RETRY_S = 30  # when a tenant has too many episodes running: about a scene's time
 ACTOR_ROLES = ("tenants", "coordinator", *ProviderKind, "local-server")
+# Serve's proxy calls the function this names at its start (in the proxy's own process).
+PROXY_CALLBACK_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 
 
 class EpisodeBatch(BaseModel):
@@ -83,10 +103,8 @@ class ApiError(Exception):
 
 
 def error_response(err: ApiError) -> JSONResponse:
-    body: dict[str, Any] = {"status": err.status, "code": err.code, "message": err.message}
-    if err.fields:
-        body["fields"] = err.fields
-    return JSONResponse({"error": body}, status_code=err.status, headers=err.headers)
+    return JSONResponse(error_body(err.status, err.code, err.message, err.fields),
+                        status_code=err.status, headers=err.headers)
 
 
 def field_errors(errors: list[Any]) -> list[dict[str, str]]:
@@ -121,9 +139,47 @@ async def _validation_error(_: Request, err: RequestValidationError) -> JSONResp
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-    return error_response(ApiError(err.status_code, code, str(err.detail),
+    return error_response(ApiError(err.status_code, code_for(err.status_code), str(err.detail),
                                    headers=dict(err.headers or {})))
+
+
+@api.exception_handler(RayActorError)
+async def _actor_down(_: Request, err: RayActorError) -> JSONResponse:
+    """An actor died or is restarting under a call (``ActorDiedError``,
+    ``ActorUnavailableError``): whichever route made it, the client may retry shortly."""
+    log.warning("an actor call failed: %s", type(err).__name__)
+    return error_response(unavailable(f"a part of the service stopped answering "
+                                      f"({type(err).__name__})"))
+
+
+def unavailable(what: str) -> ApiError:
+    return ApiError(503, "unavailable", f"{what}; retry in a few seconds",
+                    headers={"retry-after": str(UNAVAILABLE_RETRY_S)})
+
+
+# Starlette's own plain-text answers (a bad ``Range``) in the API's shape too.
+api.add_middleware(JsonErrors)
+
+
+class JsonErrorHTTP(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP/1.1 protocol (httptools', or h11's), answering a request it cannot parse in
+    the API's JSON shape. uvicorn writes that answer to the socket itself, before any ASGI app
+    runs, so no middleware can see it: only its protocol class can."""
+
+    def send_400_response(self, msg: str) -> None:
+        # Called while the parser's error is being handled: it says what was wrong.
+        reason = str(sys.exception() or "")
+        message = msg.rstrip(".") + (f": {reason}" if reason else ".")
+        self.transport.write(raw_response(400, message))
+        self.transport.close()
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """Serve's proxy hook, named by ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` (which
+    ``showrunner serve`` sets for the Ray it starts): run once in the proxy's process before its
+    uvicorn starts, so uvicorn's and the proxy's own errors come out as JSON too."""
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:{JsonErrorHTTP.__qualname__}"
+    return [Middleware(JsonErrors)]
 
 
 def _openapi() -> dict[str, Any]:
@@ -145,17 +201,26 @@ def _openapi() -> dict[str, Any]:
 api.openapi = _openapi  # type: ignore[method-assign]
 
 
-async def read_body(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 past ``cap`` bytes, whether or not it declared its length."""
+async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 past ``cap`` bytes, whether or not it declared its length;
+    408 if it is not all in after ``timeout_s``, its connection closed: a client that stalls
+    must not hold a request, and a connection, for ever."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {cap}")
+    if declared is not None and is_number(declared) and exceeds(declared, cap):
+        shown = declared if len(declared) <= 20 else f"{len(declared)}-digit"
+        raise ApiError(413, "body_too_large", f"the body is {shown} bytes; the limit is {cap}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise ApiError(413, "body_too_large", f"the body is over the {cap}-byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise ApiError(413, "body_too_large", f"the body is over the {cap}-byte "
+                                   "limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s "
+                       f"({size} bytes came)", headers={"connection": "close"}) from None
     return b"".join(chunks)
 
 
@@ -164,11 +229,15 @@ def parse_submission(body: bytes, max_batch: int) -> tuple[list[EpisodeRequest],
     if not body.strip():
         raise ApiError(400, "invalid_json", "the body is empty; send an episode request as JSON")
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {err}") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+    except NumberTooLong as err:
+        fields = [{"field": f, "message": "a number too large for any field"}
+                  for f in err.fields]
+        raise ApiError(422, "invalid_request", describe(fields), fields=fields) from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object: an episode "
                        "request, or {\"episodes\": [...]}")
@@ -195,6 +264,7 @@ def public(view: EpisodeView) -> dict[str, Any]:
     """An episode as the API shows it: without its owner, with links, errors scrubbed."""
     shown = view.model_dump(mode="json", exclude={"owner", "artifacts", "figures"})
     shown["error"] = scrub(view.error)
+    shown["missing"] = [{"what": m.what, "why": scrub(m.why)} for m in view.missing]
     shown["report"] = {"id": view.id, "status": view.status.value,
                        **view.figures.model_dump(mode="json"), "error": shown["error"]}
     shown["links"] = links(view.id)
@@ -223,6 +293,39 @@ def scrub(text: str | None) -> str | None:
 def sse(event: dict[str, Any]) -> str:
     event = {**event, "message": scrub(event.get("message"))}
     return f"id: {event['seq']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
+
+
+class Interruption(StrEnum):
+    """Why an event stream ended before its episode did."""
+
+    COORDINATOR_UNAVAILABLE = "coordinator_unavailable"
+    EPISODE_LOST = "episode_lost"
+
+
+INTERRUPTION_MESSAGES = {
+    Interruption.COORDINATOR_UNAVAILABLE: "the coordinator stopped answering; reconnect with "
+    "Last-Event-ID to go on once it is back",
+    Interruption.EPISODE_LOST: "the episode was lost when the coordinator restarted",
+}
+
+
+def interrupted(reason: Interruption) -> str:
+    """A stream's last event when it cannot go on. No ``id:``, so a client that reconnects
+    (``EventSource`` does) resumes after the last real event."""
+    event = {"kind": "interrupted", "reason": reason.value,
+             "message": INTERRUPTION_MESSAGES[reason], "retry_after_s": UNAVAILABLE_RETRY_S}
+    return f"event: interrupted\ndata: {json.dumps(event)}\n\n"
+
+
+@contextlib.contextmanager
+def episodes_lost(message: str) -> Iterator[None]:
+    """The desk's book names an episode the coordinator no longer has: it restarted, and lost
+    it. The desk passes on the coordinator's ``KeyError``, which would be a 500; 410, since
+    waiting does not bring it back."""
+    try:
+        yield
+    except KeyError:
+        raise ApiError(410, "episodes_lost", message) from None
 
 
 def is_loopback(host: str | None) -> bool:
@@ -285,13 +388,20 @@ class ShowrunnerAPI:
         # status polls, the most frequent request, are answered from here.
         self.views: dict[str, EpisodeView] = {}
         self._follower: asyncio.Task[None] | None = None
+        # Which actors failed their latest probe, since when: /v1 answers 503 while any has,
+        # /healthz fails once one has for ``unhealthy_after_s``.
+        self.outages = Outages()
+        self._watcher: asyncio.Task[None] | None = None
+        self._coordinator_version = 0  # its newest change number, as the last probe saw it
         if not self.keys.enabled:
             log.warning("no API keys configured (SHOWRUNNER_API_KEYS): only loopback clients "
                         "are served, all as one tenant")
 
     # -- checks shared by the routes ------------------------------------------------------------
 
-    def _tenant(self, request: Request) -> str:
+    def _admit(self, request: Request) -> str:
+        """The caller's tenant, if it may be served now: a key (401, 403), within its rate (429),
+        while every actor the service needs answers (503)."""
         tenant = self.keys.tenant(request.headers.get("authorization"))
         if tenant is None:
             raise ApiError(401, "unauthorized", "a valid API key is required: send "
@@ -305,7 +415,55 @@ class ShowrunnerAPI:
             raise ApiError(429, "rate_limited", "too many requests for this API key: at most "
                            f"{self.settings.service.requests_per_minute} a minute",
                            headers={"retry-after": retry_after_header(wait)})
+        down = self._down_now()
+        if down:
+            raise unavailable("not answering: " + ", ".join(
+                f"{part} (for {seconds:.0f} s)" for part, seconds in down.items()))
         return tenant
+
+    def _down_now(self) -> dict[str, float]:
+        """The actors down now (the watcher, started here, probes them in the background)."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch())
+        return self.outages.down()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                answers = await self._probe()
+                if not isinstance(answers["coordinator"], BaseException):
+                    self._check_coordinator(answers["coordinator"][0])
+            except Exception:  # a watcher that died would leave the last verdict for ever
+                log.warning("probing the actors failed", exc_info=True)
+            await asyncio.sleep(PROBE_EVERY_S)
+
+    async def _probe(self) -> dict[str, Any]:
+        """Ask every actor the service needs to answer, all at once, each within
+        ``PROBE_TIMEOUT_S``; record which did. Returns each one's answer, or its error.
+
+        The coordinator is asked for its newest change number (changes after a number above
+        any: none, so nothing else comes back), which also tells a restart (below)."""
+        calls = {"coordinator": self.coordinator.changes(NEWEST, 0.0),
+                 "tenants": self.desk.ping(),
+                 **{kind.value: ActorProxy(actor).stats()
+                    for kind, actor in self.run.providers.items()}}
+        results = await asyncio.gather(
+            *(asyncio.wait_for(call, PROBE_TIMEOUT_S) for call in calls.values()),
+            return_exceptions=True)
+        answers = dict(zip(calls, results, strict=True))
+        self.outages.record({part: not isinstance(answer, BaseException)
+                             for part, answer in answers.items()})
+        return answers
+
+    def _check_coordinator(self, version: int) -> None:
+        """Change numbers only grow within one coordinator; a lower one than the last probe saw
+        is a new coordinator, restarted with empty memory. Every view kept is dropped then: it
+        may be of an episode the new one does not have (a restart between two calls fails none
+        of them, so the follower may not have noticed)."""
+        if version < self._coordinator_version:
+            log.warning("the coordinator restarted: dropping every episode view kept")
+            self.views.clear()
+        self._coordinator_version = version
 
     async def _view(self, tenant: str, episode_id: str, fresh: bool = False) -> EpisodeView:
         """The tenant's episode (404 for anyone else's: it does not exist for them): from the
@@ -330,7 +488,7 @@ class ShowrunnerAPI:
         since = 0
         while True:
             try:
-                since, views = await self.coordinator.changes(since, 30.0)
+                version, views = await self.coordinator.changes(since, 30.0)
             except Exception:  # the coordinator unreachable: serve no view that may be stale
                 log.warning("following the coordinator's changes failed; retrying",
                             exc_info=True)
@@ -338,6 +496,11 @@ class ShowrunnerAPI:
                 since = 0
                 await asyncio.sleep(FOLLOW_RETRY_S)
                 continue
+            if version < since:  # numbers went back: a restarted coordinator (see the watcher)
+                self.views.clear()
+                since = 0
+                continue
+            since = version
             for view in views:
                 self._keep(view)
             await asyncio.sleep(FOLLOW_BATCH_S)
@@ -349,7 +512,7 @@ class ShowrunnerAPI:
                      idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
         """One `EpisodeRequest`, or `{"episodes": [...]}`. With an `Idempotency-Key`, a
         repeated request returns the episodes the first one made."""
-        tenant = self._tenant(request)
+        tenant = self._admit(request)
         service = self.settings.service
         if idempotency_key is not None:
             try:
@@ -357,17 +520,19 @@ class ShowrunnerAPI:
             except ValueError as err:
                 fields = [{"field": "Idempotency-Key", "message": str(err)}]
                 raise ApiError(422, "invalid_request", str(err), fields=fields) from None
-        requests, batch = parse_submission(await read_body(request, service.max_body_bytes),
-                                           service.max_batch)
+        body = await read_body(request, service.max_body_bytes, service.body_timeout_s)
+        requests, batch = parse_submission(body, service.max_batch)
         scenes = sum(r.scenes for r in requests)
         if scenes > service.max_scenes_per_request:
             raise ApiError(429, "quota_exceeded", f"the request asks for {scenes} scenes; this "
                            f"key may ask for {service.max_scenes_per_request} in one request — "
                            "split it", headers={"retry-after": str(QUOTA_RETRY_S)})
         try:
-            views: list[EpisodeView] = await self.desk.submit(
-                tenant, requests, idempotency_key=idempotency_key,
-                max_active=service.max_active_episodes)
+            with episodes_lost("the episodes this Idempotency-Key made were lost when the "
+                               "coordinator restarted; send the request with a new key"):
+                views: list[EpisodeView] = await self.desk.submit(
+                    tenant, requests, idempotency_key=idempotency_key,
+                    max_active=service.max_active_episodes)
         except QuotaExceeded as err:
             raise ApiError(429, "quota_exceeded", f"{err}; wait for some to finish",
                            headers={"retry-after": str(QUOTA_RETRY_S)}) from None
@@ -391,22 +556,24 @@ class ShowrunnerAPI:
         cursor: Annotated[str | None, Query(max_length=20, description="`next_cursor` of the "
                                             "previous page.")] = None,
     ) -> dict[str, Any]:
-        tenant = self._tenant(request)
-        if cursor is not None and not is_number(cursor):
+        tenant = self._admit(request)
+        try:
+            since = parse_counter(cursor) if cursor is not None else 0
+        except ValueError:
             fields = [{"field": "cursor", "message": "not a cursor this server gave"}]
             raise ApiError(422, "invalid_request", "cursor: not a cursor this server gave",
-                           fields=fields)
-        page, after = await self.desk.page(tenant, status, limit, int(cursor or 0))
+                           fields=fields) from None
+        page, after = await self.desk.page(tenant, status, limit, since)
         return {"episodes": [public(v) for v in page],
                 "next_cursor": str(after) if after is not None else None}
 
     @api.get("/v1/episodes/{episode_id}", summary="An episode's status, scenes, cost and report")
     async def get_episode(self, request: Request, episode_id: str) -> dict[str, Any]:
-        return public(await self._view(self._tenant(request), episode_id))
+        return public(await self._view(self._admit(request), episode_id))
 
     @api.delete("/v1/episodes/{episode_id}", summary="Cancel an episode (idempotent)")
     async def cancel(self, request: Request, episode_id: str) -> dict[str, Any]:
-        tenant = self._tenant(request)
+        tenant = self._admit(request)
         await self._view(tenant, episode_id)
         status: EpisodeStatus = await self.coordinator.cancel(episode_id)
         await self._view(tenant, episode_id, fresh=True)  # polls here see it cancelled at once
@@ -417,33 +584,48 @@ class ShowrunnerAPI:
                      last_event_id: Annotated[str | None, Header()] = None
                      ) -> StreamingResponse:
         """Events until the episode ends; reconnect with `Last-Event-ID` to resume."""
-        tenant = self._tenant(request)
-        if last_event_id is not None and not is_number(last_event_id):
-            fields = [{"field": "Last-Event-ID", "message": "must be an event id (a number)"}]
-            raise ApiError(422, "invalid_request", describe(fields), fields=fields)
+        tenant = self._admit(request)
+        try:
+            after = parse_counter(last_event_id) if last_event_id is not None else 0
+        except ValueError as err:
+            fields = [{"field": "Last-Event-ID", "message": f"an event id {err}"}]
+            raise ApiError(422, "invalid_request", describe(fields), fields=fields) from None
         await self._view(tenant, episode_id)
-        after = int(last_event_id or 0)
         return StreamingResponse(self._stream(tenant, episode_id, after),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
 
     async def _stream(self, tenant: str, episode_id: str, after: int) -> AsyncIterator[str]:
-        yield "retry: 2000\n\n"
-        while True:
-            events = await self.coordinator.events(episode_id, after, EVENT_POLL_S)
-            for event in events:
-                after = event.seq
-                yield sse(event.model_dump(mode="json"))
-            if not events:
-                view = await self.coordinator.view(episode_id)
-                if view is None or view.finished:
+        """The episode's events; a stream that cannot go on ends with an ``interrupted`` event
+        saying why, never silently (the headers are sent: no error status can say it)."""
+        yield f"retry: {UNAVAILABLE_RETRY_S * 1000}\n\n"
+        try:
+            while True:
+                events = await asyncio.wait_for(
+                    self.coordinator.events(episode_id, after, EVENT_POLL_S),
+                    EVENT_POLL_S + EVENT_POLL_GRACE_S)
+                for event in events:
+                    after = event.seq
+                    yield sse(event.model_dump(mode="json"))
+                if not events:
+                    view = await self.coordinator.view(episode_id)
+                    if view is None:
+                        yield interrupted(Interruption.EPISODE_LOST)
+                        return
+                    if view.finished:
+                        return
+                    yield ": keep-alive\n\n"
+                elif events[-1].kind.ends_episode:
+                    # A watcher that saw the end and asks for the status must not see it running
+                    # (if the coordinator is gone meanwhile, the copy is dropped anyway).
+                    with contextlib.suppress(RayActorError, ApiError):
+                        await self._view(tenant, episode_id, fresh=True)
                     return
-                yield ": keep-alive\n\n"
-            elif events[-1].kind.ends_episode:
-                # A watcher that saw the end and asks for the status must not see it running.
-                await self._view(tenant, episode_id, fresh=True)
-                return
+        except (RayActorError, TimeoutError):
+            yield interrupted(Interruption.COORDINATOR_UNAVAILABLE)
+        except KeyError:  # the coordinator has no such episode (any more): it restarted
+            yield interrupted(Interruption.EPISODE_LOST)
 
     @api.get("/v1/episodes/{episode_id}/artifacts/{name}",
              summary="Download a file: script, screenplay, subtitles, poster, video")
@@ -451,7 +633,7 @@ class ShowrunnerAPI:
     async def artifact(self, request: Request, episode_id: str, name: str) -> FileResponse:
         """`script.json`, `script.md`, `episode.srt`, `poster.png`, `episode.mp4` (Range
         requests supported)."""
-        tenant = self._tenant(request)
+        tenant = self._admit(request)
         view = await self._view(tenant, episode_id)
         artifact = Artifact.named(name)  # looked up: a path is never built from the request
         if artifact is not None and artifact not in view.artifacts:  # made since last followed?
@@ -465,37 +647,48 @@ class ShowrunnerAPI:
                            f"it has {have}")
         return FileResponse(path, media_type=Artifact(path.name).media_type)
 
-    @api.get("/healthz", summary="The HTTP server is up")
-    async def healthz(self) -> dict[str, str]:
-        return {"status": "ok"}
+    @api.get("/healthz", summary="The replica is up, and no actor it needs has been down long")
+    async def healthz(self) -> JSONResponse:
+        """200 while every actor answers (`ok`) and while one has been down for less than
+        `unhealthy_after_s` (`degraded`: a restart); then 503 (`unhealthy`), so that an
+        orchestrator restarts the replica."""
+        down = self._down_now()
+        health = self.outages.health(self.settings.service.unhealthy_after_s)
+        shown: dict[str, Any] = {"status": health.value}
+        if down:
+            shown["down_s"] = {part: round(seconds, 1) for part, seconds in down.items()}
+        return JSONResponse(shown, status_code=503 if health is Health.UNHEALTHY else 200)
 
-    @api.get("/readyz", summary="The coordinator and provider actors answer")
+    @api.get("/readyz", summary="The coordinator, the desk and the provider actors answer")
     async def readyz(self) -> JSONResponse:
-        calls = {"coordinator": self.coordinator.ping(), "tenants": self.desk.ping(),
-                 **{kind.value: ActorProxy(actor).stats()
-                    for kind, actor in self.run.providers.items()}}
-        checks = {name: asyncio.ensure_future(call) for name, call in calls.items()}  # at once
-        results = {}
-        for name, check in checks.items():
-            try:
-                await asyncio.wait_for(check, READY_TIMEOUT_S)
-                results[name] = "ok"
-            except Exception as err:  # any failure means not ready; say which and why
-                results[name] = f"unavailable: {type(err).__name__}"
-        ready = all(v == "ok" for v in results.values())
-        return JSONResponse({"status": "ready" if ready else "unavailable", "checks": results},
+        self._down_now()
+        checks = {part: f"unavailable: {type(answer).__name__}"
+                  if isinstance(answer, BaseException) else "ok"
+                  for part, answer in (await self._probe()).items()}
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
                             status_code=200 if ready else 503)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def serve_forever(settings: Settings, keyed: bool) -> int:
     """``showrunner serve``: Ray (joined or started), Serve on the settings' address, the app;
-    until Ctrl-C, then everything it started is stopped."""
+    until Ctrl-C or SIGTERM (how Kubernetes and ``ray job stop`` end it), then Serve drains and
+    everything it started is stopped, Ray's own processes too if it started Ray."""
     from showrunner.launcher import ensure_ray
 
     host, port = settings.service.host, settings.service.port
+    # Inherited by a Ray started here, whose Serve proxy then answers uvicorn's own errors in
+    # JSON too; a joined cluster's nodes need it in their own environment (docs/service.md).
+    os.environ.setdefault(PROXY_CALLBACK_VARIABLE, f"{__name__}:{proxy_middlewares.__name__}")
     ensure_ray()
-    serve.start(http_options={"host": host, "port": port})
+    # After ray.init, whose SIGTERM handler would kill Ray's processes under Serve and exit.
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
+        serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(settings), name="showrunner", route_prefix="/")
         print(f"Showrunner API on http://{host}:{port}  (docs: http://{host}:{port}/docs)",
               flush=True)
@@ -508,8 +701,16 @@ def serve_forever(settings: Settings, keyed: bool) -> int:
         print("stopping", flush=True)
         return 0
     finally:
-        serve.shutdown()
-        stop_service()
+        # A second signal must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            serve.shutdown()
+            stop_service()
+            ray.shutdown()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def build_app(settings: Settings | None = None, prefix: str = "showrunner") -> Any:

@@ -67,9 +67,11 @@ class TenantDesk:
         """A tenant's episodes in submission order after ``cursor`` (only those in ``status``,
         if given); returns the page and the cursor of the next one (None at the end)."""
         candidates = self.book.after(owner, cursor)
-        if status is not None:
-            statuses = await self.coordinator.statuses([i for _, i in candidates])
-            candidates = [c for c, s in zip(candidates, statuses, strict=True) if s is status]
+        # An episode the coordinator does not know (None) was lost when it restarted: the book
+        # still names it, but there is nothing to show.
+        statuses = await self.coordinator.statuses([i for _, i in candidates])
+        candidates = [c for c, s in zip(candidates, statuses, strict=True)
+                      if s is not None and (status is None or s is status)]
         page = candidates[:limit]
         views = await self.coordinator.views([i for _, i in page])
         more = len(candidates) > limit

@@ -291,6 +291,12 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("not UTF-8", b"\xff\xfe{}", 400, "not valid JSON"),
     ("nested too deeply", b"[" * 60_000, 400, "nested too deeply"),
     ("huge body", script(premise=long_text(70 * 1024)), 413, "limit"),
+    # Integers past Python's int-string conversion limit (4,300 digits) used to be 500s.
+    ("5000-digit scenes", b'{"premise": "p", "scenes": ' + b"7" * 5000 + b"}", 422, "scenes"),
+    ("5000-digit seed in a batch", b'{"episodes": [{"premise": "p", "seed": -' + b"7" * 5000
+     + b"}]}", 422, "episodes.0.seed"),
+    ("5000-digit unknown field", b'{"premise": "p", "n": [1, ' + b"7" * 5000 + b"]}", 422,
+     "n.1"),
 ]
 
 
@@ -364,6 +370,46 @@ def test_bad_headers_and_artifact_names(base_url: str) -> None:
     too_long = session.post(f"{base_url}/v1/episodes", json=script(),
                             headers={"Idempotency-Key": "k" * 300})
     assert too_long.status_code == 422 and "Idempotency-Key" in too_long.text
+
+
+HUGE = "7" * 5001  # past Python's int-string conversion limit (4,300 digits)
+
+
+def test_too_large_integers_in_headers_and_queries_are_4xx_naming_them(base_url: str) -> None:
+    episode = submit(base_url, KEY_B, script(premise="for huge numbers")).json()
+    events(base_url + episode["links"]["events"], KEY_B)
+    session = client(KEY_B)
+    answers = [
+        ("Last-Event-ID", session.get(base_url + episode["links"]["events"],
+                                      headers={"Last-Event-ID": HUGE}, timeout=10)),
+        ("limit", session.get(f"{base_url}/v1/episodes", params={"limit": HUGE}, timeout=10)),
+        ("cursor", session.get(f"{base_url}/v1/episodes", params={"cursor": HUGE}, timeout=10)),
+        ("Range", session.get(f"{base_url}{episode['links']['artifacts']}/script.json",
+                              headers={"Range": f"bytes=0-{HUGE}"}, timeout=10)),
+        ("Range", session.get(f"{base_url}{episode['links']['artifacts']}/script.json",
+                              headers={"Range": f"bytes={HUGE}-"}, timeout=10)),
+    ]
+    for named, response in answers:
+        assert response.status_code in (400, 416, 422), (named, response.status_code)
+        assert response.headers["content-type"] == "application/json", (named, response.text)
+        error = response.json()["error"]
+        assert error["status"] == response.status_code and named in error["message"], error
+
+
+def test_plain_text_errors_of_the_framework_come_out_as_json(base_url: str) -> None:
+    """Starlette answers a bad ``Range`` itself, in plain text; the API's shape is JSON."""
+    episode = submit(base_url, KEY_B, script(premise="for bad ranges")).json()
+    events(base_url + episode["links"]["events"], KEY_B)
+    url = f"{base_url}{episode['links']['artifacts']}/script.json"
+    for range_header, status in [("bytes=99999999-", 416), ("pages=1-2", 400),
+                                 ("bytes=5-1", 400)]:
+        response = client(KEY_B).get(url, headers={"Range": range_header}, timeout=10)
+        assert response.status_code == status, range_header
+        assert response.headers["content-type"] == "application/json", response.text
+        error = response.json()["error"]
+        assert error["status"] == status and "range" in error["message"].lower(), error
+        if status == 416:
+            assert response.headers["content-range"].startswith("bytes */")
 
 
 def test_no_secret_or_server_path_in_any_answer(base_url: str, tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
-"""``showrunner serve``: bad input stops at start; a real start serves, and Ctrl-C stops it."""
+"""``showrunner serve``: bad input stops at start; a real start serves; Ctrl-C and SIGTERM stop it
+and every Ray process it started. What only the CLI's own Ray can show is here too: uvicorn's own
+answers (in Serve's proxy) in the API's JSON shape, and bodies that stall answered 408.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -69,6 +73,27 @@ def serving(tmp_path: Path, **env: str) -> Iterator[tuple[str, list[str], subpro
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        for pid, _ in session_processes(proc.pid):  # what it left behind, if a test failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def session_processes(session: int) -> list[tuple[int, str]]:
+    """Live processes of a session (``serving`` starts one per server): Ray's GCS, raylet,
+    agents and workers all stay in it. Zombies are not counted: nothing runs in them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        state, _ppid, _group, sid = stat.rpartition(")")[2].split()[:4]
+        if int(sid) == session and state != "Z":
+            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+    return found
 
 
 def test_serve_answers_over_http_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -88,12 +113,112 @@ def test_serve_answers_over_http_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert requests.get(url, timeout=10).status_code == 401
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]
+        wait_for(lambda: not session_processes(proc.pid), 20,
+                 lambda: f"Ray's processes to end: {session_processes(proc.pid)}")
 
 
-def test_without_keys_it_serves_this_machine_as_one_tenant(tmp_path: Path) -> None:
-    with serving(tmp_path) as (base, seen, proc):
+def test_sigterm_drains_and_stops_every_ray_process(tmp_path: Path) -> None:
+    """How Kubernetes and ``ray job stop`` end it: as Ctrl-C does, and nothing left running."""
+    with serving(tmp_path, SHOWRUNNER_API_KEYS=KEY) as (base, seen, proc):
+        assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+        assert len(session_processes(proc.pid)) > 3  # GCS, raylet, agents, workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]
+        output = "".join(seen)
+        assert "stopping" in output and "SIGTERM received" not in output, output[-3000:]
+        wait_for(lambda: not session_processes(proc.pid), 20,
+                 lambda: f"Ray's processes to end: {session_processes(proc.pid)}")
+
+
+# -- one keyless server for what needs the CLI's own Ray ----------------------------------------
+
+BODY_TIMEOUT_S = 2
+
+
+@pytest.fixture(scope="module")
+def keyless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``showrunner serve`` without keys (loopback clients are one tenant), bodies timing out
+    after ``BODY_TIMEOUT_S``."""
+    with serving(tmp_path_factory.mktemp("keyless"),
+                 SHOWRUNNER_SERVICE__BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)) as (base, seen, proc):
         assert any("no API keys configured" in line for line in seen)
-        listed = requests.get(f"{base}/v1/episodes", timeout=10)
-        assert listed.status_code == 200 and listed.json()["episodes"] == []
+        yield base
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        proc.wait(timeout=60)
+
+
+def test_without_keys_it_serves_this_machine_as_one_tenant(keyless: str) -> None:
+    listed = requests.get(f"{keyless}/v1/episodes", timeout=10)
+    assert listed.status_code == 200 and listed.json()["episodes"] == []
+
+
+def exchange(base: str, data: bytes, timeout_s: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read until the server closes the connection: status, headers, body."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    received = b""
+    while chunk := sock.recv(65536):  # a timeout here: the server kept the connection open
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+MALFORMED: list[tuple[str, bytes, str]] = [
+    # (case, request, what the message must say); uvicorn answers these before any app runs
+    ("bad request line", b"GARBAGE\r\n\r\n", "Invalid method"),
+    ("space in a header name", b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+     "header"),
+    ("control byte in a header value",
+     b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", "header value"),
+    ("5001-digit Content-Length", b"POST /v1/episodes HTTP/1.1\r\nHost: x\r\nContent-Length: "
+     + b"7" * 5001 + b"\r\n\r\n", "Content-Length"),
+    ("two Content-Lengths", b"POST /v1/episodes HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+     b"Content-Length: 2\r\n\r\n{}", "Content-Length"),
+]
+
+
+@pytest.mark.parametrize(("case", "request_bytes", "named"), MALFORMED,
+                         ids=[c[0] for c in MALFORMED])
+def test_uvicorns_own_answers_are_json(keyless: str, case: str, request_bytes: bytes,
+                                       named: str) -> None:
+    status, headers, body = exchange(keyless, request_bytes)
+    assert status == 400 and headers["content-type"] == "application/json", body
+    error = json.loads(body)["error"]
+    assert error["status"] == 400 and error["code"] == "bad_request", error
+    assert "Invalid HTTP request" in error["message"] and named in error["message"], error
+    assert int(headers["content-length"]) == len(body)
+
+
+def test_bodies_that_stall_are_408_and_their_connections_closed(keyless: str) -> None:
+    """30 clients each send headers and part of a body, then nothing: each is answered 408
+    once ``body_timeout_s`` has passed, and its connection is closed (read to EOF)."""
+    host, port = keyless.removeprefix("http://").split(":")
+    sized = (b"POST /v1/episodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 200\r\n\r\n{\"premise\": \"slow")
+    chunked = (b"POST /v1/episodes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"pre\r\n")
+    socks = []
+    try:
+        for i in range(30):
+            sock = socket.create_connection((host, int(port)), timeout=5 * BODY_TIMEOUT_S + 10)
+            socks.append(sock)
+            sock.sendall(chunked if i % 3 == 0 else sized)
+        for sock in socks:
+            status, headers, body = read_answer(sock)
+            assert status == 408 and headers["content-type"] == "application/json", body
+            error = json.loads(body)["error"]
+            assert error["code"] == "body_timeout" and f"{BODY_TIMEOUT_S} s" in error["message"]
+    finally:
+        for sock in socks:
+            sock.close()
+    fine = requests.post(f"{keyless}/v1/episodes", timeout=30, json={
+        "premise": "A kite that will not come down.", "scenes": 1, "lines_per_scene": 1,
+        "media": False})
+    assert fine.status_code == 202, fine.text

@@ -243,3 +243,19 @@ def test_rayservice_writes_episodes_to_a_shared_volume(rayservice: dict[str, Any
         assert mounted, f"{output_dir} is on no volume"
         claim = volumes[mounted[0]["name"]]["persistentVolumeClaim"]["claimName"]
         assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
+
+
+def test_every_node_s_proxy_answers_errors_as_json(rayservice: dict[str, Any],
+                                                    cluster: dict[str, Any]) -> None:
+    """Serve's proxy reads its callback from the environment of ``ray start`` on each node."""
+    import serve_app
+
+    variable, value = serve_app.PROXY_CALLBACK_VARIABLE, "serve_app:proxy_middlewares"
+    assert callable(getattr(serve_app, value.partition(":")[2]))
+    starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+    assert all(f"{variable}={value} ray start" in c for c in starts if "ray start" in c)
+    spec = rayservice["spec"]["rayClusterConfig"]
+    for pod in [spec["headGroupSpec"]["template"]["spec"],
+                *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]:
+        [container] = pod["containers"]
+        assert {e["name"]: e.get("value") for e in container["env"]}[variable] == value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pipelines.episode_folder import Artifact
-from pipelines.episode_view import EpisodeFigures, EpisodeView
+from pipelines.episode_view import EpisodeFigures, EpisodeView, Missing
 from pipelines.models import EpisodeStatus, SceneState
 from serve_app import is_number, parse_submission, public, scrub
 
@@ -25,10 +25,12 @@ def test_public_view_has_links_not_paths() -> None:
                        percent=100.0, scenes=[SceneState.DONE] * 2, cost_usd=0.01,
                        error="at https://api.example.com/v1 timed out: /srv/out/e1/x",
                        last_event_id=9, figures=figures,
-                       artifacts=[Artifact.SCRIPT_JSON, Artifact.SCRIPT_MD, Artifact.VIDEO])
+                       artifacts=[Artifact.SCRIPT_JSON, Artifact.SCRIPT_MD, Artifact.VIDEO],
+                       missing=[Missing(what="scene 2", why="ffmpeg failed: /srv/out/e1/a.wav")])
     shown = public(view)
     text = json.dumps(shown)
     assert "/srv/" not in text and "api.example.com" not in text and "t_x" not in text
+    assert shown["missing"] == [{"what": "scene 2", "why": "ffmpeg failed: a.wav"}]
     assert shown["artifacts"]["episode.mp4"] == "/v1/episodes/e1/artifacts/episode.mp4"
     assert set(shown["artifacts"]) == {"script.json", "script.md", "episode.mp4"}
     assert shown["report"]["critical_path_s"] == 2.5 and shown["report"]["error"] == shown["error"]
