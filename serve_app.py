@@ -343,15 +343,15 @@ def is_loopback(host: str | None) -> bool:
 def start_service(settings: Settings, prefix: str) -> tuple[Run, Any]:
     """The shared actors (got if they exist): the bundled server if needed, the providers, the
     coordinator and the tenants' desk, all detached so that replicas can come and go."""
-    output_dir = settings.service.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
+    storage = settings.storage_path()
+    storage.mkdir(parents=True, exist_ok=True)
     local_url = None
     if needs_local_server(settings):
         server = bundled_server_actor(
             local_server_options(settings, settings.service.local_latency_scale),
             name=f"{prefix}:local-server")
         local_url = ray.get(server.base_url.remote())
-    run = start_run(settings, output_dir, local_url, prefix=prefix, detached=True)
+    run = start_run(settings, storage, local_url, prefix=prefix, detached=True)
     return run, tenant_desk_actor(f"{prefix}:coordinator", name=f"{prefix}:tenants")
 
 

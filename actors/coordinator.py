@@ -7,8 +7,11 @@ episode's graph progresses is its engine's business (``pipelines.engine``), what
 its runner's (``actors.node_runners``); who may see which episode is the service's
 (``actors.tenant_desk``).
 
-All state lives in ``EpisodeRecord``s (pydantic, serialisable): the durability work checkpoints
-them and resumes a run without repeating a stored call.
+All state lives in ``EpisodeRecord``s, and, given a state store, in its rows as it changes: each
+submission (stored before it is acknowledged), each node as it starts and settles, each event.
+A coordinator started again on the same store (Ray restarts a dead one) takes up every
+unfinished episode from its settled nodes before it answers anything: a node whose result is
+stored never runs again; those that were running run again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from actors.executor import EpisodeExecutor
 from actors.media_tasks import MediaTasks, ThreadMediaTasks
 from actors.metrics import NO_METRICS, CoordinatorMetrics
 from actors.node_runners import RUNNERS, EpisodeContext, NodeRunner, Provider
+from actors.state_store import StateStore, StateStoreError
 from pipelines.engine import EpisodeEngine, Outcome
 from pipelines.episode_folder import EpisodeFolder
 from pipelines.episode_state import EpisodeRecord, Event, EventKind, StitchedEpisode
@@ -55,7 +59,10 @@ class EpisodeCoordinator:
         tasks: MediaTasks | None = None,
         metrics: CoordinatorMetrics = NO_METRICS,
         runners: Mapping[NodeKind, NodeRunner] = RUNNERS,
+        state_url: str | None = None,
     ) -> None:
+        """``state_url``: the state store to keep episodes in and take them up from (none: in
+        memory only)."""
         self.settings = settings
         self.providers = dict(providers)
         self.output_root = Path(output_root) if output_root is not None else None
@@ -70,6 +77,9 @@ class EpisodeCoordinator:
         self._started: dict[str, float] = {}  # when each episode started, monotonic
         self._arrivals = 0
         self._gauges_at = 0.0
+        self._state_url = state_url
+        self.store: StateStore | None = None
+        self._loaded: asyncio.Task[None] | None = None
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
@@ -77,10 +87,12 @@ class EpisodeCoordinator:
                           owner: str = "") -> list[EpisodeView]:
         """Queue episodes; each starts as soon as a slot is free. Returns their views (their ids
         are made here unless given; a given id must be new)."""
+        await self.ready()
         chosen = list(ids) if ids is not None else [uuid.uuid4().hex[:12] for _ in requests]
         if len(chosen) != len(requests):
             raise ValueError("ids and requests differ in length")
-        taken = [i for i in chosen if i in self.records]
+        stored = await self.store.statuses(chosen) if self.store is not None else {}
+        taken = [i for i in chosen if i in self.records or i in stored]
         if taken or len(set(chosen)) != len(chosen):
             raise ValueError(f"episode ids must be new and distinct: {taken or chosen}")
         if self.output_root is None and any(r.media for r in requests):
@@ -93,6 +105,7 @@ class EpisodeCoordinator:
             heapq.heappush(self._queue, (-request.priority, record.arrival, episode_id))
             self._emit(record, EventKind.QUEUED, message=f"{request.scenes} scenes")
         self._admit()
+        await self._stored()  # acknowledged once it would survive this process
         return [EpisodeView.of(self.records[i]) for i in chosen]
 
     async def submit(self, request: EpisodeRequest, episode_id: str | None = None,
@@ -104,7 +117,8 @@ class EpisodeCoordinator:
 
     async def cancel(self, episode_id: str) -> EpisodeStatus:
         """End all of an episode's work; what finished is kept. Idempotent."""
-        record = self._record(episode_id)
+        await self.ready()
+        record = await self._get(episode_id)
         if record.status.finished:
             return record.status
         task = self._tasks.get(episode_id)
@@ -122,22 +136,30 @@ class EpisodeCoordinator:
         return record.status
 
     async def episode(self, episode_id: str) -> EpisodeRecord:
-        return self._record(episode_id)
+        await self.ready()
+        return await self._get(episode_id)
 
     async def records_of(self, episode_ids: list[str]) -> list[EpisodeRecord]:
-        """Whole records, for the run report: everything a checkpoint needs."""
-        return [self._record(i) for i in episode_ids]
+        """Whole records, for the run report, once what they say is stored too."""
+        await self.ready()
+        await self._stored()
+        return [await self._get(i) for i in episode_ids]
 
     async def view(self, episode_id: str) -> EpisodeView | None:
-        record = self.records.get(episode_id)
+        await self.ready()
+        [record] = await self._find([episode_id])
         return EpisodeView.of(record) if record is not None else None
 
     async def views(self, episode_ids: list[str]) -> list[EpisodeView]:
-        return [EpisodeView.of(self._record(i)) for i in episode_ids]
+        await self.ready()
+        return [EpisodeView.of(await self._get(i)) for i in episode_ids]
 
     async def statuses(self, episode_ids: list[str]) -> list[EpisodeStatus | None]:
         """Each episode's status; None for an id that names none."""
-        return [r.status if (r := self.records.get(i)) is not None else None
+        await self.ready()
+        stored = await self.store.statuses(
+            [i for i in episode_ids if i not in self.records]) if self.store else {}
+        return [r.status if (r := self.records.get(i)) is not None else stored.get(i)
                 for i in episode_ids]
 
     async def changes(self, since: int, timeout_s: float = 30.0
@@ -148,6 +170,7 @@ class EpisodeCoordinator:
         What each Serve replica follows to answer status polls from memory: one long poll per
         replica instead of one actor call per poll.
         """
+        await self.ready()
         version = await self.feed.listen_for_change(since, min(timeout_s, LONGEST_POLL_S))
         return version, [EpisodeView.of(self.records[i]) for i in self.feed.changed_since(since)]
 
@@ -157,23 +180,29 @@ class EpisodeCoordinator:
 
         A long poll: the caller's stream is a loop of these, resumable from any ``seq``.
         """
-        record = self._record(episode_id)
+        await self.ready()
+        record = await self._get(episode_id)
         if not _after(record, after) and not record.status.finished:
             await self.feed.listen_for_change(self.feed.version_of(episode_id),
                                               min(timeout_s, LONGEST_POLL_S), key=episode_id)
+        # Only events that are stored: a client resuming after a restart must never have seen
+        # a number the restarted coordinator gives to another event.
+        await self._stored()
         return _after(record, after)
 
     async def wait(self, episode_ids: Iterable[str] | None = None) -> list[EpisodeView]:
         """Return when every given episode (default: all) has finished."""
+        await self.ready()
         ids = list(episode_ids) if episode_ids is not None else list(self.records)
         for episode_id in ids:
-            record = self._record(episode_id)
+            record = await self._get(episode_id)
             while not record.status.finished:
                 await self.feed.listen_for_change(self.feed.version_of(episode_id), 5.0,
                                                   key=episode_id)
-        return [EpisodeView.of(self.records[i]) for i in ids]
+        return [EpisodeView.of(await self._get(i)) for i in ids]
 
     async def ping(self) -> str:
+        await self.ready()
         return "ok"
 
     async def episodes_root(self) -> str | None:
@@ -181,13 +210,60 @@ class EpisodeCoordinator:
         coordinator resolved it: readers serve files from there."""
         return str(self.output_root) if self.output_root is not None else None
 
+    # -- the state store ----------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Open the state store and take up its unfinished episodes, once, before anything is
+        answered (every public method waits for this)."""
+        if self._state_url is None:
+            return
+        if self._loaded is None:
+            self._loaded = asyncio.create_task(self._take_up())
+        await asyncio.shield(self._loaded)
+
+    async def _take_up(self) -> None:
+        assert self._state_url is not None
+        self.store = await StateStore.open(self._state_url)
+        self._arrivals = await self.store.last_arrival()
+        for record in await self.store.unfinished():
+            kept = record.engine.settled()
+            record.status = EpisodeStatus.QUEUED
+            self.records[record.id] = record
+            if record.started_at is not None:  # its events' times go on from where they were
+                self._started[record.id] = time.monotonic() - (time.time() - record.started_at)
+            heapq.heappush(self._queue, (-record.request.priority, record.arrival, record.id))
+            self._emit(record, EventKind.QUEUED, message=f"taken up again after a restart: "
+                       f"{kept} of {len(record.plan().nodes)} nodes kept")
+            log.info("episode %s taken up again (%d nodes kept)", record.id, kept)
+        self._admit()
+
+    async def _stored(self) -> None:
+        """Wait until what was queued for the store is committed. A store that cannot be
+        written does not stop the work: it is said in the log, and kept trying."""
+        if self.store is None:
+            return
+        try:
+            await self.store.flush()
+        except StateStoreError as err:
+            log.warning("%s", err)
+
     # -- running episodes ---------------------------------------------------------------------
 
-    def _record(self, episode_id: str) -> EpisodeRecord:
-        try:
-            return self.records[episode_id]
-        except KeyError:
-            raise KeyError(f"no episode {episode_id!r}") from None
+    async def _find(self, episode_ids: list[str]) -> list[EpisodeRecord | None]:
+        """Each episode's record: in memory while it runs, else from the store (one a previous
+        coordinator ran); None for an id that names none."""
+        found = [self.records.get(i) for i in episode_ids]
+        if self.store is not None:
+            for n, episode_id in enumerate(episode_ids):
+                if found[n] is None:
+                    found[n] = await self.store.record(episode_id)
+        return found
+
+    async def _get(self, episode_id: str) -> EpisodeRecord:
+        [record] = await self._find([episode_id])
+        if record is None:
+            raise KeyError(f"no episode {episode_id!r}")
+        return record
 
     def _admit(self) -> None:
         """Start queued episodes, highest priority first, then earliest, while slots are free."""
@@ -198,8 +274,9 @@ class EpisodeCoordinator:
             self._tasks[episode_id] = asyncio.create_task(self._run(record))
 
     async def _run(self, record: EpisodeRecord) -> None:
-        record.started_at = time.time()
-        self._started[record.id] = time.monotonic()
+        if record.started_at is None:  # (one taken up again keeps its first start)
+            record.started_at = time.time()
+            self._started[record.id] = time.monotonic()
         self._emit(record, EventKind.STARTED)
         try:
             outcome = await self._executor(record).run()
@@ -263,6 +340,11 @@ class EpisodeCoordinator:
 
     def _on_node_event(self, record: EpisodeRecord, kind: EventKind, node: NodeId | None,
                        message: str) -> None:
+        if self.store is not None and node is not None and kind is not EventKind.NODE_RETRYING:
+            # A failure skips the rest of its scene (under "skip"): those are settled too.
+            skipped = ([n for n in record.engine.skipped if n.scene == node.scene]
+                       if kind is EventKind.NODE_FAILED and node.scene is not None else [])
+            self.store.put_nodes(record, [node, *skipped])
         self._emit(record, kind, node, message)
         # The script is written as soon as its last dialogue is, before the media: an episode
         # that fails later (a full disk at the stitch, a dead coordinator) still has it.
@@ -289,6 +371,10 @@ class EpisodeCoordinator:
             node=node, percent=record.percent, message=message))
         if len(record.events) > MAX_EVENTS:
             del record.events[: len(record.events) - MAX_EVENTS]
+        if self.store is not None:
+            if node is None:  # the episode's own state changed with it
+                self.store.put_episode(record)
+            self.store.put_event(record.id, record.events[-1])
         self.feed.notify_changed(record.id)
         now = time.monotonic()
         # Episode-level events always, node events at most every GAUGE_INTERVAL_S: counting the

@@ -70,9 +70,10 @@ def provider_actor(kind: ProviderKind, settings: ProviderSettings, *,
 
 
 def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
-                      output_root: str | None = None, name: str | None = None,
-                      detached: bool = False) -> Any:
-    """The coordinator actor, given the provider actors' names."""
+                      output_root: str | None = None, state_url: str | None = None,
+                      name: str | None = None, detached: bool = False) -> Any:
+    """The coordinator actor, given the provider actors' names; ``state_url`` is its state
+    store (a coordinator Ray restarts takes up its episodes from there)."""
     return (
         ray.remote(EpisodeCoordinator)
         .options(**_options(name or actor_name("coordinator"), detached))
@@ -82,6 +83,7 @@ def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
             output_root=output_root,
             tasks=RayMediaTasks(settings.encoding),
             metrics=RayCoordinatorMetrics(),
+            state_url=state_url,
         )
     )
 

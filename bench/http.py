@@ -121,8 +121,8 @@ def main() -> None:
     port = free_port()
     settings = load_settings(
         api_keys=KEY,
-        service={"output_dir": tempfile.mkdtemp(prefix="bench-http-"), "port": port,
-                 "local_latency_scale": 0.05, "requests_per_minute": 1_000_000,
+        storage=tempfile.mkdtemp(prefix="bench-http-"),
+        service={"port": port, "local_latency_scale": 0.05, "requests_per_minute": 1_000_000,
                  "max_active_episodes": 10_000},
         max_parallel_episodes=20,
     )

@@ -124,6 +124,12 @@ class MediaFile(LocalWork):
 # a composed scene, or the stitched episode.
 NodeResult = (OutlineDraft | SceneContent | SceneDialogue | MediaFile | ComposedScene
               | StitchedEpisode)
+# Which of them each kind makes: how a stored result is read back as its own type.
+RESULT_TYPES: dict[NodeKind, type[NodeResult]] = {
+    NodeKind.OUTLINE: OutlineDraft, NodeKind.CONTENT: SceneContent,
+    NodeKind.DIALOGUE: SceneDialogue, NodeKind.SPEECH: MediaFile, NodeKind.IMAGE: MediaFile,
+    NodeKind.CLIP: MediaFile, NodeKind.COMPOSE: ComposedScene, NodeKind.STITCH: StitchedEpisode,
+}
 
 
 class EpisodeRecord(BaseModel):

@@ -31,9 +31,11 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,6 +57,11 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 ENV_PREFIX = "SHOWRUNNER_"
 ENV_DELIMITER = "__"
+
+# The state store's drivers: SQLAlchemy's async ones, which the store is written against.
+STATE_URL_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+STATE_DB_FILE = "showrunner.db"
+LOCAL_SCHEME = "file://"
 
 
 class SettingsError(Exception):
@@ -231,9 +238,6 @@ class ServiceSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address to listen on; loopback without API keys.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
-    output_dir: Path = Field(
-        Path("showrunner-output"), description="Folder where episodes' files are written."
-    )
     max_active_episodes: PositiveInt = Field(
         20, le=10_000, description="Per tenant: episodes queued plus running at once."
     )
@@ -282,6 +286,16 @@ class Settings(BaseSettings):
     max_parallel_scenes: PositiveInt = Field(
         8, le=10_000, description="Nodes running at once in one episode (clip jobs not counted)."
     )
+    storage: str = Field(
+        "out", min_length=1,
+        description="Root of episode folders and cached media: a local folder (relative to the "
+        "working directory) or a file:// URL; object storage (s3://) comes later.",
+    )
+    state_url: SecretStr | None = Field(
+        None,
+        description="The state store's database (sqlite+aiosqlite:// or postgresql+asyncpg://); "
+        f"a secret. Unset: SQLite, {STATE_DB_FILE} in the storage folder.",
+    )
     encoding: EncodingSettings = Field(
         default_factory=EncodingSettings, description="Video encoding of scenes and episodes."
     )
@@ -294,6 +308,31 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="A file of HTTP API keys, one a line (`#` comments allowed)."
     )
+
+    @field_validator("storage")
+    @classmethod
+    def _local_storage_only(cls, value: str) -> str:
+        # Episode folders and media are written with local file calls until storage goes
+        # through fsspec; accepting s3:// now would write to a folder named "s3:".
+        if "://" in value and not value.startswith(LOCAL_SCHEME):
+            raise PydanticCustomError(
+                "storage_scheme",
+                "object storage is not supported yet; use a local folder or a file:// URL",
+            )
+        if not value.removeprefix(LOCAL_SCHEME):
+            raise PydanticCustomError("storage_empty", "file:// names no folder")
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _known_driver(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message names the schemes, never the value: it may hold a password.
+        if value is not None and not value.get_secret_value().startswith(STATE_URL_SCHEMES):
+            raise PydanticCustomError(
+                "state_url_scheme", "must start with {schemes}",
+                {"schemes": " or ".join(STATE_URL_SCHEMES)},
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -313,12 +352,34 @@ class Settings(BaseSettings):
     def provider(self, kind: ProviderKind) -> ProviderSettings:
         return getattr(self, kind.value)
 
+    def storage_path(self) -> Path:
+        """The storage folder as a local path (a ``file://`` URL's path), as given: relative
+        paths are resolved against the working directory of whoever uses it."""
+        return Path(self.storage.removeprefix(LOCAL_SCHEME))
+
+    def state_database_url(self, storage_root: Path | None = None) -> str:
+        """The state store's SQLAlchemy URL: ``state_url``, else a SQLite file in the storage
+        folder (``storage_root`` if given, as the CLI's ``--output``), as an absolute path so
+        that every process finds the same file.
+
+        The result may hold a password: hand it to the engine, never to a log.
+        """
+        if self.state_url is not None:
+            return self.state_url.get_secret_value()
+        root = storage_root if storage_root is not None else self.storage_path()
+        return f"sqlite+aiosqlite:///{root.resolve() / STATE_DB_FILE}"
+
 
 # ``SHOWRUNNER_*`` variables that something reads for itself, not as a setting, so the check below
 # lets them pass. None today: every ``SHOWRUNNER_*`` name the code reads is a field (tests mark
 # their own processes with other prefixes, e.g. ``TEST_RAY_JOB_CLUSTER``). A new one goes here,
 # with the module that reads it, or every entry point refuses to start while it is set.
 NOT_SETTINGS: frozenset[str] = frozenset()
+
+
+# Settings that were renamed: a deployment still setting the old name is stopped (as for any
+# unknown name) and told the new one, where the closest spelling would point somewhere else.
+RENAMED: dict[str, str] = {"SHOWRUNNER_SERVICE__OUTPUT_DIR": "SHOWRUNNER_STORAGE"}
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -351,7 +412,7 @@ def describe_validation_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "settings"
-        value = "***" if "api_key" in field else _short(e.get("input"))
+        value = "***" if _is_secret(field) else _short(e.get("input"))
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown setting {field!r}")
         elif e["type"] == "missing":
@@ -359,6 +420,11 @@ def describe_validation_error(err: ValidationError) -> str:
         else:
             parts.append(f"invalid setting {field} = {value}: {e['msg']}")
     return "; ".join(parts)
+
+
+def _is_secret(field: str) -> bool:
+    # state_url is a database URL, which may carry a password.
+    return "api_key" in field or field == "state_url"
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -379,6 +445,8 @@ def check_environment_names(names: Iterable[str]) -> None:
 
 
 def _describe_unknown(name: str) -> str:
+    if name.upper() in RENAMED:
+        return f"unknown setting {name} (renamed: use {RENAMED[name.upper()]})"
     closest = closest_environment_name(name)
     hint = (f"did you mean {closest}?" if closest is not None
             else "no setting has a similar name; `showrunner config --reference` lists them")

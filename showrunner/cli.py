@@ -46,12 +46,14 @@ def _settings_view(settings: Settings) -> dict:
         for deployment in provider["deployments"]:
             deployment["api_key"] = "(set)" if deployment["api_key"] else None
     data["api_keys"] = "(set)" if data["api_keys"] else None
+    data["state_url"] = "(set)" if data["state_url"] else None
     return data
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", metavar="DIR", default="out",
-                        help="where episodes and report.json go (default: ./out)")
+    parser.add_argument("--output", metavar="DIR",
+                        help="where episodes and report.json go "
+                        "(default: settings, SHOWRUNNER_STORAGE, ./out)")
     parser.add_argument("--report", metavar="FILE", help="also write the run report here")
     parser.add_argument("--latency-scale", type=float, default=1.0, metavar="X",
                         help="scale the bundled server's latencies (default: 1, realistic)")
@@ -134,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--latency-scale must be from 0 to 100, not {args.latency_scale}")
     try:
         requests = _requests(args)
-        output_dir = _output_dir(args.output)  # last: nothing is created for bad input
+        # Last: nothing is created for bad input.
+        output_dir = _output_dir(
+            args.output if args.output is not None else str(settings.storage_path()))
     except BadInput as err:
         return _fail(str(err))
     from showrunner.console import run_and_show

@@ -192,6 +192,7 @@ def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
     }
     coordinator = coordinator_actor(settings, {kind: f"{prefix}:{kind}" for kind in providers},
                                     output_root=str(output_dir.resolve()),
+                                    state_url=settings.state_database_url(output_dir),
                                     name=f"{prefix}:coordinator", detached=detached)
     return Run(coordinator, providers, settings, output_dir)
 
@@ -201,7 +202,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 class CoordinatorLost(Exception):
-    """The coordinator's process died during the run, and the episodes it held with it."""
+    """The coordinator did not come back after its process died, or came back without the
+    run's episodes (its state store gone)."""
+
+
+# A coordinator Ray restarts takes its episodes up from the state store and answers again within
+# seconds; one that has not after this long is not coming back.
+COORDINATOR_BACK_S = 60.0
 
 
 LOST = ("lost: the coordinator's process died during the run; what the episode had written "
@@ -210,12 +217,13 @@ LOST = ("lost: the coordinator's process died during the run; what the episode h
 
 def follow(run: Run, ids: list[str], on_progress: Callable[[list[EpisodeView]], None]) -> None:
     """Poll the episodes until all have finished; Ctrl-C, or SIGTERM (``ray job stop``), cancels
-    them cleanly. A coordinator that died (or came back without them) is ``CoordinatorLost``."""
+    them cleanly. A coordinator that died is waited for while Ray restarts it; one that does not
+    come back, or comes back without them, is ``CoordinatorLost``."""
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
-            views: list[EpisodeView] = _ask_coordinator(run.coordinator.views.remote(ids))
+            views: list[EpisodeView] = _ask_coordinator(lambda: run.coordinator.views.remote(ids))
             on_progress(views)
             if all(v.finished for v in views):
                 return
@@ -225,18 +233,25 @@ def follow(run: Run, ids: list[str], on_progress: Callable[[list[EpisodeView]], 
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with contextlib.suppress(CoordinatorLost):  # nothing left to cancel
-            _ask_coordinator([run.coordinator.cancel.remote(i) for i in ids])
+            _ask_coordinator(lambda: [run.coordinator.cancel.remote(i) for i in ids])
         raise
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def _ask_coordinator(refs: Any) -> Any:
-    try:
-        return ray.get(refs)
-    except (RayActorError, KeyError) as err:  # KeyError: restarted, it knows no such episode
-        raise CoordinatorLost(f"{LOST} ({type(err).__name__})") from err
+def _ask_coordinator(call: Callable[[], Any]) -> Any:
+    """``ray.get(call())``, asked again while the coordinator restarts."""
+    deadline = time.monotonic() + COORDINATOR_BACK_S
+    while True:
+        try:
+            return ray.get(call())
+        except RayActorError as err:
+            if time.monotonic() > deadline:
+                raise CoordinatorLost(f"{LOST} ({type(err).__name__})") from err
+            time.sleep(POLL_S)
+        except KeyError as err:  # restarted without its store: it knows no such episode
+            raise CoordinatorLost(f"{LOST} ({type(err).__name__})") from err
 
 
 def collect_report(run: Run, ids: list[str],
@@ -244,11 +259,11 @@ def collect_report(run: Run, ids: list[str],
     """The run's report. Episodes the coordinator no longer has are reported failed, from how
     they were last seen; a provider actor that cannot answer is left out of the totals."""
     try:
-        statuses = _ask_coordinator(run.coordinator.statuses.remote(ids))
+        statuses = _ask_coordinator(lambda: run.coordinator.statuses.remote(ids))
     except CoordinatorLost:
         statuses = [None] * len(ids)
     kept = [i for i, status in zip(ids, statuses, strict=True) if status is not None]
-    records = _ask_coordinator(run.coordinator.records_of.remote(kept)) if kept else []
+    records = _ask_coordinator(lambda: run.coordinator.records_of.remote(kept)) if kept else []
     lost = [last_seen[i].model_copy(update={"status": EpisodeStatus.FAILED, "error": LOST})
             for i in ids if i not in kept and last_seen and i in last_seen]
     stats = {}

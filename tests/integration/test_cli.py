@@ -92,10 +92,38 @@ def test_a_premises_file_over_the_limit_names_the_file_and_the_limit(tmp_path: P
 
 
 def test_config_masks_secrets() -> None:
-    result = showrunner("config", env={"SHOWRUNNER_LLM__API_KEY": "sk-do-not-print"})
+    result = showrunner("config", env={
+        "SHOWRUNNER_LLM__API_KEY": "sk-do-not-print",
+        "SHOWRUNNER_STATE_URL": "postgresql+asyncpg://app:pw-do-not-print@db/showrunner"})
     assert result.returncode == 0
     view = json.loads(result.stdout)
     assert view["llm"]["api_key"] == "(set)" and "sk-do-not-print" not in result.stdout
+    assert view["state_url"] == "(set)" and "pw-do-not-print" not in result.stdout
+
+
+def test_bad_storage_stops_before_anything_runs(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    run = ("run", "--premise", "x", "--script-only")
+    result = showrunner(*run, env={"SHOWRUNNER_STORAGE": "s3://bucket/episodes"})
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "storage = 's3://bucket/episodes': object storage is not supported yet" in line
+    # Without --output, the run writes under the storage setting, so its errors name it.
+    result = showrunner(*run, env={"SHOWRUNNER_STORAGE": str(a_file)})
+    assert result.returncode == 2
+    message = f"showrunner: error: cannot create output directory {a_file}: File exists"
+    assert result.stderr.strip() == message
+
+
+def test_runs_write_under_the_storage_setting_without_output(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    result = showrunner("run", "--premise", "A bakery heist.", "--scenes", "1", "--lines", "1",
+                        "--script-only", "--latency-scale", "0",
+                        env={"SHOWRUNNER_STORAGE": str(storage)}, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [episode] = json.loads((storage / "report.json").read_text())["episodes"]
+    assert Path(episode["output_dir"]).parent == storage
 
 
 def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
@@ -106,8 +134,10 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
         "run", "--premises-file", str(premises), "--scenes", "3", "--lines", "2",
         "--output", str(tmp_path / "out"), "--report", str(report_copy),
         "--latency-scale", "0.02", timeout=180,
+        env={"SHOWRUNNER_STORAGE": str(tmp_path / "storage")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "storage").exists()  # --output wins over the setting
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report == json.loads(report_copy.read_text())
     assert set(report["totals"]) >= {
@@ -159,8 +189,9 @@ def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:
     assert episode["status"] == "cancelled" and episode["scenes_completed"] < 8
 
 
-def test_a_killed_coordinator_still_leaves_a_report_naming_what_failed(tmp_path: Path) -> None:
-    """It used to end in an ActorDiedError traceback, exit 1 and no report."""
+def test_a_killed_coordinator_comes_back_and_the_run_completes(tmp_path: Path) -> None:
+    """It used to end in an ActorDiedError traceback, exit 1 and no report; then in a report of
+    lost episodes. Ray restarts the coordinator, which takes them up from the state store."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "showrunner", "run", "--premise", "A slow heist", "--scenes", "8",
@@ -181,11 +212,10 @@ def test_a_killed_coordinator_still_leaves_a_report_naming_what_failed(tmp_path:
     wait_for(lambda: any("running" in line for line in seen) and coordinator(), 60,
              lambda: "the run to start: " + "".join(seen)[-2000:], interval=0.1)
     os.kill(coordinator()[0], signal.SIGKILL)
-    assert proc.wait(timeout=120) == 1, "".join(seen)[-3000:]
+    assert proc.wait(timeout=180) == 0, "".join(seen)[-3000:]
     reader.join(timeout=10)
     assert "Traceback" not in "".join(seen), "".join(seen)[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [e["status"] for e in report["episodes"]] == ["failed", "failed"]
+    assert [e["status"] for e in report["episodes"]] == ["completed", "completed"]
     for entry in report["episodes"]:
-        assert "coordinator" in entry["error"], entry
-    assert "coordinator" in "".join(seen)
+        assert Path(entry["output_dir"], "script.md").is_file()

@@ -180,3 +180,45 @@ async def test_a_killed_provider_actor_costs_its_calls_in_flight_not_the_episode
     report = launcher.collect_report(run, ids)  # the restarted actor answers for its stats
     assert [e["status"] for e in report["episodes"]] == ["completed"] * 3
     run.stop()
+
+
+async def test_a_killed_coordinator_takes_its_episodes_up_again_from_the_store(
+    local_server: Callable[..., LocalServer], tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.3)
+    # At most 2 × 2 nodes in flight: what a kill may cost again, and no more.
+    settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None), max_parallel_episodes=2,
+                        max_parallel_scenes=2)
+    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-coordinator-kill")
+    requests = [EpisodeRequest(media=False, premise=f"Harbour {n}.", scenes=5) for n in range(3)]
+    ids = launcher.submit(run, requests)
+
+    async def half_settled() -> bool:
+        views = await run.coordinator.views.remote(ids)
+        return sum(v.percent for v in views) >= 100  # a third of the whole, or more
+
+    await wait_for_async(half_settled, 60, "a third of the work to settle", interval=0.05)
+    before = await run.coordinator.records_of.remote(ids)
+    done_before = {(r.id, nid): r.results[nid] for r in before for nid in r.engine.done}
+    os.kill(_pid(run.coordinator), signal.SIGKILL)
+
+    async def finished() -> list | None:
+        try:  # (calls fail while it restarts)
+            views = await run.coordinator.views.remote(ids)
+        except ray.exceptions.RayActorError:
+            return None
+        return views if all(v.finished for v in views) else None
+
+    views = await wait_for_async(finished, 120, "the episodes to finish after the restart")
+    assert [v.status for v in views] == [EpisodeStatus.COMPLETED] * 3, [v.error for v in views]
+    after = await run.coordinator.records_of.remote(ids)
+    # What was done before is kept as it was, not made again.
+    # (compared as data: a stage's answer is of a subclass the store does not bring back)
+    changed = [(r.id, str(nid)) for r in after for nid in r.engine.done if (r.id, nid) in
+               done_before and r.results[nid].model_dump() != done_before[r.id, nid].model_dump()]
+    assert not changed, changed[:2]
+    taken_up = [e for r in after for e in r.events if "taken up again" in e.message]
+    assert taken_up, "no episode says it was taken up again"
+    total = sum(len(r.plan().nodes) for r in after)
+    assert total <= server.stats()["chat"]["accepted"] <= total + 4
+    run.stop()

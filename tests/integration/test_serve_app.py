@@ -40,8 +40,8 @@ def base_url(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     settings = load_settings(
         api_keys=f"{KEY_A},{KEY_B},{KEY_C}",
         llm={"api_key": PROVIDER_SECRET},
-        service={"output_dir": str(tmp_path_factory.mktemp("served")),
-                 "local_latency_scale": 0.05, "requests_per_minute": RPM,
+        storage=str(tmp_path_factory.mktemp("served")),
+        service={"local_latency_scale": 0.05, "requests_per_minute": RPM,
                  "max_active_episodes": 6, "max_scenes_per_request": 60, "max_batch": 8,
                  "max_body_bytes": 64 * 1024},
         encoding={"width": 320, "height": 180, "fps": 8, "x264_preset": "ultrafast"},

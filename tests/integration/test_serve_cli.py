@@ -56,7 +56,7 @@ def serving(tmp_path: Path, **env: str) -> Iterator[tuple[str, list[str], subpro
         [sys.executable, "-m", "showrunner", "serve", "--port", str(port), "--latency-scale", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         env={**clean, "PYTHONPATH": str(ROOT),
-             "SHOWRUNNER_SERVICE__OUTPUT_DIR": str(tmp_path / "episodes"), **env},
+             "SHOWRUNNER_STORAGE": str(tmp_path / "episodes"), **env},
         start_new_session=True,
     )
     seen: list[str] = []

@@ -230,8 +230,8 @@ def test_rayservice_writes_episodes_to_a_shared_volume(rayservice: dict[str, Any
     claims = {d["metadata"]["name"]: d for d in documents
               if d and d.get("kind") == "PersistentVolumeClaim"}
     in_kuberay = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    [output_dir] = {a["runtime_env"]["env_vars"]["SHOWRUNNER_SERVICE__OUTPUT_DIR"]
-                    for a in in_kuberay["applications"]}
+    [storage] = {a["runtime_env"]["env_vars"]["SHOWRUNNER_STORAGE"]
+                 for a in in_kuberay["applications"]}
     spec = rayservice["spec"]["rayClusterConfig"]
     pods = [spec["headGroupSpec"]["template"]["spec"],
             *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
@@ -239,8 +239,8 @@ def test_rayservice_writes_episodes_to_a_shared_volume(rayservice: dict[str, Any
         [container] = pod["containers"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         mounted = [m for m in container["volumeMounts"]
-                   if output_dir.startswith(m["mountPath"].rstrip("/") + "/")]
-        assert mounted, f"{output_dir} is on no volume"
+                   if storage.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert mounted, f"{storage} is on no volume"
         claim = volumes[mounted[0]["name"]]["persistentVolumeClaim"]["claimName"]
         assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
 

@@ -137,6 +137,14 @@ def test_an_unknown_environment_name_stops_with_the_closest_real_name(
     assert message == f"unknown setting {name} (did you mean {closest}?)"
 
 
+def test_a_renamed_setting_names_its_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOWRUNNER_SERVICE__OUTPUT_DIR", "/mnt/showrunner/output")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == ("unknown setting SHOWRUNNER_SERVICE__OUTPUT_DIR "
+                                 "(renamed: use SHOWRUNNER_STORAGE)")
+
+
 def test_an_unknown_environment_name_like_no_setting_says_where_the_names_are(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -173,3 +181,64 @@ def test_every_documented_name_and_every_table_as_json_is_a_known_name(
     # A whole table as JSON is a way pydantic-settings reads, so it is not refused.
     monkeypatch.setenv("SHOWRUNNER_LLM__PRICES", '{"per_image": 5}')
     assert load_settings().llm.prices.per_image == 5
+
+
+def test_storage_defaults_to_a_local_out_folder() -> None:
+    assert load_settings().storage == "out"
+
+
+def test_storage_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOWRUNNER_STORAGE", "/mnt/showrunner/output")
+    s = load_settings()
+    assert s.storage == "/mnt/showrunner/output"
+    assert s.storage_path() == Path("/mnt/showrunner/output")
+    # A file:// URL is the same local folder.
+    assert load_settings(storage="file:///srv/out").storage_path() == Path("/srv/out")
+
+
+@pytest.mark.parametrize("storage", ["s3://bucket/episodes", "gs://bucket/episodes"])
+def test_object_storage_is_refused_for_now(storage: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(storage=storage)
+    assert str(caught.value) == (
+        f"invalid setting storage = {storage!r}: object storage is not supported yet; "
+        "use a local folder or a file:// URL")
+
+
+def test_the_state_database_is_sqlite_in_the_absolute_storage_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.state_url is None
+    # Absolute: the coordinator and the CLI must open the same file whatever their directories.
+    assert s.state_database_url() == f"sqlite+aiosqlite:///{tmp_path.resolve()}/out/showrunner.db"
+    elsewhere = tmp_path / "elsewhere"  # the CLI's --output
+    assert (s.state_database_url(elsewhere)
+            == f"sqlite+aiosqlite:///{elsewhere.resolve()}/showrunner.db")
+
+
+def test_a_state_url_wins_over_the_storage_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql+asyncpg://showrunner:pw@db.internal:5432/showrunner"
+    monkeypatch.setenv("SHOWRUNNER_STATE_URL", url)
+    s = load_settings()
+    assert s.state_database_url() == url and s.state_database_url(Path("/other")) == url
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://app:hunter2@db/showrunner", "sqlite:///hunter2.db", "hunter2"]
+)
+def test_a_state_url_with_another_driver_is_refused_naming_the_accepted_ones(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(state_url=url)
+    message = str(caught.value)
+    assert message == ("invalid setting state_url = ***: "
+                       "must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    assert "hunter2" not in message  # the URL may carry a password
+
+
+def test_the_state_url_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOWRUNNER_STATE_URL", "postgresql+asyncpg://app:hunter2@db/showrunner")
+    s = load_settings()
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s)
+    assert "hunter2" not in str(s.model_dump()) and "hunter2" not in s.model_dump_json()

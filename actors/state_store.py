@@ -1,0 +1,350 @@
+"""The state store: every episode's request, each node's state, figures and result as it
+settles, and every event, kept as rows, so a restarted coordinator continues where the dead one
+stopped and never runs a node whose result is stored.
+
+    episodes   one row per episode: request, owner, status, times, why it ended
+    nodes      one row per node that started: its state, figures and result
+    events     every event, numbered per episode (what ``Last-Event-ID`` resumes from)
+    meta       the schema's version
+
+SQLAlchemy 2 Core with its asyncio extension: SQLite (aiosqlite, in WAL mode) by default, and the
+same tables and statements on PostgreSQL (asyncpg) by setting another URL.
+
+Writes are queued and committed together by one writer task (group commit): the coordinator's
+loop never waits for the disk when a node finishes, and a busy second costs a few transactions,
+not thousands. ``flush()`` waits until everything queued so far is committed; what must hold
+before it is acknowledged (a submission) is flushed. A write that fails (a full or read-only
+disk) is kept and tried again, and ``failure`` says why meanwhile: a transaction is all or
+nothing, so the store is never half-written. Committed rows survive the process being killed;
+SQLite's ``synchronous=NORMAL`` trades the last moments before a power cut for speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from pipelines.engine import EngineState, NodeState
+from pipelines.episode_folder import Artifact
+from pipelines.episode_state import RESULT_TYPES, EpisodeRecord, Event, NodeRecord, NodeResult
+from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.planner import NodeId
+
+log = logging.getLogger("showrunner.state")
+
+SCHEMA_VERSION = 1
+RETRY_S = 1.0  # a failed commit is tried again after this long
+EVENTS_LOADED = 5000  # events brought back into memory per episode (the coordinator keeps as many)
+
+metadata = MetaData()
+meta = Table("meta", metadata,
+             Column("key", String(64), primary_key=True),
+             Column("value", Text, nullable=False))
+episodes = Table("episodes", metadata,
+                 Column("id", String(64), primary_key=True),
+                 Column("owner", String(128), nullable=False),
+                 Column("arrival", Integer, nullable=False),
+                 Column("status", String(16), nullable=False),
+                 Column("submitted_at", Float, nullable=False),
+                 Column("started_at", Float),
+                 Column("finished_at", Float),
+                 Column("request", Text, nullable=False),
+                 Column("error", Text),
+                 Column("stop_reason", Text),
+                 Column("artifacts", Text, nullable=False),
+                 Index("episodes_by_owner", "owner", "arrival"),
+                 Index("episodes_by_status", "status"))
+nodes = Table("nodes", metadata,
+              Column("episode_id", String(64), primary_key=True),
+              Column("node", String(32), primary_key=True),
+              Column("state", String(16), nullable=False),
+              Column("figures", Text, nullable=False),
+              Column("result", Text))
+events = Table("events", metadata,
+               Column("episode_id", String(64), primary_key=True),
+               Column("seq", Integer, primary_key=True),
+               Column("body", Text, nullable=False))
+
+_ARTIFACTS = TypeAdapter(list[Artifact])
+ACCEPTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+class StateStoreError(Exception):
+    """The store cannot be used: a URL it does not take, a schema it cannot read, a database it
+    cannot reach. The message is one line, and names no password."""
+
+
+class StateStore:
+    def __init__(self, engine: AsyncEngine, where: str) -> None:
+        """Use ``open``, which makes the engine and checks the schema."""
+        self._engine = engine
+        self.where = where  # the URL without its password, for messages
+        self._upsert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # Writes queued, newest wins per row; events in order.
+        self._episodes: dict[str, dict[str, Any]] = {}
+        self._nodes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._events: list[dict[str, Any]] = []
+        self._queued = 0  # the number of the newest write queued
+        self._committed = 0  # every write numbered up to this is committed
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._writer: asyncio.Task[None] | None = None
+        self.failure: str | None = None  # why the last commit failed, until one succeeds
+        self._failures = 0  # commits failed so far
+
+    @classmethod
+    async def open(cls, url: str) -> StateStore:
+        """The store at ``url``, its tables made if it is new. Raises ``StateStoreError`` for a
+        URL of another kind, a store of another schema version, or one that cannot be reached."""
+        try:
+            parsed = make_url(url)
+        except Exception:  # SQLAlchemy's ArgumentError, or a ValueError of a bad port
+            raise StateStoreError("the state URL is not a database URL") from None
+        where = parsed.render_as_string(hide_password=True)
+        if parsed.drivername not in ACCEPTED_SCHEMES:
+            raise StateStoreError(f"state URL {where}: use {' or '.join(ACCEPTED_SCHEMES)}")
+        if parsed.drivername.startswith("sqlite") and parsed.database:
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StateStoreError(f"cannot create the state store's folder for {where}: "
+                                      f"{err.strerror}") from None
+        try:
+            engine = create_async_engine(parsed)
+        except ImportError:  # the driver is an extra: asyncpg for PostgreSQL
+            raise StateStoreError(f"state URL {where}: its driver is not installed (for "
+                                  "PostgreSQL: pip install 'showrunner[postgres]')") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_prepare_schema, where)
+        except StateStoreError:
+            await engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError) as err:
+            await engine.dispose()
+            raise StateStoreError(f"cannot open the state store {where}: "
+                                  f"{_first_line(err)}") from None
+        return cls(engine, where)
+
+    async def close(self) -> None:
+        """Commit what is queued, then let the database go."""
+        with contextlib.suppress(StateStoreError):
+            await self.flush()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._engine.dispose()
+
+    # -- writes, queued ---------------------------------------------------------------------
+
+    def put_episode(self, record: EpisodeRecord) -> None:
+        """The episode's own row as it stands (not its nodes or events)."""
+        self._episodes[record.id] = {
+            "id": record.id, "owner": record.owner, "arrival": record.arrival,
+            "status": record.status.value, "submitted_at": record.submitted_at,
+            "started_at": record.started_at, "finished_at": record.finished_at,
+            "request": record.request.model_dump_json(), "error": record.error,
+            "stop_reason": record.engine.stop_reason,
+            "artifacts": _ARTIFACTS.dump_json(record.artifacts).decode()}
+        self._queue()
+
+    def put_nodes(self, record: EpisodeRecord, nids: Iterable[NodeId]) -> None:
+        """These nodes' rows as they stand: state, figures and result (once made)."""
+        for nid in nids:
+            result = record.results.get(nid)
+            figures = record.nodes.get(nid) or NodeRecord()
+            self._nodes[record.id, str(nid)] = {
+                "episode_id": record.id, "node": str(nid),
+                "state": record.engine.node_state(nid).value,
+                "figures": figures.model_dump_json(),
+                "result": result.model_dump_json() if result is not None else None}
+        self._queue()
+
+    def put_event(self, episode_id: str, event_: Event) -> None:
+        self._events.append({"episode_id": episode_id, "seq": event_.seq,
+                             "body": event_.model_dump_json()})
+        self._queue()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed; raise ``StateStoreError`` if a
+        commit tried meanwhile fails (what is queued is kept, and tried again)."""
+        target, failures = self._queued, self._failures
+        async with self._progress:
+            while self._committed < target:
+                if self._failures > failures:
+                    raise StateStoreError(f"the state store {self.where} cannot be written: "
+                                          f"{self.failure}")
+                await self._progress.wait()
+
+    def _queue(self) -> None:
+        self._queued += 1
+        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            upto = self._queued
+            batch = self._episodes, self._nodes, self._events
+            self._episodes, self._nodes, self._events = {}, {}, []
+            try:
+                async with self._engine.begin() as conn:
+                    await self._commit(conn, *batch)
+            except (SQLAlchemyError, OSError) as err:
+                self._put_back(*batch)
+                self.failure = _first_line(err)
+                self._failures += 1
+                log.warning("the state store %s cannot be written (trying again): %s",
+                            self.where, self.failure)
+                async with self._progress:
+                    self._progress.notify_all()
+                await asyncio.sleep(RETRY_S)
+                self._wake.set()
+                continue
+            self.failure = None
+            async with self._progress:
+                self._committed = upto
+                self._progress.notify_all()
+
+    async def _commit(self, conn: AsyncConnection, episode_rows: dict[str, dict[str, Any]],
+                      node_rows: dict[tuple[str, str], dict[str, Any]],
+                      event_rows: list[dict[str, Any]]) -> None:
+        # Episodes first: a node or event row never names an episode not yet stored.
+        for table, rows, keys in ((episodes, list(episode_rows.values()), ["id"]),
+                                  (nodes, list(node_rows.values()), ["episode_id", "node"])):
+            if rows:
+                statement = self._upsert(table)
+                await conn.execute(statement.on_conflict_do_update(
+                    index_elements=keys,
+                    set_={c.name: statement.excluded[c.name] for c in table.columns
+                          if c.name not in keys}), rows)
+        if event_rows:
+            await conn.execute(self._upsert(events).on_conflict_do_nothing(), event_rows)
+
+    def _put_back(self, episode_rows: dict[str, dict[str, Any]],
+                  node_rows: dict[tuple[str, str], dict[str, Any]],
+                  event_rows: list[dict[str, Any]]) -> None:
+        """Queue a failed batch again, under anything newer queued meanwhile."""
+        self._episodes = {**episode_rows, **self._episodes}
+        self._nodes = {**node_rows, **self._nodes}
+        self._events = [*event_rows, *self._events]
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def unfinished(self) -> list[EpisodeRecord]:
+        """Every episode not yet finished, whole, in arrival order: what a restarted coordinator
+        takes up again."""
+        open_states = [s.value for s in EpisodeStatus if not s.finished]
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(episodes).where(
+                episodes.c.status.in_(open_states)).order_by(episodes.c.arrival))).all()
+            return [await _record(conn, row._mapping) for row in rows]
+
+    async def record(self, episode_id: str) -> EpisodeRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(episodes).where(
+                episodes.c.id == episode_id))).first()
+            return await _record(conn, row._mapping) if row is not None else None
+
+    async def statuses(self, episode_ids: Sequence[str]) -> dict[str, EpisodeStatus]:
+        """The status of each of these episodes the store has."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(episodes.c.id, episodes.c.status).where(
+                episodes.c.id.in_(list(episode_ids))))
+            return {row.id: EpisodeStatus(row.status) for row in rows}
+
+    async def last_arrival(self) -> int:
+        """The highest arrival number given so far (0 for a new store): a restarted coordinator
+        numbers new episodes after it."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(episodes.c.arrival).order_by(
+                episodes.c.arrival.desc()).limit(1))
+            return rows.scalar() or 0
+
+
+async def _record(conn: AsyncConnection, row: Any) -> EpisodeRecord:
+    """An episode's record from its rows: the engine's state from its nodes' states (a node that
+    was running is neither done nor failed, so it runs again)."""
+    engine = EngineState(stop_reason=row["stop_reason"])
+    figures: dict[NodeId, NodeRecord] = {}
+    results: dict[NodeId, NodeResult] = {}
+    settled = {NodeState.DONE: engine.done, NodeState.FAILED: engine.failed,
+               NodeState.SKIPPED: engine.skipped}
+    for node in await conn.execute(select(nodes).where(nodes.c.episode_id == row["id"])):
+        nid = NodeId.parse(node.node)
+        figures[nid] = NodeRecord.model_validate_json(node.figures)
+        state = NodeState(node.state)
+        if state in settled:
+            settled[state].add(nid)
+        if node.result is not None and state is NodeState.DONE:
+            results[nid] = RESULT_TYPES[nid.kind].model_validate_json(node.result)
+    kept = (await conn.execute(select(events.c.body).where(events.c.episode_id == row["id"])
+                               .order_by(events.c.seq.desc()).limit(EVENTS_LOADED))).scalars()
+    return EpisodeRecord(
+        id=row["id"], owner=row["owner"], arrival=row["arrival"],
+        status=EpisodeStatus(row["status"]), submitted_at=row["submitted_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        request=EpisodeRequest.model_validate_json(row["request"]), error=row["error"],
+        artifacts=_ARTIFACTS.validate_json(row["artifacts"]), engine=engine, nodes=figures,
+        results=results, events=[Event.model_validate_json(b) for b in reversed(list(kept))])
+
+
+def _prepare_schema(conn: Connection, where: str) -> None:
+    """Make the tables of a new store; check an existing store's version."""
+    if not inspect(conn).has_table(meta.name):
+        metadata.create_all(conn)
+        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        return
+    found = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    if found is None or not found.isdigit():
+        raise StateStoreError(f"the state store {where} has no schema version: not a "
+                              "Showrunner store")
+    if int(found) != SCHEMA_VERSION:
+        newer = int(found) > SCHEMA_VERSION
+        raise StateStoreError(
+            f"the state store {where} has schema version {found}; this Showrunner reads "
+            f"version {SCHEMA_VERSION}" + ("; upgrade Showrunner" if newer else
+                                           "; no migration from it exists"))
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    """WAL lets readers (``showrunner status``, another process) read while the coordinator
+    writes; NORMAL syncs at checkpoints, not at every commit, which a killed process never
+    loses; the busy timeout waits out another writer instead of failing at once."""
+    cursor = connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _first_line(err: BaseException) -> str:
+    """An error's own message, on one line: SQLAlchemy adds the statement and a link below."""
+    original = getattr(err, "orig", None) or err
+    return (str(original).strip().splitlines() or [type(original).__name__])[0]
