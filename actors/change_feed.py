@@ -31,6 +31,11 @@ class ChangeFeed:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    def forget(self, key: str) -> None:
+        """Stop tracking a key that will not change again (a finished episode let go), so the
+        feed does not grow with every key it ever saw. Its waiters, if any, stay."""
+        self._versions.pop(key, None)
+
     def changed_since(self, since: int) -> list[str]:
         """Keys changed after version ``since``, oldest change first."""
         changed = []

@@ -39,6 +39,7 @@ from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.planner import STITCH_ID, NodeId, NodeKind, dialogue_id
 from pipelines.screenplay import write_script
 from pipelines.settings import ProviderKind, Settings
+from pipelines.tenancy import Claim, fingerprint
 
 log = logging.getLogger("showrunner.coordinator")
 
@@ -47,6 +48,10 @@ MAX_EVENTS = 5000
 GAUGE_INTERVAL_S = 0.5
 MAX_REASON_CHARS = 4000
 LONGEST_POLL_S = 60.0
+# Finished episodes kept in memory, the newest; older ones are read from the state store when
+# asked for, so a long-running service's memory does not grow with every episode it ran.
+KEEP_FINISHED = 200
+CANCEL_POLL_S = 1.0  # how often the store is asked for cancels another process asked for
 
 
 class EpisodeCoordinator:
@@ -80,33 +85,90 @@ class EpisodeCoordinator:
         self._state_url = state_url
         self.store: StateStore | None = None
         self._loaded: asyncio.Task[None] | None = None
+        self._cancel_watch: asyncio.Task[None] | None = None
+        self._finished: dict[str, None] = {}  # finished episodes in memory, oldest first
+        self._claims: dict[str, Claim] = {}  # idempotency keys' claims, when there is no store
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
     async def submit_many(self, requests: list[EpisodeRequest], *, ids: list[str] | None = None,
-                          owner: str = "") -> list[EpisodeView]:
+                          owner: str = "", resume: bool = False, claim_key: str | None = None
+                          ) -> list[EpisodeView]:
         """Queue episodes; each starts as soon as a slot is free. Returns their views (their ids
-        are made here unless given; a given id must be new)."""
+        are made here unless given; a given id must be new).
+
+        With ``resume``, a given id may name an episode this store already has, of the same
+        request and owner: one that runs goes on, a completed one is returned as it is, and a
+        failed or cancelled one runs again from its done nodes (what a re-run command asks)."""
         await self.ready()
         chosen = list(ids) if ids is not None else [uuid.uuid4().hex[:12] for _ in requests]
-        if len(chosen) != len(requests):
-            raise ValueError("ids and requests differ in length")
-        stored = await self.store.statuses(chosen) if self.store is not None else {}
-        taken = [i for i in chosen if i in self.records or i in stored]
-        if taken or len(set(chosen)) != len(chosen):
-            raise ValueError(f"episode ids must be new and distinct: {taken or chosen}")
+        if len(chosen) != len(requests) or len(set(chosen)) != len(chosen):
+            raise ValueError("give one distinct id per request")
+        known = {i: r for i, r in zip(chosen, await self._find(chosen), strict=True)
+                 if r is not None}
+        if known and not resume:
+            raise ValueError(f"episode ids must be new: {sorted(known)}")
+        for request, episode_id in zip(requests, chosen, strict=True):
+            if episode_id in known and (known[episode_id].request != request
+                                        or known[episode_id].owner != owner):
+                raise ValueError(f"episode {episode_id} exists with another request or owner")
         if self.output_root is None and any(r.media for r in requests):
             raise ValueError("media needs an output folder: start the coordinator with one")
         for request, episode_id in zip(requests, chosen, strict=True):
-            self._arrivals += 1
-            record = EpisodeRecord(id=episode_id, request=request, owner=owner,
-                                   submitted_at=time.time(), arrival=self._arrivals)
-            self.records[episode_id] = record
-            heapq.heappush(self._queue, (-request.priority, record.arrival, episode_id))
-            self._emit(record, EventKind.QUEUED, message=f"{request.scenes} scenes")
+            record = known.get(episode_id)
+            if record is None:
+                self._arrivals += 1
+                record = EpisodeRecord(id=episode_id, request=request, owner=owner,
+                                       submitted_at=time.time(), arrival=self._arrivals)
+                self._queue_episode(record, f"{request.scenes} scenes")
+            elif record.status in (EpisodeStatus.FAILED, EpisodeStatus.CANCELLED):
+                again = _to_run_again(record)
+                if self.store is not None:  # its failed and skipped nodes are pending again
+                    self.store.put_nodes(again, record.engine.failed | record.engine.skipped)
+                self._queue_episode(again, f"run again: {len(record.engine.done)} nodes kept")
+        if claim_key is not None:
+            claim = Claim(fingerprint(requests), tuple(chosen))
+            if self.store is not None:
+                self.store.put_claim(claim_key, owner, claim)
+            else:
+                self._claims[claim_key] = claim
         self._admit()
         await self._stored()  # acknowledged once it would survive this process
-        return [EpisodeView.of(self.records[i]) for i in chosen]
+        return [EpisodeView.of(r) for r in await self._find(chosen) if r is not None]
+
+    async def claimed(self, claim_key: str) -> Claim | None:
+        """What was made under an idempotency key, if anything was."""
+        await self.ready()
+        if self.store is not None:
+            return await self.store.claim(claim_key)
+        return self._claims.get(claim_key)
+
+    async def page(self, owner: str, status: EpisodeStatus | None = None, limit: int = 20,
+                   after: int = 0) -> tuple[list[EpisodeView], int | None]:
+        """An owner's episodes in submission order after arrival number ``after`` (only those
+        in ``status``, if given): the page, and the number to ask after next (None at the
+        end)."""
+        await self.ready()
+        if self.store is not None:
+            rows = await self.store.page(owner=owner, status=status, limit=limit + 1,
+                                         after=after)
+            listed = [(r.arrival, r.id) for r in rows]
+        else:
+            listed = sorted((r.arrival, r.id) for r in self.records.values()
+                            if r.owner == owner and r.arrival > after
+                            and (status is None or r.status is status))[:limit + 1]
+        page = listed[:limit]
+        found = await self._find([i for _, i in page])
+        more = len(listed) > limit
+        return [EpisodeView.of(r) for r in found if r is not None], (page[-1][0] if more else None)
+
+    async def unfinished_count(self, owner: str) -> int:
+        """How many of an owner's episodes are queued or running."""
+        await self.ready()
+        if self.store is not None:
+            return await self.store.count_unfinished(owner)
+        return sum(1 for r in self.records.values()
+                   if r.owner == owner and not r.status.finished)
 
     async def submit(self, request: EpisodeRequest, episode_id: str | None = None,
                      owner: str = "") -> str:
@@ -172,7 +234,8 @@ class EpisodeCoordinator:
         """
         await self.ready()
         version = await self.feed.listen_for_change(since, min(timeout_s, LONGEST_POLL_S))
-        return version, [EpisodeView.of(self.records[i]) for i in self.feed.changed_since(since)]
+        return version, [EpisodeView.of(self.records[i]) for i in self.feed.changed_since(since)
+                         if i in self.records]
 
     async def events(self, episode_id: str, after: int = 0, timeout_s: float = 0.0
                      ) -> list[Event]:
@@ -191,7 +254,7 @@ class EpisodeCoordinator:
         return _after(record, after)
 
     async def wait(self, episode_ids: Iterable[str] | None = None) -> list[EpisodeView]:
-        """Return when every given episode (default: all) has finished."""
+        """Return when every given episode (default: all) has finished, and that is stored."""
         await self.ready()
         ids = list(episode_ids) if episode_ids is not None else list(self.records)
         for episode_id in ids:
@@ -199,6 +262,7 @@ class EpisodeCoordinator:
             while not record.status.finished:
                 await self.feed.listen_for_change(self.feed.version_of(episode_id), 5.0,
                                                   key=episode_id)
+        await self._stored()  # ended, and its ending stored
         return [EpisodeView.of(await self._get(i)) for i in ids]
 
     async def ping(self) -> str:
@@ -225,17 +289,44 @@ class EpisodeCoordinator:
         assert self._state_url is not None
         self.store = await StateStore.open(self._state_url)
         self._arrivals = await self.store.last_arrival()
+        cancelled = set(await self.store.cancels_requested())
         for record in await self.store.unfinished():
             kept = record.engine.settled()
-            record.status = EpisodeStatus.QUEUED
-            self.records[record.id] = record
-            if record.started_at is not None:  # its events' times go on from where they were
-                self._started[record.id] = time.monotonic() - (time.time() - record.started_at)
-            heapq.heappush(self._queue, (-record.request.priority, record.arrival, record.id))
-            self._emit(record, EventKind.QUEUED, message=f"taken up again after a restart: "
-                       f"{kept} of {len(record.plan().nodes)} nodes kept")
+            if record.id in cancelled:  # asked while no coordinator ran it
+                self.records[record.id] = record
+                self._finish(record, EpisodeStatus.CANCELLED, "cancelled")
+                continue
+            self._queue_episode(record, f"taken up again after a restart: {kept} of "
+                                f"{len(record.plan().nodes)} nodes kept")
             log.info("episode %s taken up again (%d nodes kept)", record.id, kept)
         self._admit()
+        self._cancel_watch = asyncio.create_task(self._watch_cancels())
+
+    async def _watch_cancels(self) -> None:
+        """Act on cancels asked through the store (``showrunner cancel`` from another
+        process), within a second, while episodes are unfinished."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            if not (self._tasks or self._queue):
+                continue
+            try:
+                asked = await self.store.cancels_requested()
+            except Exception:  # a store that cannot be read now: ask again next time
+                log.warning("reading the cancels asked failed", exc_info=True)
+                continue
+            for episode_id in asked:
+                if episode_id in self.records:
+                    await self.cancel(episode_id)
+
+    def _queue_episode(self, record: EpisodeRecord, message: str) -> None:
+        record.status = EpisodeStatus.QUEUED
+        self._finished.pop(record.id, None)  # (one run again)
+        self.records[record.id] = record
+        if record.started_at is not None:  # its events' times go on from where they were
+            self._started[record.id] = time.monotonic() - (time.time() - record.started_at)
+        heapq.heappush(self._queue, (-record.request.priority, record.arrival, record.id))
+        self._emit(record, EventKind.QUEUED, message=message)
 
     async def _stored(self) -> None:
         """Wait until what was queued for the store is committed. A store that cannot be
@@ -324,6 +415,20 @@ class EpisodeCoordinator:
         record.finished_at = time.time()
         self._emit(record, EventKind.ending(status), message=reason or "")
         log.info("episode %s %s%s", record.id, status.value, f": {reason}" if reason else "")
+        self._let_go(record.id)
+
+    def _let_go(self, episode_id: str) -> None:
+        """Keep the newest finished episodes in memory; let the oldest go, once the store has
+        what they say (not while it cannot be written)."""
+        if self.store is None:
+            return
+        self._finished[episode_id] = None
+        while len(self._finished) > KEEP_FINISHED and self.store.failure is None:
+            oldest = next(iter(self._finished))
+            del self._finished[oldest]
+            self.records.pop(oldest, None)
+            self._started.pop(oldest, None)
+            self.feed.forget(oldest)
 
     def _keep_script(self, record: EpisodeRecord) -> str | None:
         """Write the episode's script as it stands, if it has one and a folder; say what went
@@ -384,6 +489,17 @@ class EpisodeCoordinator:
             self.metrics.episodes(queued=len(self._queue), running=len(self._tasks),
                                   nodes_in_flight=sum(len(r.engine.running)
                                                       for r in self._runs.values()))
+
+
+def _to_run_again(record: EpisodeRecord) -> EpisodeRecord:
+    """A failed or cancelled episode, made ready to run again: its done nodes kept, its failed
+    and skipped ones to be tried again, its ending forgotten."""
+    engine = record.engine.model_copy(update={"failed": set(), "skipped": set(),
+                                              "stop_reason": None, "window": None})
+    for nid in record.engine.failed:
+        record.nodes.pop(nid, None)
+    return record.model_copy(update={"engine": engine, "error": None, "finished_at": None,
+                                     "artifacts": []})
 
 
 def _after(record: EpisodeRecord, seq: int) -> list[Event]:

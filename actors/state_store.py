@@ -5,6 +5,7 @@ stopped and never runs a node whose result is stored.
     episodes   one row per episode: request, owner, status, times, why it ended
     nodes      one row per node that started: its state, figures and result
     events     every event, numbered per episode (what ``Last-Event-ID`` resumes from)
+    claims     each idempotency key's request: its fingerprint and the episodes it made
     meta       the schema's version
 
 SQLAlchemy 2 Core with its asyncio extension: SQLite (aiosqlite, in WAL mode) by default, and the
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import (
     Column,
     Float,
@@ -39,6 +42,7 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    func,
     inspect,
     select,
 )
@@ -52,6 +56,7 @@ from pipelines.episode_folder import Artifact
 from pipelines.episode_state import RESULT_TYPES, EpisodeRecord, Event, NodeRecord, NodeResult
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.planner import NodeId
+from pipelines.tenancy import Claim
 
 log = logging.getLogger("showrunner.state")
 
@@ -75,6 +80,8 @@ episodes = Table("episodes", metadata,
                  Column("error", Text),
                  Column("stop_reason", Text),
                  Column("artifacts", Text, nullable=False),
+                 # Set by ``showrunner cancel`` (any process); the coordinator acts on it.
+                 Column("cancel_requested_at", Float),
                  Index("episodes_by_owner", "owner", "arrival"),
                  Index("episodes_by_status", "status"))
 nodes = Table("nodes", metadata,
@@ -83,12 +90,18 @@ nodes = Table("nodes", metadata,
               Column("state", String(16), nullable=False),
               Column("figures", Text, nullable=False),
               Column("result", Text))
+claims = Table("claims", metadata,  # what each idempotency key's first request made
+               Column("key", String(64), primary_key=True),
+               Column("owner", String(128), nullable=False),
+               Column("fingerprint", String(64), nullable=False),
+               Column("ids", Text, nullable=False))
 events = Table("events", metadata,
                Column("episode_id", String(64), primary_key=True),
                Column("seq", Integer, primary_key=True),
                Column("body", Text, nullable=False))
 
 _ARTIFACTS = TypeAdapter(list[Artifact])
+OTHERS_WRITE = frozenset({"cancel_requested_at"})  # columns the coordinator's rows leave alone
 ACCEPTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
@@ -107,6 +120,7 @@ class StateStore:
         self._episodes: dict[str, dict[str, Any]] = {}
         self._nodes: dict[tuple[str, str], dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
+        self._claims: list[dict[str, Any]] = []
         self._queued = 0  # the number of the newest write queued
         self._committed = 0  # every write numbered up to this is committed
         self._wake = asyncio.Event()
@@ -190,6 +204,12 @@ class StateStore:
                              "body": event_.model_dump_json()})
         self._queue()
 
+    def put_claim(self, key: str, owner: str, claim: Claim) -> None:
+        """An idempotency key's claim; the first stays if the key is claimed twice."""
+        self._claims.append({"key": key, "owner": owner, "fingerprint": claim.fingerprint,
+                             "ids": json.dumps(claim.ids)})
+        self._queue()
+
     async def flush(self) -> None:
         """Return once everything queued so far is committed; raise ``StateStoreError`` if a
         commit tried meanwhile fails (what is queued is kept, and tried again)."""
@@ -212,8 +232,8 @@ class StateStore:
             await self._wake.wait()
             self._wake.clear()
             upto = self._queued
-            batch = self._episodes, self._nodes, self._events
-            self._episodes, self._nodes, self._events = {}, {}, []
+            batch = self._episodes, self._nodes, self._events, self._claims
+            self._episodes, self._nodes, self._events, self._claims = {}, {}, [], []
             try:
                 async with self._engine.begin() as conn:
                     await self._commit(conn, *batch)
@@ -235,7 +255,8 @@ class StateStore:
 
     async def _commit(self, conn: AsyncConnection, episode_rows: dict[str, dict[str, Any]],
                       node_rows: dict[tuple[str, str], dict[str, Any]],
-                      event_rows: list[dict[str, Any]]) -> None:
+                      event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]]
+                      ) -> None:
         # Episodes first: a node or event row never names an episode not yet stored.
         for table, rows, keys in ((episodes, list(episode_rows.values()), ["id"]),
                                   (nodes, list(node_rows.values()), ["episode_id", "node"])):
@@ -244,17 +265,19 @@ class StateStore:
                 await conn.execute(statement.on_conflict_do_update(
                     index_elements=keys,
                     set_={c.name: statement.excluded[c.name] for c in table.columns
-                          if c.name not in keys}), rows)
-        if event_rows:
-            await conn.execute(self._upsert(events).on_conflict_do_nothing(), event_rows)
+                          if c.name not in keys and c.name not in OTHERS_WRITE}), rows)
+        for table, rows in ((events, event_rows), (claims, claim_rows)):
+            if rows:
+                await conn.execute(self._upsert(table).on_conflict_do_nothing(), rows)
 
     def _put_back(self, episode_rows: dict[str, dict[str, Any]],
                   node_rows: dict[tuple[str, str], dict[str, Any]],
-                  event_rows: list[dict[str, Any]]) -> None:
+                  event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]]) -> None:
         """Queue a failed batch again, under anything newer queued meanwhile."""
         self._episodes = {**episode_rows, **self._episodes}
         self._nodes = {**node_rows, **self._nodes}
         self._events = [*event_rows, *self._events]
+        self._claims = [*claim_rows, *self._claims]
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -280,6 +303,54 @@ class StateStore:
                 episodes.c.id.in_(list(episode_ids))))
             return {row.id: EpisodeStatus(row.status) for row in rows}
 
+    async def page(self, *, owner: str | None = None, status: EpisodeStatus | None = None,
+                   limit: int = 50, after: int = 0) -> list[EpisodeSummary]:
+        """Episodes in arrival order after arrival number ``after`` (an owner's, those in a
+        status, if given), without their nodes and events: what a listing shows."""
+        query = select(*SUMMARY_COLUMNS).where(episodes.c.arrival > after)
+        if owner is not None:
+            query = query.where(episodes.c.owner == owner)
+        if status is not None:
+            query = query.where(episodes.c.status == status.value)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query.order_by(episodes.c.arrival).limit(limit))
+            return [_summary(row._mapping) for row in rows]
+
+    async def claim(self, key: str) -> Claim | None:
+        """What the idempotency key ``key`` made, if it was used."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(claims).where(claims.c.key == key))).first()
+        return Claim(row.fingerprint, tuple(json.loads(row.ids))) if row is not None else None
+
+    async def count_unfinished(self, owner: str) -> int:
+        """How many of an owner's episodes are queued or running."""
+        open_states = [s.value for s in EpisodeStatus if not s.finished]
+        async with self._engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(episodes).where(
+                episodes.c.owner == owner, episodes.c.status.in_(open_states)))).scalar() or 0
+
+    async def request_cancel(self, episode_id: str) -> EpisodeStatus | None:
+        """Ask whichever coordinator runs the episode (now, or when the storage is next taken
+        up) to cancel it; returns its status as stored, None if there is no such episode."""
+        async with self._engine.begin() as conn:
+            status = (await conn.execute(select(episodes.c.status).where(
+                episodes.c.id == episode_id))).scalar()
+            if status is None:
+                return None
+            if not EpisodeStatus(status).finished:
+                await conn.execute(episodes.update().where(episodes.c.id == episode_id).values(
+                    cancel_requested_at=time.time()))
+            return EpisodeStatus(status)
+
+    async def cancels_requested(self) -> list[str]:
+        """Unfinished episodes someone asked to cancel."""
+        open_states = [s.value for s in EpisodeStatus if not s.finished]
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(episodes.c.id).where(
+                episodes.c.cancel_requested_at.is_not(None),
+                episodes.c.status.in_(open_states)))
+            return list(rows.scalars())
+
     async def last_arrival(self) -> int:
         """The highest arrival number given so far (0 for a new store): a restarted coordinator
         numbers new episodes after it."""
@@ -287,6 +358,37 @@ class StateStore:
             rows = await conn.execute(select(episodes.c.arrival).order_by(
                 episodes.c.arrival.desc()).limit(1))
             return rows.scalar() or 0
+
+
+class EpisodeSummary(BaseModel):
+    """An episode as a listing shows it: its own row, none of its nodes or events."""
+
+    id: str
+    owner: str
+    arrival: int
+    status: EpisodeStatus
+    premise: str
+    scenes: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    cancel_requested: bool
+
+
+SUMMARY_COLUMNS = (episodes.c.id, episodes.c.owner, episodes.c.arrival, episodes.c.status,
+                   episodes.c.request, episodes.c.submitted_at, episodes.c.started_at,
+                   episodes.c.finished_at, episodes.c.error, episodes.c.cancel_requested_at)
+
+
+def _summary(row: Any) -> EpisodeSummary:
+    request = EpisodeRequest.model_validate_json(row["request"])
+    return EpisodeSummary(
+        id=row["id"], owner=row["owner"], arrival=row["arrival"],
+        status=EpisodeStatus(row["status"]), premise=request.premise, scenes=request.scenes,
+        submitted_at=row["submitted_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], error=row["error"],
+        cancel_requested=row["cancel_requested_at"] is not None)
 
 
 async def _record(conn: AsyncConnection, row: Any) -> EpisodeRecord:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.errors import DiskFull, EncoderCrashed, MediaError, NodeFailed
-from pipelines.files import write_atomic
+from pipelines.files import publish, write_atomic
 from pipelines.settings import EncodingSettings
 
 GAP_S = 0.35  # silence between two lines
@@ -249,7 +249,7 @@ def pan_clip(image: str, out_path: str, seconds: int = 4,
                             pan_filter(encoding.width, encoding.height, seconds, encoding.fps),
                             "-t", str(seconds), "-r", str(encoding.fps), *x264(encoding),
                             *ONE_THREAD, str(partial)])
-        partial.replace(target)
+        publish(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     return LocalWork(cpu_s=round(cpu_s, 4), run_s=round(time.monotonic() - started, 4))
@@ -288,7 +288,7 @@ def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
         cpu_s = run_ffmpeg([*inputs, "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
                             "-t", f"{length:.3f}", *x264(encoding), *aac(encoding),
                             *ONE_THREAD, "-movflags", "+faststart", str(partial)])
-        partial.replace(target)
+        publish(partial, target)
     return ComposedScene(length_s=length, cues=tuple(scene_cues), cpu_s=round(cpu_s, 4),
                          run_s=round(time.monotonic() - started, 4))
 
@@ -306,7 +306,7 @@ def stitch(folder: EpisodeFolder, scenes: Sequence[tuple[int, ComposedScene]],
         # Every scene was encoded alike, so the streams are joined without re-encoding.
         run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
                     "-movflags", "+faststart", str(partial)])
-        partial.replace(folder.artifact(Artifact.VIDEO))
+        publish(partial, folder.artifact(Artifact.VIDEO))
     all_cues, offset = [], 0.0
     for _, scene in scenes:
         all_cues += [Cue(start_s=c.start_s + offset, end_s=c.end_s + offset, text=c.text)

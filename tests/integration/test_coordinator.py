@@ -14,6 +14,7 @@ import pytest
 
 from actors.coordinator import EpisodeCoordinator
 from actors.gateway import ProviderGateway
+from actors.state_store import StateStore
 from local_server.process import LocalServer
 from pipelines.engine import NodeState
 from pipelines.episode_folder import SCRIPT_ARTIFACTS
@@ -51,6 +52,7 @@ def make(
     wrap: Callable[[Any], Any] | None = None,
     attempts: int = 2,
     timeout_s: float = 10,
+    state_url: str | None = None,
     **settings: Any,
 ) -> tuple[EpisodeCoordinator, ProviderGateway]:
     """A coordinator on real gateways to ``server``: text, and speech and images for media."""
@@ -68,7 +70,8 @@ def make(
     if wrap:
         providers[ProviderKind.LLM] = wrap(gateways[ProviderKind.LLM])
     coordinator = EpisodeCoordinator(
-        Settings(llm=llm, tts=tts, image=image, **settings), providers, output_root=str(tmp_path)
+        Settings(llm=llm, tts=tts, image=image, **settings), providers, output_root=str(tmp_path),
+        state_url=state_url,
     )
     return coordinator, gateways[ProviderKind.LLM]
 
@@ -494,3 +497,103 @@ async def test_a_failed_or_cancelled_episode_keeps_what_it_paid_for(
     assert view.status is EpisodeStatus.CANCELLED
     assert json.loads((tmp_path / cancelled / "script.json").read_text())["scenes"][1]["dialogue"]
     assert "episode.mp4" in {m.what for m in view.missing}
+
+
+# -- with a state store ------------------------------------------------------------------------
+
+
+class Counting:
+    """Wraps the real gateway; counts the calls it passes on, by the prompt's first line."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway, self.calls = gateway, []
+
+    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        self.calls.append(messages[-1]["content"].splitlines()[0])
+        return await self.gateway.chat(messages, **kwargs)
+
+
+async def test_a_failed_episode_runs_again_from_its_done_nodes(
+    local_server: Start, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.02)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'showrunner.db'}"
+    request = script(premise="A tide clock stops.", scenes=3)
+    first, _ = make(server, tmp_path, state_url=url,
+                    wrap=lambda g: FailFor(g, "Write scene 2:"))
+    [made] = await first.submit_many([request], ids=["ep-again"])
+    [view] = await first.wait([made.id])
+    assert view.status is EpisodeStatus.FAILED
+    done_before = (await first.episode("ep-again")).engine.done
+    assert done_before and content_id(2) not in done_before
+    await first.store.close()
+
+    counting: list[Counting] = []
+    second, _ = make(server, tmp_path, state_url=url,
+                     wrap=lambda g: counting.append(Counting(g)) or counting[0])
+    with pytest.raises(ValueError, match="must be new"):
+        await second.submit_many([request], ids=["ep-again"])
+    with pytest.raises(ValueError, match="another request"):
+        await second.submit_many([script(premise="Other.", scenes=3)], ids=["ep-again"],
+                                 resume=True)
+    [again] = await second.submit_many([request], ids=["ep-again"], resume=True)
+    [view] = await second.wait([again.id])
+    assert view.status is EpisodeStatus.COMPLETED, view.error
+    record = await second.episode("ep-again")
+    assert done_before <= record.engine.done
+    # Only what was not done before was asked for.
+    assert len(counting[0].calls) == len(record.engine.done) - len(done_before)
+    [same] = await second.submit_many([request], ids=["ep-again"], resume=True)
+    assert same.status is EpisodeStatus.COMPLETED and len(counting[0].calls) == len(
+        record.engine.done) - len(done_before)  # completed: returned as it is
+    await second.store.close()
+
+
+async def test_a_cancel_asked_through_the_store_stops_the_episode(
+    local_server: Start, tmp_path: Path
+) -> None:
+    server = local_server(latency_scale=0.3)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'showrunner.db'}"
+    coordinator, _ = make(server, tmp_path, state_url=url)
+    [long, short] = await coordinator.submit_many(
+        [script(premise="A long night.", scenes=30), script(premise="A short day.", scenes=1)])
+    other = await StateStore.open(url)  # as ``showrunner cancel`` does, from another process
+    try:
+        assert await other.request_cancel(long.id) in (EpisodeStatus.QUEUED,
+                                                       EpisodeStatus.RUNNING)
+        assert await other.request_cancel("nobody") is None
+        asked = time.monotonic()
+        [view] = await coordinator.wait([long.id])
+        assert view.status is EpisodeStatus.CANCELLED
+        assert time.monotonic() - asked < 10
+        [view] = await coordinator.wait([short.id])
+        assert view.status is EpisodeStatus.COMPLETED
+        assert await other.statuses([long.id]) == {long.id: EpisodeStatus.CANCELLED}
+        assert await other.request_cancel(short.id) is EpisodeStatus.COMPLETED
+    finally:
+        await other.close()
+        await coordinator.store.close()
+
+
+async def test_finished_episodes_leave_memory_and_are_served_from_the_store(
+    local_server: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("actors.coordinator.KEEP_FINISHED", 2)
+    server = local_server(latency_scale=0.0)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'showrunner.db'}"
+    coordinator, _ = make(server, tmp_path, state_url=url, max_parallel_episodes=5)
+    made = await coordinator.submit_many([script(premise=f"Pier {n}.", scenes=1)
+                                          for n in range(5)])
+    ids = [v.id for v in made]
+    views = await coordinator.wait(ids)
+    assert [v.status for v in views] == [EpisodeStatus.COMPLETED] * 5
+    assert len(coordinator.records) == 2  # the newest finished only
+    let_go = [i for i in ids if i not in coordinator.records]
+    assert len(let_go) == 3
+    for episode_id in let_go:  # still answered, whole, from the store
+        view = await coordinator.view(episode_id)
+        assert view is not None and view.status is EpisodeStatus.COMPLETED
+        events = await coordinator.events(episode_id)
+        assert events[-1].kind is EventKind.COMPLETED
+    assert await coordinator.statuses(let_go) == [EpisodeStatus.COMPLETED] * 3
+    await coordinator.store.close()

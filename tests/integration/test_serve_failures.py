@@ -179,3 +179,24 @@ def test_killed_coordinator_is_503_until_back_and_open_streams_are_told(base_url
     completed = client(KEY_A).get(f"{base_url}/v1/episodes", params={"status": "completed"},
                                   timeout=10).json()["episodes"]
     assert {long["id"], made.json()["id"]} <= {e["id"] for e in completed}
+
+
+def test_a_killed_desk_forgets_nothing(base_url: str) -> None:
+    """Owners and idempotency keys are the coordinator's, in its state store: the desk keeps
+    nothing a restart could lose."""
+    keyed = {"Idempotency-Key": "failures-desk-1"}
+    first = client(KEY_B).post(f"{base_url}/v1/episodes", json=script(), headers=keyed,
+                               timeout=30)
+    assert first.status_code == 202, first.text
+    os.kill(pid_of("tenants"), signal.SIGKILL)
+    wait_for(lambda: answers_again(base_url), 60, "the service to answer again")
+    listed = client(KEY_B).get(f"{base_url}/v1/episodes", params={"limit": 100}, timeout=10)
+    assert first.json()["id"] in {e["id"] for e in listed.json()["episodes"]}, listed.text
+    assert first.json()["id"] not in {e["id"] for e in client(KEY_A).get(
+        f"{base_url}/v1/episodes", params={"limit": 100}, timeout=10).json()["episodes"]}
+    again = client(KEY_B).post(f"{base_url}/v1/episodes", json=script(), headers=keyed,
+                               timeout=30)
+    assert again.json()["id"] == first.json()["id"], again.text
+    other = client(KEY_B).post(f"{base_url}/v1/episodes", json=script(premise="Another."),
+                               headers=keyed, timeout=30)
+    assert other.status_code == 422, other.text

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
-from pipelines.files import umask, write_atomic
+from pipelines.files import publish, umask, write_atomic
 from pipelines.models import (
     EpisodeRequest,
     EpisodeStatus,
@@ -158,3 +158,29 @@ def test_files_get_the_mode_the_umask_gives(tmp_path: Path, mask: int) -> None:
         os.umask(previous)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == {0o666 & ~mask}
+
+
+def test_files_are_synced_before_their_rename_and_the_rename_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power cut cannot be had here: the order of the real syscalls is what is checked."""
+    order: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        order.append("sync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        order.append(f"rename to {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_atomic(tmp_path / "script.md", "# Title\n")
+    partial = tmp_path / ".episode.mp4.partial"
+    partial.write_bytes(b"\0" * 10)
+    publish(partial, tmp_path / "episode.mp4")
+    assert order[0].startswith("sync .script.md.") and order[1:] == [
+        "rename to script.md", f"sync {tmp_path.name}", "sync .episode.mp4.partial",
+        "rename to episode.mp4", f"sync {tmp_path.name}"]
+    assert (tmp_path / "episode.mp4").read_bytes() == b"\0" * 10
