@@ -63,7 +63,7 @@ class Deployment:
 
     def __init__(
         self, settings: DeploymentSettings, provider: ProviderSettings, clock: Clock,
-        client_factory: Callable[..., openai.AsyncOpenAI],
+        client_factory: Callable[..., openai.AsyncOpenAI], start_empty: bool = False,
     ) -> None:
         assert settings.base_url is not None, "resolve the local server's URL before this"
         base_url = str(settings.base_url)
@@ -81,7 +81,7 @@ class Deployment:
         self.limiter = RateLimiter(
             Limits(
                 rpm=settings.rpm, tpm=settings.tpm, max_inflight=settings.max_inflight,
-                burst_s=provider.burst_s, reserve=ARRIVAL_RESERVE,
+                burst_s=provider.burst_s, reserve=ARRIVAL_RESERVE, start_empty=start_empty,
             ),
             clock,
         )
@@ -115,7 +115,9 @@ class ProviderGateway:
         client_factory: Callable[..., openai.AsyncOpenAI] = openai.AsyncOpenAI,
         rng: random.Random | None = None,
         metrics: ProviderMetrics = NO_METRICS,
+        start_empty: bool = False,
     ) -> None:
+        """``start_empty``: the limiters start with empty buckets (see ``Limits``)."""
         self.kind = kind
         self.settings = settings
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
@@ -132,7 +134,7 @@ class ProviderGateway:
         self.deployments = [
             Deployment(
                 d if d.base_url is not None else d.model_copy(update={"base_url": local_base_url}),
-                settings, self._clock, client_factory,
+                settings, self._clock, client_factory, start_empty,
             )
             for d in deployments
         ]

@@ -68,16 +68,20 @@ class Limits:
     # A share of the burst never spent, so that requests reordered on their way to the server
     # (connections differ in speed) find its bucket holding the tokens they were granted here.
     reserve: float = 0.0
+    # Start with empty buckets rather than a second's burst: a limiter that replaces one which
+    # may have spent this second's quota just now (a restarted provider actor) must not spend
+    # it again.
+    start_empty: bool = False
 
 
 class TokenBucket:
     """Continuously refilled; the level may go negative when a permit is settled above estimate."""
 
-    def __init__(self, per_second: float, burst_s: float, now: float, reserve: float = 0.0
-                 ) -> None:
+    def __init__(self, per_second: float, burst_s: float, now: float, reserve: float = 0.0,
+                 empty: bool = False) -> None:
         self.reserve = reserve
         self.rate, self.capacity = self._shape(per_second, burst_s)
-        self.level = self.capacity
+        self.level = 0.0 if empty else self.capacity
         self._updated = now
         # Net amount ever taken (takes minus refunds): lets a server's old answer be replayed
         # against what we sent after it (see ``RateLimiter.observe``).
@@ -181,12 +185,12 @@ class RateLimiter:
         self._clock = clock or LoopClock()
         now = self._clock.now()
         self._requests = (
-            TokenBucket(limits.rpm / 60, limits.burst_s, now, limits.reserve) if limits.rpm
-            else None
+            TokenBucket(limits.rpm / 60, limits.burst_s, now, limits.reserve,
+                        limits.start_empty) if limits.rpm else None
         )
         self._tokens = (
-            TokenBucket(limits.tpm / 60, limits.burst_s, now, limits.reserve) if limits.tpm
-            else None
+            TokenBucket(limits.tpm / 60, limits.burst_s, now, limits.reserve,
+                        limits.start_empty) if limits.tpm else None
         )
         self._max_inflight = limits.max_inflight or math.inf
         self.inflight = 0

@@ -57,12 +57,21 @@ def _options(name: str, detached: bool) -> dict[str, Any]:
     return options
 
 
+class ProviderActor(ProviderGateway):
+    """A provider's gateway as its actor. One that Ray restarted starts with empty buckets:
+    the process before it may have spent this second's quota just before it died."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        super().__init__(*args, start_empty=restarted, **kwargs)
+
+
 def provider_actor(kind: ProviderKind, settings: ProviderSettings, *,
                    local_base_url: str | None = None, name: str | None = None,
                    detached: bool = False) -> Any:
     """The provider's actor, created on first use and shared after (got-if-exists by name)."""
     return (
-        ray.remote(ProviderGateway)
+        ray.remote(ProviderActor)
         .options(**_options(name or actor_name(kind), detached))
         .remote(kind, settings, local_base_url=local_base_url,
                 metrics=RayProviderMetrics(kind.value))

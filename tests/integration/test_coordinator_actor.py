@@ -220,5 +220,8 @@ async def test_a_killed_coordinator_takes_its_episodes_up_again_from_the_store(
     taken_up = [e for r in after for e in r.events if "taken up again" in e.message]
     assert taken_up, "no episode says it was taken up again"
     total = sum(len(r.plan().nodes) for r in after)
-    assert total <= server.stats()["chat"]["accepted"] <= total + 4
+    # Paid again at most: the calls in flight at the kill (4 at most: the provider actor still
+    # finishes them for the dead caller) and nodes that finished in the moment before it, not
+    # yet committed. Never the whole run again.
+    assert total <= server.stats()["chat"]["accepted"] <= total + 8
     run.stop()

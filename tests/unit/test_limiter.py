@@ -65,6 +65,23 @@ async def test_burst_is_one_second_of_quota_then_steady_rate() -> None:
     assert [i for _, _, i in rec.grants] == list(range(20))  # FIFO within one key
 
 
+async def test_a_limiter_started_empty_has_no_burst_only_the_rate() -> None:
+    """What a restarted provider actor gets: the one before may have spent this second."""
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(rpm=600, tpm=60_000, start_empty=True), clock)
+    rec = Recorder(limiter, clock)
+    for i in range(30):
+        rec.start("ep", i, tokens=10)
+    await settle()
+    assert rec.grants == []
+    clock.advance(0.1)
+    await settle()
+    assert len(rec.grants) == 1
+    clock.advance(1.0)
+    await settle()
+    assert len(rec.grants) == 11  # 10 a second from the start, never a burst
+
+
 async def test_a_larger_burst_setting_allows_a_larger_first_burst() -> None:
     clock = FakeClock()
     limiter = RateLimiter(Limits(rpm=600, burst_s=3.0), clock)
