@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http serve clean
+.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http bench-scale serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-media: $(STAMP)
 
 bench-http: $(STAMP)
 	$(PY) -m bench.http
+
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale
 
 bench: bench-provider bench-strategies bench-media bench-http
 
