@@ -125,6 +125,7 @@ class EpisodeCoordinator:
                 again = _to_run_again(record)
                 if self.store is not None:  # its failed and skipped nodes are pending again
                     self.store.put_nodes(again, record.engine.failed | record.engine.skipped)
+                    self.store.forget_cancel(episode_id)
                 self._queue_episode(again, f"run again: {len(record.engine.done)} nodes kept")
         if claim_key is not None:
             claim = Claim(fingerprint(requests), tuple(chosen))

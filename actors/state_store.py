@@ -60,7 +60,7 @@ from pipelines.tenancy import Claim
 
 log = logging.getLogger("showrunner.state")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cancels asked through the store, idempotency claims
 RETRY_S = 1.0  # a failed commit is tried again after this long
 EVENTS_LOADED = 5000  # events brought back into memory per episode (the coordinator keeps as many)
 
@@ -121,6 +121,7 @@ class StateStore:
         self._nodes: dict[tuple[str, str], dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
         self._claims: list[dict[str, Any]] = []
+        self._uncancel: set[str] = set()  # episodes run again: a cancel asked before is spent
         self._queued = 0  # the number of the newest write queued
         self._committed = 0  # every write numbered up to this is committed
         self._wake = asyncio.Event()
@@ -204,6 +205,11 @@ class StateStore:
                              "body": event_.model_dump_json()})
         self._queue()
 
+    def forget_cancel(self, episode_id: str) -> None:
+        """An episode runs again: a cancel asked of its earlier run does not stop this one."""
+        self._uncancel.add(episode_id)
+        self._queue()
+
     def put_claim(self, key: str, owner: str, claim: Claim) -> None:
         """An idempotency key's claim; the first stays if the key is claimed twice."""
         self._claims.append({"key": key, "owner": owner, "fingerprint": claim.fingerprint,
@@ -232,8 +238,9 @@ class StateStore:
             await self._wake.wait()
             self._wake.clear()
             upto = self._queued
-            batch = self._episodes, self._nodes, self._events, self._claims
+            batch = self._episodes, self._nodes, self._events, self._claims, self._uncancel
             self._episodes, self._nodes, self._events, self._claims = {}, {}, [], []
+            self._uncancel = set()
             try:
                 async with self._engine.begin() as conn:
                     await self._commit(conn, *batch)
@@ -255,8 +262,8 @@ class StateStore:
 
     async def _commit(self, conn: AsyncConnection, episode_rows: dict[str, dict[str, Any]],
                       node_rows: dict[tuple[str, str], dict[str, Any]],
-                      event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]]
-                      ) -> None:
+                      event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]],
+                      uncancel: set[str]) -> None:
         # Episodes first: a node or event row never names an episode not yet stored.
         for table, rows, keys in ((episodes, list(episode_rows.values()), ["id"]),
                                   (nodes, list(node_rows.values()), ["episode_id", "node"])):
@@ -269,15 +276,20 @@ class StateStore:
         for table, rows in ((events, event_rows), (claims, claim_rows)):
             if rows:
                 await conn.execute(self._upsert(table).on_conflict_do_nothing(), rows)
+        if uncancel:
+            await conn.execute(episodes.update().where(episodes.c.id.in_(sorted(uncancel)))
+                               .values(cancel_requested_at=None))
 
     def _put_back(self, episode_rows: dict[str, dict[str, Any]],
                   node_rows: dict[tuple[str, str], dict[str, Any]],
-                  event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]]) -> None:
+                  event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]],
+                  uncancel: set[str]) -> None:
         """Queue a failed batch again, under anything newer queued meanwhile."""
         self._episodes = {**episode_rows, **self._episodes}
         self._nodes = {**node_rows, **self._nodes}
         self._events = [*event_rows, *self._events]
         self._claims = [*claim_rows, *self._claims]
+        self._uncancel |= uncancel
 
     # -- reads ------------------------------------------------------------------------------
 

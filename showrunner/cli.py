@@ -1,6 +1,10 @@
 """The ``showrunner`` command (also ``python -m showrunner``).
 
 Bad input stops here with one line that names the problem and exit code 2, before anything runs.
+An episode id the store does not have, or a store that cannot be read, is bad input too.
+
+Exit codes: 0 when a run's episodes all completed, or a listing or a cancel was answered; 1 when
+a run ended with an episode not completed; 2 for bad input; 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.models import EpisodeRequest
+from actors.state_store import StateStoreError
+from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.premises import (
     MAX_FILE_BYTES,
     BadInput,
@@ -27,6 +32,7 @@ from pipelines.settings import (
     load_settings,
     settings_reference,
 )
+from showrunner import stored
 
 EXIT_USAGE = 2
 
@@ -50,6 +56,10 @@ def _settings_view(settings: Settings) -> dict:
     return data
 
 
+STORAGE_HELP = "the storage folder (default: settings, SHOWRUNNER_STORAGE, ./out)"
+LIST_LIMIT, MAX_LIST_LIMIT = 50, 100_000
+
+
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR",
                         help="where episodes and report.json go "
@@ -57,6 +67,12 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="FILE", help="also write the run report here")
     parser.add_argument("--latency-scale", type=float, default=1.0, metavar="X",
                         help="scale the bundled server's latencies (default: 1, realistic)")
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", metavar="DIR", help=STORAGE_HELP)
+    parser.add_argument("--limit", type=int, default=LIST_LIMIT, metavar="N",
+                        help=f"the newest N episodes (default: {LIST_LIMIT})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_flags(demo)
 
+    resume = commands.add_parser(
+        "resume", help="finish the unfinished episodes of a storage (after a crash or a kill)")
+    _add_output_flags(resume)
+
+    status = commands.add_parser(
+        "status", help="how the episodes are, or one in detail (reads the store; no Ray)")
+    status.add_argument("id", nargs="?", metavar="ID", help="one episode, in detail")
+    _add_store_flags(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    listing = commands.add_parser("list", help="the storage's episodes, newest last")
+    _add_store_flags(listing)
+    listing.add_argument("--status", choices=[s.value for s in EpisodeStatus],
+                         help="only episodes in this status")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel an episode, whichever process runs it (or runs it next)")
+    cancel.add_argument("id", metavar="ID", help="the episode")
+    cancel.add_argument("--output", metavar="DIR", help=STORAGE_HELP)
+
     serve = commands.add_parser(
         "serve", help="run the HTTP API (Ray Serve) until Ctrl-C"
     )
@@ -132,19 +169,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(settings, args)
-    if not 0 <= args.latency_scale <= 100:
-        return _fail(f"--latency-scale must be from 0 to 100, not {args.latency_scale}")
+    storage = Path(args.output) if args.output is not None else settings.storage_path()
     try:
-        requests = _requests(args)
-        # Last: nothing is created for bad input.
-        output_dir = _output_dir(
-            args.output if args.output is not None else str(settings.storage_path()))
-    except BadInput as err:
+        if args.command in STORE_COMMANDS:
+            return _store_command(args, settings, storage)
+        return _run(args, settings, storage)
+    except (BadInput, StateStoreError, stored.UnknownEpisode, stored.NoStore) as err:
         return _fail(str(err))
+
+
+# Read the state store directly: no Ray, nothing created.
+STORE_COMMANDS = ("status", "list", "cancel")
+
+
+def _store_command(args: argparse.Namespace, settings: Settings, storage: Path) -> int:
+    at = stored.StoreAt.of(settings, storage)
+    if args.command == "cancel":
+        return stored.cancel(at, args.id)
+    if not 1 <= args.limit <= MAX_LIST_LIMIT:
+        raise BadInput(f"--limit must be from 1 to {MAX_LIST_LIMIT}, not {args.limit}")
+    if args.command == "list":
+        status = EpisodeStatus(args.status) if args.status else None
+        return stored.list_episodes(at, status, args.limit, args.json)
+    if args.id is not None:
+        return stored.status_of(at, storage, args.id, args.json)
+    return stored.status_of_all(at, args.limit, args.json)
+
+
+def _run(args: argparse.Namespace, settings: Settings, storage: Path) -> int:
+    """``run``, ``demo`` and ``resume``: each takes up the storage's unfinished episodes."""
+    if not 0 <= args.latency_scale <= 100:
+        raise BadInput(f"--latency-scale must be from 0 to 100, not {args.latency_scale}")
+    requests = _requests(args) if args.command != "resume" else []
+    at = stored.StoreAt.of(settings, storage)
+    earlier = stored.unfinished(at)  # creates nothing; a store it cannot read stops here
+    if args.command == "resume" and not earlier:
+        print(f"nothing to resume in {at.label}", file=sys.stderr)
+        return 0
+    output_dir = _output_dir(str(storage))  # last: nothing is created for bad input
     from showrunner.console import run_and_show
 
     return run_and_show(settings, requests, output_dir,
-                        Path(args.report) if args.report else None, args.latency_scale)
+                        Path(args.report) if args.report else None, args.latency_scale,
+                        earlier)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

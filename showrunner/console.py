@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from actors.state_store import EpisodeSummary
 from pipelines.episode_view import EpisodeView
-from pipelines.models import EpisodeRequest
+from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import Settings
 from showrunner import launcher
 
@@ -27,13 +28,20 @@ def run_and_show(
     output_dir: Path,
     report_file: Path | None,
     latency_scale: float,
+    earlier: Sequence[EpisodeSummary] = (),
 ) -> int:
+    """Run the episodes asked for and follow them, with ``earlier``: the storage's unfinished
+    episodes, which the coordinator takes up by itself as it starts (``showrunner resume`` is
+    this with nothing new asked). Followed to the end, they are in the report too, rather than
+    cut off mid-call when this process ends."""
     console = Console(stderr=True)
     with launcher.local_server_if_needed(settings, latency_scale) as local_url:
         launcher.ensure_ray()
         run = launcher.start_run(settings, output_dir, local_url)
-        seen = {view.id: view for view in launcher.queue(run, requests)}
-        ids = list(seen)
+        seen = {view.id: view for view in launcher.queue(run, requests)} if requests else {}
+        taken_up = [e.id for e in earlier if e.id not in seen]
+        _say_what_goes_on(console, list(seen.values()), earlier, taken_up)
+        ids = [*taken_up, *seen]
         interrupted = False
         with _progress_view(console, ids) as show:
 
@@ -55,7 +63,28 @@ def run_and_show(
     log.info("run report: %s", report["totals"])
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if all(e["status"] == "completed" for e in report["episodes"]) else EXIT_FAILED
+    # One cancelled with ``showrunner cancel`` while no run went on ended as it was asked to.
+    asked = {e.id for e in earlier if e.cancel_requested}
+    return EXIT_OK if all(e["status"] == "completed"
+                          or (e["status"] == "cancelled" and e["id"] in asked)
+                          for e in report["episodes"]) else EXIT_FAILED
+
+
+def _say_what_goes_on(console: Console, queued: list[EpisodeView],
+                      earlier: Sequence[EpisodeSummary], taken_up: list[str]) -> None:
+    """Which episodes this storage already had: a run asked again is not a new run."""
+    unfinished = {e.id for e in earlier}
+    notes = [
+        ("already completed on this storage, shown as they are",
+         [v.id for v in queued if v.status is EpisodeStatus.COMPLETED]),
+        ("going on from their stored nodes",
+         [v.id for v in queued if v.id in unfinished]),
+        ("unfinished on this storage, taken up", taken_up),
+    ]
+    for what, ids in notes:
+        if ids:
+            console.print(f"{len(ids)} episode(s) {what}: {' '.join(ids)}", soft_wrap=True,
+                          highlight=False)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from pipelines.files import write_atomic
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.report import build_report
 from pipelines.settings import ProviderKind, Settings
+from showrunner.ids import episode_ids
 
 # Served by the bundled server when their base_url is unset; a video provider is used only when
 # one is configured (otherwise clips are made locally).
@@ -288,5 +289,8 @@ def submit(run: Run, requests: list[EpisodeRequest]) -> list[str]:
 
 
 def queue(run: Run, requests: list[EpisodeRequest]) -> list[EpisodeView]:
-    """Queue the episodes; returns how they are at first."""
-    return ray.get(run.coordinator.submit_many.remote(requests))
+    """Queue the episodes under their stable ids (``showrunner.ids``); returns how they are at
+    first. One the storage already has goes on from its stored nodes, or is shown as done: the
+    same command run again continues it instead of paying for it twice."""
+    return ray.get(run.coordinator.submit_many.remote(requests, ids=episode_ids(requests),
+                                                      resume=True))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,13 +19,97 @@ from tests.support import cmdline_of, descendants, wait_for
 ROOT = Path(__file__).parents[2]
 
 
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
+    return {**clean, **(extra or {}), "PYTHONPATH": str(ROOT)}
+
+
 def showrunner(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
     return subprocess.run(
         [sys.executable, "-m", "showrunner", *args], capture_output=True, text=True,
-        env={**clean, **(env or {}), "PYTHONPATH": str(ROOT)}, cwd=cwd or ROOT, timeout=timeout,
+        env=_env(env), cwd=cwd or ROOT, timeout=timeout,
     )
+
+
+class Running:
+    """A ``showrunner`` command going on in its own process group, its stderr collected."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "showrunner", *args], stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(), start_new_session=True)
+        self.seen: list[str] = []
+        assert self.proc.stderr is not None
+        self.reader = threading.Thread(
+            target=lambda: self.seen.extend(iter(self.proc.stderr.readline, "")), daemon=True)
+        self.reader.start()
+
+    def said(self) -> str:
+        return "".join(self.seen)
+
+    def alive(self) -> bool:
+        assert self.proc.poll() is None, self.said()[-3000:]
+        return True
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return code
+
+    def kill_group(self) -> None:
+        """SIGKILL its whole process group, as a crash or a closed terminal would: its keeper
+        dies too, so what its Ray left running is ended here, and nothing of the dead run writes
+        to the store while the next command runs."""
+        raylets = [pid for pid in descendants(self.proc.pid) if _exe(pid) == "raylet"]
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        left = {pid for raylet in raylets for pid in _started_by(raylet)}
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not any(_alive(pid) for pid in left), 10, "the killed run's workers")
+
+
+def _exe(pid: int) -> str:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return ""
+
+
+def _started_by(raylet: int) -> list[int]:
+    """The workers and agents of a raylet, wherever they were reparented (Ray marks them)."""
+    mark = f"RAY_RAYLET_PID={raylet}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and mark in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:  # the state follows the name, which is in brackets and may hold spaces
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def listing(out: Path) -> list[dict]:
+    """``showrunner status --json``: every episode of the storage with how far it got."""
+    result = showrunner("status", "--json", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def details(out: Path, episode: str) -> dict:
+    result = showrunner("status", episode, "--json", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+TAKEN_UP = re.compile(r"taken up again after a restart: (\d+) of (\d+) nodes kept")
 
 
 @pytest.mark.parametrize(
@@ -166,24 +252,13 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "showrunner", "run", "--premise", "A slow heist", "--scenes", "8",
-         "--output", str(tmp_path / "out"), "--latency-scale", "3"],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT)},
-    )
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")),
-                              daemon=True)
-    reader.start()
-
-    def started() -> bool:  # the progress bar shows it started
-        assert proc.poll() is None, "".join(seen)[-2000:]
-        return any("running" in line for line in seen)
-
-    wait_for(started, 60, lambda: "the run to start: " + "".join(seen)[-2000:], interval=0.1)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    cli = Running("run", "--premise", "A slow heist", "--scenes", "8",
+                  "--output", str(tmp_path / "out"), "--latency-scale", "3")
+    # The progress lines show it started.
+    wait_for(lambda: cli.alive() and "running" in cli.said(), 60,
+             lambda: "the run to start: " + cli.said()[-2000:], interval=0.1)
+    cli.proc.send_signal(signal.SIGINT)
+    assert cli.wait(timeout=60) == 130
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     [episode] = report["episodes"]
     assert episode["status"] == "cancelled" and episode["scenes_completed"] < 8
@@ -192,30 +267,126 @@ def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:
 def test_a_killed_coordinator_comes_back_and_the_run_completes(tmp_path: Path) -> None:
     """It used to end in an ActorDiedError traceback, exit 1 and no report; then in a report of
     lost episodes. Ray restarts the coordinator, which takes them up from the state store."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "showrunner", "run", "--premise", "A slow heist", "--scenes", "8",
-         "--episodes", "2", "--script-only", "--output", str(tmp_path / "out"),
-         "--latency-scale", "2"],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT)},
-    )
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")),
-                              daemon=True)
-    reader.start()
+    cli = Running("run", "--premise", "A slow heist", "--scenes", "4", "--episodes", "2",
+                  "--script-only", "--output", str(tmp_path / "out"), "--latency-scale", "1")
 
     def coordinator() -> list[int]:
-        assert proc.poll() is None, "".join(seen)[-2000:]
-        return [pid for pid in descendants(proc.pid)
+        cli.alive()
+        return [pid for pid in descendants(cli.proc.pid)
                 if cmdline_of(pid).startswith(b"ray::EpisodeCoordinator")]
 
-    wait_for(lambda: any("running" in line for line in seen) and coordinator(), 60,
-             lambda: "the run to start: " + "".join(seen)[-2000:], interval=0.1)
+    wait_for(lambda: "running" in cli.said() and coordinator(), 60,
+             lambda: "the run to start: " + cli.said()[-2000:], interval=0.1)
     os.kill(coordinator()[0], signal.SIGKILL)
-    assert proc.wait(timeout=180) == 0, "".join(seen)[-3000:]
-    reader.join(timeout=10)
-    assert "Traceback" not in "".join(seen), "".join(seen)[-3000:]
+    assert cli.wait(timeout=180) == 0, cli.said()[-3000:]
+    assert "Traceback" not in cli.said(), cli.said()[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [e["status"] for e in report["episodes"]] == ["completed", "completed"]
     for entry in report["episodes"]:
         assert Path(entry["output_dir"], "script.md").is_file()
+
+
+# -- crash and resume: the state store outlives the run ---------------------------------------
+
+SLOW_RUN = ("run", "--premise", "A slow heist", "--episodes", "2", "--scenes", "5", "--lines",
+            "1", "--script-only", "--latency-scale", "2")
+NODES = 1 + 2 * 5  # an outline, and a content and a dialogue per scene: one LLM call each
+
+
+@pytest.mark.parametrize("again", ["the same command", "resume"])
+def test_a_killed_run_goes_on_from_its_stored_nodes(again: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = (*SLOW_RUN, "--output", str(out))
+    cli = Running(*command)
+
+    def some_stored() -> list[dict]:  # some nodes of each are stored, and neither is over
+        cli.alive()
+        episodes = listing(out) if (out / "showrunner.db").exists() else []
+        return episodes if len(episodes) == 2 and all(
+            20 <= e["percent"] < 100 for e in episodes) else []
+
+    before = wait_for(some_stored, 90, lambda: "nodes stored: " + cli.said()[-2000:],
+                      interval=0.2)
+    cli.kill_group()
+    stored = {e["id"]: round(e["percent"] * NODES / 100) for e in listing(out)}
+    assert {e["status"] for e in listing(out)} <= {"queued", "running"}  # left unfinished
+
+    if again == "resume":
+        result = showrunner("resume", "--output", str(out), "--latency-scale", "0.2", timeout=180)
+    else:
+        result = showrunner(*command, timeout=180)
+        assert "2 episode(s) going on from their stored nodes" in result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [e["id"] for e in report["episodes"]] == [e["id"] for e in before]  # the same ids
+    assert [e["status"] for e in report["episodes"]] == ["completed", "completed"]
+    kept = {}
+    for episode in stored:
+        shown = details(out, episode)
+        assert shown["status"] == "completed" and Path(shown["files"]["script.md"]).is_file()
+        [(made, total)] = [TAKEN_UP.fullmatch(e["message"]).groups() for e in shown["events"]
+                           if TAKEN_UP.fullmatch(e["message"])]
+        assert int(total) == NODES and int(made) >= stored[episode]
+        kept[episode] = int(made)
+    # What was stored was not asked for again: one call for each node that was not.
+    assert report["totals"]["providers"]["llm"]["calls"] == sum(NODES - k for k in kept.values())
+
+
+def test_status_list_and_cancel_read_the_store(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = ("run", "--premise", "A bakery heist.", "--scenes", "2", "--lines", "1",
+               "--script-only", "--latency-scale", "0", "--output", str(out))
+    assert showrunner(*command, timeout=180).returncode == 0
+    first = json.loads((out / "report.json").read_text())
+    [episode] = [e["id"] for e in first["episodes"]]
+    # The same command again: the same episode, shown as it is, nothing paid again.
+    again = showrunner(*command, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"1 episode(s) already completed on this storage, shown as they are: {episode}" in (
+        again.stderr)
+    report = json.loads((out / "report.json").read_text())
+    assert [e["id"] for e in report["episodes"]] == [episode]
+    assert report["totals"]["providers"]["llm"]["calls"] == 0
+
+    plain = showrunner("list", "--output", str(out))
+    [line] = plain.stdout.splitlines()
+    assert line.split()[:4] == [episode, "completed", "2", "scenes"] and "A bakery heist." in line
+    [row] = json.loads(showrunner("list", "--json", "--output", str(out)).stdout)
+    assert row["id"] == episode and row["status"] == "completed" and row["scenes"] == 2
+    status = showrunner("status", episode, "--output", str(out))
+    assert f"episode   {episode}: completed, 100.0%" in status.stdout
+    assert "scenes    done 1-2" in status.stdout
+
+    cancel = showrunner("cancel", episode, "--output", str(out))
+    assert (cancel.returncode, cancel.stdout.strip()) == (0, f"{episode}: already completed")
+    unknown = showrunner("cancel", "0123456789ab", "--output", str(out))
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == f"showrunner: error: no episode 0123456789ab in {out}"
+    nothing = tmp_path / "nothing"
+    for args in (["list"], ["status"], ["cancel", episode]):
+        result = showrunner(*args, "--output", str(nothing))
+        assert result.stderr.strip().endswith(f"no episodes in {nothing}: nothing has run there")
+        assert "Traceback" not in result.stderr
+    assert not nothing.exists()
+
+
+def test_cancel_from_another_process_ends_the_episode_in_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli = Running("run", "--premise", "A slow heist", "--scenes", "8", "--lines", "1",
+                  "--script-only", "--latency-scale", "2", "--output", str(out))
+
+    def running() -> str | None:
+        cli.alive()
+        episodes = listing(out) if (out / "showrunner.db").exists() else []
+        return episodes[0]["id"] if episodes and episodes[0]["status"] == "running" else None
+
+    episode = wait_for(running, 90, lambda: "the run to start: " + cli.said()[-2000:],
+                       interval=0.2)
+    cancel = showrunner("cancel", episode, "--output", str(out))
+    assert (cancel.returncode, cancel.stdout.strip()) == (0, f"{episode}: cancelled"), (
+        cancel.stderr)
+    assert cli.wait(timeout=30) == 1, cli.said()[-3000:]  # an episode did not complete
+    [entry] = json.loads((out / "report.json").read_text())["episodes"]
+    assert entry["id"] == episode and entry["status"] == "cancelled"
+    assert entry["scenes_completed"] < 8
+    assert details(out, episode)["status"] == "cancelled"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors.coordinator import EpisodeCoordinator
+from actors.coordinator import CANCEL_POLL_S, EpisodeCoordinator
 from actors.gateway import ProviderGateway
 from actors.state_store import StateStore
 from local_server.process import LocalServer
@@ -570,6 +570,13 @@ async def test_a_cancel_asked_through_the_store_stops_the_episode(
         assert view.status is EpisodeStatus.COMPLETED
         assert await other.statuses([long.id]) == {long.id: EpisodeStatus.CANCELLED}
         assert await other.request_cancel(short.id) is EpisodeStatus.COMPLETED
+        # Run again, it is not cancelled again by the cancel its earlier run was asked.
+        request = (await coordinator.episode(long.id)).request
+        await coordinator.submit_many([request], ids=[long.id], resume=True)
+        await asyncio.sleep(3 * CANCEL_POLL_S)
+        assert (await coordinator.view(long.id)).status is EpisodeStatus.RUNNING
+        assert await other.cancels_requested() == []
+        await coordinator.cancel(long.id)
     finally:
         await other.close()
         await coordinator.store.close()

@@ -219,7 +219,7 @@ def test_a_killed_cli_stops_spending_and_leaves_no_process(
         [raylet] = [p for p in session if _is_raylet(p)]
         session |= _started_by_raylet(raylet.pid)
         names = " | ".join(sorted(p.name() for p in session))
-        assert "local_server" in names and "ray::ProviderGateway" in names, names
+        assert "local_server" in names and "ray::ProviderActor" in names, names
 
         os.kill(cli.pid, signal.SIGKILL)
         cli.wait()
