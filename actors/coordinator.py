@@ -88,6 +88,7 @@ class EpisodeCoordinator:
         self._cancel_watch: asyncio.Task[None] | None = None
         self._finished: dict[str, None] = {}  # finished episodes in memory, oldest first
         self._claims: dict[str, Claim] = {}  # idempotency keys' claims, when there is no store
+        self._queued_at: dict[str, float] = {}  # when each episode in memory was last queued
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
@@ -290,7 +291,7 @@ class EpisodeCoordinator:
         assert self._state_url is not None
         self.store = await StateStore.open(self._state_url)
         self._arrivals = await self.store.last_arrival()
-        cancelled = set(await self.store.cancels_requested())
+        cancelled = await self.store.cancels_requested()
         for record in await self.store.unfinished():
             kept = record.engine.settled()
             if record.id in cancelled:  # asked while no coordinator ran it
@@ -316,13 +317,15 @@ class EpisodeCoordinator:
             except Exception:  # a store that cannot be read now: ask again next time
                 log.warning("reading the cancels asked failed", exc_info=True)
                 continue
-            for episode_id in asked:
-                if episode_id in self.records:
+            for episode_id, when in asked.items():
+                # (not a cancel of an earlier run, read before its run again was stored)
+                if episode_id in self.records and when > self._queued_at.get(episode_id, 0.0):
                     await self.cancel(episode_id)
 
     def _queue_episode(self, record: EpisodeRecord, message: str) -> None:
         record.status = EpisodeStatus.QUEUED
         self._finished.pop(record.id, None)  # (one run again)
+        self._queued_at[record.id] = time.time()
         self.records[record.id] = record
         if record.started_at is not None:  # its events' times go on from where they were
             self._started[record.id] = time.monotonic() - (time.time() - record.started_at)
@@ -429,6 +432,7 @@ class EpisodeCoordinator:
             del self._finished[oldest]
             self.records.pop(oldest, None)
             self._started.pop(oldest, None)
+            self._queued_at.pop(oldest, None)
             self.feed.forget(oldest)
 
     def _keep_script(self, record: EpisodeRecord) -> str | None:

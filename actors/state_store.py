@@ -354,14 +354,14 @@ class StateStore:
                     cancel_requested_at=time.time()))
             return EpisodeStatus(status)
 
-    async def cancels_requested(self) -> list[str]:
-        """Unfinished episodes someone asked to cancel."""
+    async def cancels_requested(self) -> dict[str, float]:
+        """Unfinished episodes someone asked to cancel, with when they asked."""
         open_states = [s.value for s in EpisodeStatus if not s.finished]
         async with self._engine.connect() as conn:
-            rows = await conn.execute(select(episodes.c.id).where(
-                episodes.c.cancel_requested_at.is_not(None),
-                episodes.c.status.in_(open_states)))
-            return list(rows.scalars())
+            rows = await conn.execute(select(episodes.c.id, episodes.c.cancel_requested_at)
+                                      .where(episodes.c.cancel_requested_at.is_not(None),
+                                             episodes.c.status.in_(open_states)))
+            return {row.id: row.cancel_requested_at for row in rows}
 
     async def last_arrival(self) -> int:
         """The highest arrival number given so far (0 for a new store): a restarted coordinator

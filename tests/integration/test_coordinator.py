@@ -575,7 +575,7 @@ async def test_a_cancel_asked_through_the_store_stops_the_episode(
         await coordinator.submit_many([request], ids=[long.id], resume=True)
         await asyncio.sleep(3 * CANCEL_POLL_S)
         assert (await coordinator.view(long.id)).status is EpisodeStatus.RUNNING
-        assert await other.cancels_requested() == []
+        assert await other.cancels_requested() == {}
         await coordinator.cancel(long.id)
     finally:
         await other.close()
