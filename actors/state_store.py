@@ -363,6 +363,21 @@ class StateStore:
                                              episodes.c.status.in_(open_states)))
             return {row.id: row.cancel_requested_at for row in rows}
 
+    async def prune(self, finished_before: float) -> list[str]:
+        """Delete the rows of every episode that finished before ``finished_before`` (epoch
+        seconds), in one transaction; returns their ids (their folders are the caller's)."""
+        finished_states = [s.value for s in EpisodeStatus if s.finished]
+        async with self._engine.begin() as conn:
+            ids = list((await conn.execute(select(episodes.c.id).where(
+                episodes.c.status.in_(finished_states),
+                episodes.c.finished_at < finished_before))).scalars())
+            for start in range(0, len(ids), 500):  # (a bound on an IN list's size)
+                chunk = ids[start:start + 500]
+                for table in (nodes, events):
+                    await conn.execute(table.delete().where(table.c.episode_id.in_(chunk)))
+                await conn.execute(episodes.delete().where(episodes.c.id.in_(chunk)))
+            return ids
+
     async def last_arrival(self) -> int:
         """The highest arrival number given so far (0 for a new store): a restarted coordinator
         numbers new episodes after it."""

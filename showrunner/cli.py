@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id", metavar="ID", help="the episode")
     cancel.add_argument("--output", metavar="DIR", help=STORAGE_HELP)
 
+    prune = commands.add_parser(
+        "prune", help="remove the rows and files of episodes that finished long ago")
+    prune.add_argument("--older-than", metavar="DAYS", type=float, required=True,
+                       help="finished more than this many days ago (0: every finished one)")
+    prune.add_argument("--output", metavar="DIR", help=STORAGE_HELP)
+
     serve = commands.add_parser(
         "serve", help="run the HTTP API (Ray Serve) until Ctrl-C"
     )
@@ -179,13 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Read the state store directly: no Ray, nothing created.
-STORE_COMMANDS = ("status", "list", "cancel")
+STORE_COMMANDS = ("status", "list", "cancel", "prune")
 
 
 def _store_command(args: argparse.Namespace, settings: Settings, storage: Path) -> int:
     at = stored.StoreAt.of(settings, storage)
     if args.command == "cancel":
         return stored.cancel(at, args.id)
+    if args.command == "prune":
+        if not 0 <= args.older_than <= 36_500:
+            raise BadInput(f"--older-than must be from 0 to 36500 days, not {args.older_than:g}")
+        return stored.prune(at, storage, args.older_than)
     if not 1 <= args.limit <= MAX_LIST_LIMIT:
         raise BadInput(f"--limit must be from 1 to {MAX_LIST_LIMIT}, not {args.limit}")
     if args.command == "list":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import sys
 import time
 from collections import deque
@@ -200,6 +201,21 @@ def cancel(at: StoreAt, episode_id: str) -> int:
             return NO_RUN
 
     print(f"{episode_id}: {asyncio.run(ask())}")
+    return 0
+
+
+def prune(at: StoreAt, root: Path, older_than_days: float) -> int:
+    """``showrunner prune --older-than DAYS``: the rows and folders of episodes that finished
+    more than that long ago. Rows first, in one transaction: a folder left by an interrupted
+    prune is a stray folder, never an episode whose files are gone."""
+    async def remove() -> list[str]:
+        async with opened(at) as store:
+            return await store.prune(time.time() - older_than_days * 86_400)
+
+    removed = asyncio.run(remove())
+    for episode_id in removed:
+        shutil.rmtree(EpisodeFolder(root, episode_id).path, ignore_errors=True)
+    print(f"pruned {len(removed)} episode(s) finished over {older_than_days:g} day(s) ago")
     return 0
 
 

@@ -203,3 +203,34 @@ def test_scene_ranges_and_ages_fit_a_line() -> None:
     assert [stored.age(s) for s in (-1, 42, 300, 7200, 3 * 86400)] == [
         "0s ago", "42s ago", "5m ago", "2h ago", "3d ago"]
     assert stored.shorten("a  b\nc", 10) == "a b c" and stored.shorten("x" * 20, 5) == "xxxx…"
+
+
+def test_prune_removes_the_rows_and_folders_of_long_finished_episodes(
+        storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def age(episode: str, days: float) -> None:  # as if it finished that long ago
+        store = await StateStore.open(f"sqlite+aiosqlite:///{storage / STATE_DB_FILE}")
+        try:
+            made = await store.record(episode)
+            assert made is not None
+            store.put_episode(made.model_copy(update={"finished_at": time.time() - days * 86_400}))
+            await store.flush()
+        finally:
+            await store.close()
+
+    asyncio.run(age("aaaaaaaaaaaa", 10))
+    (storage / "aaaaaaaaaaaa").mkdir()
+    (storage / "aaaaaaaaaaaa" / "script.md").write_text("# The Heist\n")
+    (storage / "bbbbbbbbbbbb").mkdir()
+    code, out, _ = showrunner(capsys, "prune", "--older-than", "30", "--output", str(storage))
+    assert code == 0 and out.startswith("pruned 0 episode(s)")
+    code, out, _ = showrunner(capsys, "prune", "--older-than", "7", "--output", str(storage))
+    assert code == 0 and out.startswith("pruned 1 episode(s)")
+    assert not (storage / "aaaaaaaaaaaa").exists() and (storage / "bbbbbbbbbbbb").is_dir()
+    with sqlite3.connect(storage / STATE_DB_FILE) as db:  # every row of it, and only its
+        for table in ("episodes", "nodes", "events"):
+            ids = {row[0] for row in db.execute(
+                f"SELECT {'id' if table == 'episodes' else 'episode_id'} FROM {table}")}
+            assert "aaaaaaaaaaaa" not in ids, table
+        assert db.execute("SELECT id FROM episodes").fetchall() == [("bbbbbbbbbbbb",)]
+    code, _, err = showrunner(capsys, "prune", "--older-than", "-1", "--output", str(storage))
+    assert code == 2 and "--older-than" in err
