@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -62,7 +63,7 @@ from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.outages import Health, Outages
 from pipelines.request_numbers import NumberTooLong, exceeds, load_json, parse_counter
 from pipelines.settings import ProviderKind, Settings, load_settings
-from pipelines.tenancy import IdempotencyConflict, QuotaExceeded
+from pipelines.tenancy import DailyBudgetSpent, IdempotencyConflict, QuotaExceeded
 from showrunner.launcher import Run, local_server_options, needs_local_server, start_run
 
 log = logging.getLogger("showrunner.serve")
@@ -536,6 +537,10 @@ class ShowrunnerAPI:
         except QuotaExceeded as err:
             raise ApiError(429, "quota_exceeded", f"{err}; wait for some to finish",
                            headers={"retry-after": str(QUOTA_RETRY_S)}) from None
+        except DailyBudgetSpent as err:
+            raise ApiError(429, "daily_budget_exceeded", str(err), headers={
+                "retry-after": retry_after_header(max(1.0, err.resets_at - time.time()))},
+            ) from None
         except IdempotencyConflict:
             raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with "
                            "a different request; use a new key") from None

@@ -4,7 +4,7 @@ between actors: a media file's bytes stay on disk and only its path travels."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -42,6 +42,9 @@ class Attempts:
     latency_s: float  # of the successful attempt, from send to parsed answer
     wait_s: float  # spent waiting for the limiter, all attempts together
     cost_usd: float
+    # Answered by the call cache: nothing sent, nothing paid, ``saved_usd`` not spent again.
+    cache_hit: bool = field(default=False, kw_only=True)
+    saved_usd: float = field(default=0.0, kw_only=True)
 
 
 @dataclass(frozen=True)

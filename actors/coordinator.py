@@ -25,21 +25,25 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from actors.change_feed import ChangeFeed
+from actors.episode_calls import EpisodeCalls, Provider
 from actors.executor import EpisodeExecutor
 from actors.media_tasks import MediaTasks, ThreadMediaTasks
 from actors.metrics import NO_METRICS, CoordinatorMetrics
-from actors.node_runners import RUNNERS, EpisodeContext, NodeRunner, Provider
+from actors.node_runners import RUNNERS, EpisodeContext, NodeRunner
+from actors.retention import prune
+from actors.spending import Spending
 from actors.state_store import StateStore, StateStoreError
+from pipelines.budget import Budget
 from pipelines.engine import EpisodeEngine, Outcome
 from pipelines.episode_folder import EpisodeFolder
 from pipelines.episode_state import EpisodeRecord, Event, EventKind, StitchedEpisode
 from pipelines.episode_view import EpisodeView
 from pipelines.errors import storage_error
-from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.models import EpisodeRequest, EpisodeStatus, with_seeds
 from pipelines.planner import STITCH_ID, NodeId, NodeKind, dialogue_id
 from pipelines.screenplay import write_script
 from pipelines.settings import ProviderKind, Settings
-from pipelines.tenancy import Claim, fingerprint
+from pipelines.tenancy import Claim, DailyBudget, fingerprint
 
 log = logging.getLogger("showrunner.coordinator")
 
@@ -52,6 +56,7 @@ LONGEST_POLL_S = 60.0
 # asked for, so a long-running service's memory does not grow with every episode it ran.
 KEEP_FINISHED = 200
 CANCEL_POLL_S = 1.0  # how often the store is asked for cancels another process asked for
+PRUNE_EVERY_S = 3600.0  # how often finished episodes past ``retention_days`` are removed
 
 
 class EpisodeCoordinator:
@@ -89,6 +94,8 @@ class EpisodeCoordinator:
         self._finished: dict[str, None] = {}  # finished episodes in memory, oldest first
         self._claims: dict[str, Claim] = {}  # idempotency keys' claims, when there is no store
         self._queued_at: dict[str, float] = {}  # when each episode in memory was last queued
+        self.spending = Spending(settings.service.daily_budget_usd, self._spent_since)
+        self._pruning: asyncio.Task[None] | None = None
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
@@ -102,6 +109,8 @@ class EpisodeCoordinator:
         request and owner: one that runs goes on, a completed one is returned as it is, and a
         failed or cancelled one runs again from its done nodes (what a re-run command asks)."""
         await self.ready()
+        claim = Claim(fingerprint(requests), ()) if claim_key is not None else None
+        requests = with_seeds(requests)  # the same request again draws the same seeds
         chosen = list(ids) if ids is not None else [uuid.uuid4().hex[:12] for _ in requests]
         if len(chosen) != len(requests) or len(set(chosen)) != len(chosen):
             raise ValueError("give one distinct id per request")
@@ -128,8 +137,8 @@ class EpisodeCoordinator:
                     self.store.put_nodes(again, record.engine.failed | record.engine.skipped)
                     self.store.forget_cancel(episode_id)
                 self._queue_episode(again, f"run again: {len(record.engine.done)} nodes kept")
-        if claim_key is not None:
-            claim = Claim(fingerprint(requests), tuple(chosen))
+        if claim_key is not None and claim is not None:  # (of the requests as sent)
+            claim = Claim(claim.fingerprint, tuple(chosen))
             if self.store is not None:
                 self.store.put_claim(claim_key, owner, claim)
             else:
@@ -267,6 +276,25 @@ class EpisodeCoordinator:
         await self._stored()  # ended, and its ending stored
         return [EpisodeView.of(await self._get(i)) for i in ids]
 
+    async def daily_budget(self, owner: str) -> DailyBudget | None:
+        """The owner's budget for today, as it stands (None: there is no daily budget)."""
+        await self.ready()
+        today = await self.spending.today(owner)
+        if today is None:
+            return None
+        return DailyBudget(limit_usd=today.limit_usd, spent_usd=today.spent_usd,
+                           held_usd=today.held_usd, resets_at=self.spending.resets_at())
+
+    async def close(self) -> None:
+        """Stop watching for cancels and pruning, and let the store go (what runs is not
+        stopped: a coordinator closed mid-run is taken up again from the store)."""
+        background = [t for t in (self._cancel_watch, self._pruning) if t is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if self.store is not None:
+            await self.store.close()
+
     async def ping(self) -> str:
         await self.ready()
         return "ok"
@@ -303,6 +331,27 @@ class EpisodeCoordinator:
             log.info("episode %s taken up again (%d nodes kept)", record.id, kept)
         self._admit()
         self._cancel_watch = asyncio.create_task(self._watch_cancels())
+        if self.settings.retention_days is not None:
+            self._pruning = asyncio.create_task(self._prune_every_hour())
+
+    async def _spent_since(self, owner: str, since: float) -> float:
+        return await self.store.spent(owner, since) if self.store is not None else 0.0
+
+    async def _prune_every_hour(self) -> None:
+        """Remove episodes that finished over ``retention_days`` ago, rows and folders."""
+        assert self.store is not None and self.settings.retention_days is not None
+        while True:
+            cutoff = time.time() - self.settings.retention_days * 86_400
+            try:
+                removed = await prune(self.store, self.output_root, cutoff)
+            except Exception:  # a store that cannot be written now: try again next time
+                log.warning("removing old episodes failed", exc_info=True)
+            else:
+                for episode_id in removed:
+                    self._forget(episode_id)
+                if removed:
+                    log.info("removed %d episode(s) past the retention", len(removed))
+            await asyncio.sleep(PRUNE_EVERY_S)
 
     async def _watch_cancels(self) -> None:
         """Act on cancels asked through the store (``showrunner cancel`` from another
@@ -374,7 +423,7 @@ class EpisodeCoordinator:
             self._started[record.id] = time.monotonic()
         self._emit(record, EventKind.STARTED)
         try:
-            outcome = await self._executor(record).run()
+            outcome = await self._executor(record, await self.spending.budgets(record)).run()
             status, reason = outcome.status, _reason(record, outcome)
         except asyncio.CancelledError:
             status, reason = EpisodeStatus.CANCELLED, "cancelled"
@@ -388,14 +437,19 @@ class EpisodeCoordinator:
             self._runs.pop(record.id, None)
             self._admit()
 
-    def _executor(self, record: EpisodeRecord) -> EpisodeExecutor:
+    def _executor(self, record: EpisodeRecord, budgets: list[Budget]) -> EpisodeExecutor:
         plan = record.plan()
         engine = EpisodeEngine(plan, record.engine,
                                skip_failed_scenes=record.request.on_scene_failure == "skip",
                                max_window=self.settings.max_parallel_scenes)
         folder = (EpisodeFolder(self.output_root, record.id)
                   if self.output_root is not None and record.request.media else None)
-        ctx = EpisodeContext(record, plan, folder, self.providers, self.tasks)
+        cache = self.settings.cache and record.request.cache
+        providers = {kind: EpisodeCalls(provider, self.settings.provider(kind).prices,
+                                        episode_id=record.id, owner=record.owner, cache=cache,
+                                        budgets=budgets)
+                     for kind, provider in self.providers.items()}
+        ctx = EpisodeContext(record, plan, folder, providers, self.tasks)
         executor = EpisodeExecutor(
             ctx, engine, self.runners,
             lambda kind, node, message: self._on_node_event(record, kind, node, message),
@@ -428,12 +482,15 @@ class EpisodeCoordinator:
             return
         self._finished[episode_id] = None
         while len(self._finished) > KEEP_FINISHED and self.store.failure is None:
-            oldest = next(iter(self._finished))
-            del self._finished[oldest]
-            self.records.pop(oldest, None)
-            self._started.pop(oldest, None)
-            self._queued_at.pop(oldest, None)
-            self.feed.forget(oldest)
+            self._forget(next(iter(self._finished)))
+
+    def _forget(self, episode_id: str) -> None:
+        """A finished episode leaves memory (the store has it, or it was removed)."""
+        self._finished.pop(episode_id, None)
+        self.records.pop(episode_id, None)
+        self._started.pop(episode_id, None)
+        self._queued_at.pop(episode_id, None)
+        self.feed.forget(episode_id)
 
     def _keep_script(self, record: EpisodeRecord) -> str | None:
         """Write the episode's script as it stands, if it has one and a folder; say what went

@@ -17,7 +17,7 @@ from actors.metrics import NO_METRICS, CoordinatorMetrics
 from actors.node_runners import EpisodeContext, NodeRunner
 from pipelines.engine import EpisodeEngine, Outcome
 from pipelines.episode_state import EventKind, NodeRecord, NodeResult
-from pipelines.errors import NodeFailed, storage_error
+from pipelines.errors import BudgetExceeded, NodeFailed, storage_error
 from pipelines.planner import Node, NodeId, NodeKind
 
 # What the coordinator records of an episode's progress: an event, about a node or not.
@@ -50,9 +50,6 @@ class EpisodeExecutor:
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                reason = self.ctx.record.over_budget()
-                if reason is not None:
-                    self.engine.stop(reason)
                 running |= {asyncio.create_task(self._execute(node))
                             for node in self.engine.start_ready()}
                 if self.engine.is_over:
@@ -80,6 +77,8 @@ class EpisodeExecutor:
         except NodeFailed as err:
             figures.error = str(err)[:MAX_ERROR_CHARS]
             figures.finished_s = self.elapsed()
+            if isinstance(err, BudgetExceeded):  # not the node's failure: the episode stops
+                self.engine.stop(figures.error)
             self.engine.mark_failed(node.id, rate_limited=figures.rate_limited > 0)
             self.emit(EventKind.NODE_FAILED, node.id, figures.error)
             return

@@ -10,6 +10,9 @@ on every node. Each call:
 5. on failure: a 429 pauses every caller of the deployment; timeouts, connection errors, 408, 409
    and 5xx back off with jitter and try again, elsewhere if another deployment is healthy;
    anything else fails at once with a message that says what to do.
+
+With a state store, every answered call is written in its ledger, and a call its owner asked
+before is answered from the call cache instead of being sent (``actors.call_cache``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,12 +32,14 @@ import httpx2
 import openai
 
 from actors import answer_checks
+from actors.call_cache import CallCache, CallKey, request_digest
 from actors.call_results import Answer, Attempts, ChatResult, MediaResult, Usage, cost_usd
 from actors.clip_jobs import ClipJobs
 from actors.limiter import Clock, Limits, LoopClock, Permit, RateLimiter
 from actors.metrics import NO_METRICS, ProviderMetrics
 from actors.retry import RateLimitHeaders, RetryPolicy, backoff_s, pause_for, should_retry
 from actors.sdk_errors import provider_errors
+from actors.state_store import StateStore, StateStoreError
 from actors.stats import ProviderStats
 from actors.token_estimator import TokenEstimator
 from pipelines.errors import MalformedResponse, ProviderError, RateLimited
@@ -41,6 +47,8 @@ from pipelines.files import write_atomic
 from pipelines.settings import DeploymentSettings, ProviderKind, ProviderSettings, VideoSettings
 
 T = TypeVar("T")
+R = TypeVar("R", ChatResult, MediaResult)
+log = logging.getLogger("showrunner.gateway")
 
 # Calls per deployment in a row that fail before it is cooled down, and its longest cool-down.
 COOLDOWN_AFTER_FAILURES = 3
@@ -50,6 +58,7 @@ DEFAULT_OUTPUT_TOKENS = 512
 # Share of each bucket's burst held back: requests granted in order may reach the server out of
 # order (connections differ in speed), and at the limit the server's bucket is nearly empty.
 ARRIVAL_RESERVE = 0.1
+STORE_RETRY_S = 10.0  # a state store that could not be opened is tried again after this long
 
 
 def deployment_label(base_url: str) -> str:
@@ -116,8 +125,12 @@ class ProviderGateway:
         rng: random.Random | None = None,
         metrics: ProviderMetrics = NO_METRICS,
         start_empty: bool = False,
+        state_url: str | None = None,
+        cache_root: str | None = None,
     ) -> None:
-        """``start_empty``: the limiters start with empty buckets (see ``Limits``)."""
+        """``start_empty``: the limiters start with empty buckets (see ``Limits``).
+        ``state_url``: the state store whose ledger this provider's calls are written in (and
+        its call cache read from); ``cache_root`` the folder of cached files."""
         self.kind = kind
         self.settings = settings
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
@@ -128,6 +141,12 @@ class ProviderGateway:
                       if isinstance(settings, VideoSettings) else None)
         self._clock = clock or LoopClock()
         self._rng = rng or random.Random()
+        self._state_url = state_url
+        self._store: StateStore | None = None
+        self._store_tried_at: float | None = None
+        self._store_lock = asyncio.Lock()
+        self.cache = CallCache(kind, settings.model, self._open_store,
+                               Path(cache_root) if cache_root is not None else None)
         deployments = settings.resolved_deployments()
         if any(d.base_url is None for d in deployments) and local_base_url is None:
             raise ValueError(f"{kind}: no base_url set and no local server to fall back on")
@@ -146,12 +165,16 @@ class ProviderGateway:
         messages: list[dict[str, Any]],
         *,
         episode_id: str = "",
+        owner: str = "",
+        cache: bool = False,
         response_format: dict[str, Any] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
     ) -> ChatResult:
-        """One chat completion. ``episode_id`` is the caller's turn key in the limiter."""
+        """One chat completion. ``episode_id`` is the caller's turn key in the limiter;
+        ``owner`` whose call it is (the ledger's, the cache's scope); ``cache``: answer it from
+        the owner's earlier identical call, if there was one."""
         params: dict[str, Any] = {"model": self.settings.model, "messages": messages}
         for name, value in (
             ("response_format", response_format), ("max_tokens", max_tokens),
@@ -172,21 +195,27 @@ class ProviderGateway:
             completion = _parse_chat(response)
             return Answer(completion, _chat_usage(completion), response.headers)
 
-        answer, how = await self.send(episode_id, estimate, attempt)
-        self.estimator.learn(messages, max_output, answer.usage)
-        choice = answer.value["choices"][0]
-        return ChatResult(
-            **vars(how),
-            text=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason"),
-            tokens_in=answer.usage.tokens_in,
-            tokens_out=answer.usage.tokens_out,
-            request_id=answer.headers.get("x-request-id"),
-        )
+        async def paid() -> ChatResult:
+            answer, how = await self.send(episode_id, estimate, attempt)
+            self.estimator.learn(messages, max_output, answer.usage)
+            choice = answer.value["choices"][0]
+            return ChatResult(
+                **vars(how),
+                text=choice["message"].get("content") or "",
+                finish_reason=choice.get("finish_reason"),
+                tokens_in=answer.usage.tokens_in,
+                tokens_out=answer.usage.tokens_out,
+                request_id=answer.headers.get("x-request-id"),
+            )
+
+        if self._state_url is None:
+            return await paid()
+        key = CallKey(owner, request_digest(self.kind, params))
+        return self._counted(await self.cache.chat(key, cache, episode_id, paid))
 
     async def speech(
-        self, text: str, *, voice: str, out_path: str, episode_id: str = "",
-        response_format: str = "wav",
+        self, text: str, *, voice: str, out_path: str, episode_id: str = "", owner: str = "",
+        cache: bool = False, response_format: str = "wav",
     ) -> MediaResult:
         """Speak ``text`` into the file ``out_path``."""
         params = {"model": self.settings.model, "input": text, "voice": voice,
@@ -198,13 +227,11 @@ class ProviderGateway:
                                          raw.status_code)
             return Answer(spoken, Usage(units=len(text)), raw.headers)
 
-        answer, how = await self.send(episode_id, 0, attempt)
-        path = Path(out_path)
-        write_atomic(path, answer.value)
-        return MediaResult.of(path, answer.value, answer, how)
+        return await self._media(params, out_path, episode_id, owner, cache, attempt)
 
     async def image(
-        self, prompt: str, *, out_path: str, size: str = "1536x1024", episode_id: str = ""
+        self, prompt: str, *, out_path: str, size: str = "1536x1024", episode_id: str = "",
+        owner: str = "", cache: bool = False,
     ) -> MediaResult:
         """Draw ``prompt`` into the PNG file ``out_path``."""
         params = {"model": self.settings.model, "prompt": prompt, "size": size, "n": 1}
@@ -222,16 +249,61 @@ class ProviderGateway:
             answer_checks.image(picture, raw.headers, raw.status_code)
             return Answer(picture, Usage(units=1), raw.headers)
 
-        answer, how = await self.send(episode_id, 0, attempt)
-        path = Path(out_path)
-        write_atomic(path, answer.value)
-        return MediaResult.of(path, answer.value, answer, how)
+        return await self._media(params, out_path, episode_id, owner, cache, attempt)
 
-    async def clip(self, prompt: str, **kwargs: Any) -> MediaResult:
+    async def clip(
+        self, prompt: str, *, out_path: str, image_path: str | None = None, seconds: str = "4",
+        size: str = "1280x720", episode_id: str = "", owner: str = "", cache: bool = False,
+    ) -> MediaResult:
         """A clip job (see ``ClipJobs.make``): only a video provider makes them."""
-        if self.clips is None:
+        clips = self.clips
+        if clips is None:
             raise TypeError(f"the {self.kind} provider makes no clips")
-        return await self.clips.make(prompt, **kwargs)
+
+        async def paid() -> MediaResult:
+            return await clips.make(prompt, out_path=out_path, image_path=image_path,
+                                    seconds=seconds, size=size, episode_id=episode_id)
+
+        if self._state_url is None:
+            return await paid()
+        body = {"model": self.settings.model, "prompt": prompt, "seconds": seconds, "size": size,
+                "input_reference": Path(image_path).read_bytes() if image_path else None}
+        key = CallKey(owner, request_digest(self.kind, body))
+        return self._counted(await self.cache.media(key, cache, episode_id, out_path, paid))
+
+    async def _media(self, params: dict[str, Any], out_path: str, episode_id: str, owner: str,
+                     cache: bool, attempt: Callable[[openai.AsyncOpenAI], Awaitable[Answer[bytes]]]
+                     ) -> MediaResult:
+        """A call whose answer is a file's bytes, written to ``out_path``."""
+        async def paid() -> MediaResult:
+            answer, how = await self.send(episode_id, 0, attempt)
+            path = Path(out_path)
+            write_atomic(path, answer.value)
+            return MediaResult.of(path, answer.value, answer, how)
+
+        if self._state_url is None:
+            return await paid()
+        key = CallKey(owner, request_digest(self.kind, params))
+        return self._counted(await self.cache.media(key, cache, episode_id, out_path, paid))
+
+    def _counted(self, result: R) -> R:
+        if result.cache_hit:
+            self.counters.cache_hit(result.saved_usd)
+        return result
+
+    async def _open_store(self) -> StateStore | None:
+        """The state store, opened on first use; one that cannot be opened is said in the log
+        and tried again later (the calls go on, unwritten meanwhile)."""
+        async with self._store_lock:
+            if self._store is None and self._state_url is not None and (
+                    self._store_tried_at is None
+                    or self._clock.now() - self._store_tried_at >= STORE_RETRY_S):
+                self._store_tried_at = self._clock.now()
+                try:
+                    self._store = await StateStore.open(self._state_url)
+                except StateStoreError as err:
+                    log.warning("%s: no ledger and no call cache for now: %s", self.kind, err)
+            return self._store
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, plus each deployment's live state (labels only: no keys)."""
@@ -258,6 +330,8 @@ class ProviderGateway:
         """Close every deployment's HTTP connections."""
         for deployment in self.deployments:
             await deployment.client.close()
+        if self._store is not None:
+            await self._store.close()
 
     # -- the retry loop -------------------------------------------------------------------------
 

@@ -70,6 +70,10 @@ LIMITER_WAIT = Spec("showrunner_provider_limiter_wait_seconds", MetricType.HISTO
 JOB_SECONDS = Spec("showrunner_provider_job_seconds", MetricType.COUNTER,
                    "Seconds provider jobs (video clips) were seen running; its rate is the "
                    "average number of jobs in progress.", PROVIDER)
+CACHE_HITS = Spec("showrunner_provider_cache_hits", MetricType.COUNTER,
+                  "Calls answered by the call cache: not sent, not paid.", ("provider",))
+SAVED = Spec("showrunner_provider_saved_usd", MetricType.COUNTER,
+             "What the calls the cache answered would have cost, in US dollars.", ("provider",))
 EPISODES_QUEUED = Spec("showrunner_episodes_queued", MetricType.GAUGE,
                        "Episodes accepted by the coordinator and not started yet.")
 EPISODES_RUNNING = Spec("showrunner_episodes_running", MetricType.GAUGE,
@@ -80,8 +84,8 @@ STAGE = Spec("showrunner_stage_seconds", MetricType.HISTOGRAM,
              "Duration of each episode graph node, by stage.", ("stage",))
 
 SPECS: tuple[Spec, ...] = (
-    CALLS, RATE_LIMITED, RETRIES, TOKENS, COST, LATENCY, LIMITER_WAIT, JOB_SECONDS,
-    EPISODES_QUEUED, EPISODES_RUNNING, NODES_IN_FLIGHT, STAGE,
+    CALLS, RATE_LIMITED, RETRIES, TOKENS, COST, LATENCY, LIMITER_WAIT, JOB_SECONDS, CACHE_HITS,
+    SAVED, EPISODES_QUEUED, EPISODES_RUNNING, NODES_IN_FLIGHT, STAGE,
 )
 
 
@@ -100,6 +104,8 @@ class ProviderMetrics(Protocol):
     def waited(self, deployment: str, seconds: float) -> None: ...
 
     def job_ended(self, deployment: str, seconds: float) -> None: ...
+
+    def cache_hit(self, saved_usd: float) -> None: ...
 
 
 class CoordinatorMetrics(Protocol):
@@ -130,6 +136,9 @@ class NoMetrics:
         pass
 
     def job_ended(self, deployment: str, seconds: float) -> None:
+        pass
+
+    def cache_hit(self, saved_usd: float) -> None:
         pass
 
     def episodes(self, queued: int, running: int, nodes_in_flight: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from actors.call_results import ChatResult, MediaResult
+from actors.episode_calls import EpisodeCalls
 from actors.media_tasks import MediaTasks
 from pipelines.composition import Line
 from pipelines.episode_folder import EpisodeFolder
@@ -29,18 +29,6 @@ from pipelines.settings import ProviderKind
 from pipelines.stages import StageCall, content_call, dialogue_call, outline_call
 
 
-class Provider(Protocol):
-    """What runners need of a provider: a gateway, or the adapter of its Ray actor."""
-
-    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResult: ...
-
-    async def speech(self, text: str, **kwargs: Any) -> MediaResult: ...
-
-    async def image(self, prompt: str, **kwargs: Any) -> MediaResult: ...
-
-    async def clip(self, prompt: str, **kwargs: Any) -> MediaResult: ...
-
-
 @dataclass(frozen=True)
 class EpisodeContext:
     """What the runners of one episode work with."""
@@ -48,7 +36,7 @@ class EpisodeContext:
     record: EpisodeRecord
     plan: EpisodePlan
     folder: EpisodeFolder | None  # None when the episode stops at the script
-    providers: Mapping[ProviderKind, Provider]
+    providers: Mapping[ProviderKind, EpisodeCalls]  # each call whose, cached, within budget
     tasks: MediaTasks
 
     def files(self) -> EpisodeFolder:
@@ -83,8 +71,7 @@ class ScriptRunner:
         call = self.call(ctx, node)
         llm = ctx.providers[ProviderKind.LLM]
         for attempt in (1, 2):
-            result = await llm.chat(call.messages, episode_id=ctx.record.id,
-                                    response_format=call.response_format,
+            result = await llm.chat(call.messages, response_format=call.response_format,
                                     max_tokens=call.max_tokens, seed=ctx.seed(node.id, attempt))
             figures.account(result)
             try:
@@ -140,7 +127,7 @@ class SpeechRunner:
         line = dialogue.lines[number - 1]
         result = await ctx.providers[ProviderKind.TTS].speech(
             line.text, voice=voice_for(ctx.record.request, line.speaker),
-            episode_id=ctx.record.id, out_path=str(ctx.files().speech(scene, number)))
+            out_path=str(ctx.files().speech(scene, number)))
         figures.account(result)
         return MediaFile(size_bytes=result.size_bytes)
 
@@ -154,7 +141,7 @@ class ImageRunner:
         assert content is not None  # an input of this node
         prompt = image_prompt(ctx.record.request, ctx.record.scene_outlines()[scene - 1], content)
         result = await ctx.providers[ProviderKind.IMAGE].image(
-            prompt, out_path=str(ctx.files().image(scene)), episode_id=ctx.record.id)
+            prompt, out_path=str(ctx.files().image(scene)))
         figures.account(result)
         return MediaFile(size_bytes=result.size_bytes)
 
@@ -175,8 +162,7 @@ class ClipRunner:
         assert content is not None  # an input of this node, through the picture
         result = await video.clip(
             clip_prompt(ctx.record.scene_outlines()[scene - 1], content),
-            image_path=str(folder.image(scene)), out_path=str(folder.clip(scene)),
-            episode_id=ctx.record.id)
+            image_path=str(folder.image(scene)), out_path=str(folder.clip(scene)))
         figures.account(result)
         return MediaFile(size_bytes=result.size_bytes)
 

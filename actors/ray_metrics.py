@@ -15,6 +15,7 @@ from typing import Any
 from ray.util.metrics import Counter, Gauge, Histogram, Metric
 
 from actors.metrics import (
+    CACHE_HITS,
     CALLS,
     COST,
     EPISODES_QUEUED,
@@ -25,6 +26,7 @@ from actors.metrics import (
     NODES_IN_FLIGHT,
     RATE_LIMITED,
     RETRIES,
+    SAVED,
     SECONDS_BUCKETS,
     SPECS,
     STAGE,
@@ -114,6 +116,12 @@ class RayProviderMetrics:
     def job_ended(self, deployment: str, seconds: float) -> None:
         if seconds > 0:  # Ray counters refuse increments of zero
             _metrics()[JOB_SECONDS.name].inc(seconds, self._for(deployment).base)
+
+    def cache_hit(self, saved_usd: float) -> None:
+        made, tags = _metrics(), {"provider": self.provider}
+        made[CACHE_HITS.name].inc(1, tags)
+        if saved_usd > 0:
+            made[SAVED.name].inc(saved_usd, tags)
 
 
 class RayCoordinatorMetrics:

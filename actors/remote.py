@@ -68,13 +68,16 @@ class ProviderActor(ProviderGateway):
 
 def provider_actor(kind: ProviderKind, settings: ProviderSettings, *,
                    local_base_url: str | None = None, name: str | None = None,
-                   detached: bool = False) -> Any:
-    """The provider's actor, created on first use and shared after (got-if-exists by name)."""
+                   detached: bool = False, state_url: str | None = None,
+                   cache_root: str | None = None) -> Any:
+    """The provider's actor, created on first use and shared after (got-if-exists by name).
+    ``state_url``: the store of its ledger and call cache; ``cache_root``: its cached files."""
     return (
         ray.remote(ProviderActor)
         .options(**_options(name or actor_name(kind), detached))
         .remote(kind, settings, local_base_url=local_base_url,
-                metrics=RayProviderMetrics(kind.value))
+                metrics=RayProviderMetrics(kind.value), state_url=state_url,
+                cache_root=cache_root)
     )
 
 

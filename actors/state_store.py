@@ -6,6 +6,8 @@ stopped and never runs a node whose result is stored.
     nodes      one row per node that started: its state, figures and result
     events     every event, numbered per episode (what ``Last-Event-ID`` resumes from)
     claims     each idempotency key's request: its fingerprint and the episodes it made
+    calls      the ledger: every paid call (who, which provider and model, the request's
+               digest, tokens, cost, when) and its answer, which the call cache gives back
     meta       the schema's version
 
 SQLAlchemy 2 Core with its asyncio extension: SQLite (aiosqlite, in WAL mode) by default, and the
@@ -60,7 +62,8 @@ from pipelines.tenancy import Claim
 
 log = logging.getLogger("showrunner.state")
 
-SCHEMA_VERSION = 2  # 2: cancels asked through the store, idempotency claims
+SCHEMA_VERSION = 3  # 2: cancels asked through the store, idempotency claims; 3: the ledger
+MIGRATES_FROM = {2}  # versions brought up to this one by adding the tables they lack
 RETRY_S = 1.0  # a failed commit is tried again after this long
 EVENTS_LOADED = 5000  # events brought back into memory per episode (the coordinator keeps as many)
 
@@ -100,6 +103,22 @@ events = Table("events", metadata,
                Column("seq", Integer, primary_key=True),
                Column("body", Text, nullable=False))
 
+calls = Table("calls", metadata,
+              Column("id", Integer, primary_key=True, autoincrement=True),
+              Column("owner", String(128), nullable=False),
+              Column("kind", String(16), nullable=False),
+              Column("model", String(200), nullable=False),
+              Column("digest", String(64), nullable=False),
+              Column("episode_id", String(64)),
+              Column("tokens_in", Integer, nullable=False),
+              Column("tokens_out", Integer, nullable=False),
+              Column("units", Float, nullable=False),
+              Column("cost_usd", Float, nullable=False),
+              Column("at", Float, nullable=False),
+              Column("answer", Text),  # JSON: what a cache hit gives back
+              Index("calls_by_digest", "owner", "kind", "digest"),
+              Index("calls_by_owner", "owner", "at"))
+
 _ARTIFACTS = TypeAdapter(list[Artifact])
 OTHERS_WRITE = frozenset({"cancel_requested_at"})  # columns the coordinator's rows leave alone
 ACCEPTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
@@ -108,6 +127,22 @@ ACCEPTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 class StateStoreError(Exception):
     """The store cannot be used: a URL it does not take, a schema it cannot read, a database it
     cannot reach. The message is one line, and names no password."""
+
+
+class PaidCall(BaseModel):
+    """One row of the ledger: a call a provider answered, and so billed."""
+
+    owner: str
+    kind: str
+    model: str
+    digest: str
+    episode_id: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    units: float = 0.0
+    cost_usd: float = 0.0
+    at: float
+    answer: str | None = None
 
 
 class StateStore:
@@ -121,6 +156,7 @@ class StateStore:
         self._nodes: dict[tuple[str, str], dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
         self._claims: list[dict[str, Any]] = []
+        self._calls: list[dict[str, Any]] = []
         self._uncancel: set[str] = set()  # episodes run again: a cancel asked before is spent
         self._queued = 0  # the number of the newest write queued
         self._committed = 0  # every write numbered up to this is committed
@@ -155,8 +191,12 @@ class StateStore:
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_prepare_schema, where)
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_prepare_schema, where)
+            except SQLAlchemyError:  # another process made the tables meanwhile: look again
+                async with engine.begin() as conn:
+                    await conn.run_sync(_prepare_schema, where)
         except StateStoreError:
             await engine.dispose()
             raise
@@ -216,6 +256,11 @@ class StateStore:
                              "ids": json.dumps(claim.ids)})
         self._queue()
 
+    def put_call(self, call: PaidCall) -> None:
+        """A paid call, for the ledger and the call cache."""
+        self._calls.append(call.model_dump())
+        self._queue()
+
     async def flush(self) -> None:
         """Return once everything queued so far is committed; raise ``StateStoreError`` if a
         commit tried meanwhile fails (what is queued is kept, and tried again)."""
@@ -238,8 +283,10 @@ class StateStore:
             await self._wake.wait()
             self._wake.clear()
             upto = self._queued
-            batch = self._episodes, self._nodes, self._events, self._claims, self._uncancel
-            self._episodes, self._nodes, self._events, self._claims = {}, {}, [], []
+            batch = (self._episodes, self._nodes, self._events, self._claims, self._calls,
+                     self._uncancel)
+            self._episodes, self._nodes, self._events, self._claims, self._calls = (
+                {}, {}, [], [], [])
             self._uncancel = set()
             try:
                 async with self._engine.begin() as conn:
@@ -263,7 +310,7 @@ class StateStore:
     async def _commit(self, conn: AsyncConnection, episode_rows: dict[str, dict[str, Any]],
                       node_rows: dict[tuple[str, str], dict[str, Any]],
                       event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]],
-                      uncancel: set[str]) -> None:
+                      call_rows: list[dict[str, Any]], uncancel: set[str]) -> None:
         # Episodes first: a node or event row never names an episode not yet stored.
         for table, rows, keys in ((episodes, list(episode_rows.values()), ["id"]),
                                   (nodes, list(node_rows.values()), ["episode_id", "node"])):
@@ -276,6 +323,8 @@ class StateStore:
         for table, rows in ((events, event_rows), (claims, claim_rows)):
             if rows:
                 await conn.execute(self._upsert(table).on_conflict_do_nothing(), rows)
+        if call_rows:
+            await conn.execute(calls.insert(), call_rows)
         if uncancel:
             await conn.execute(episodes.update().where(episodes.c.id.in_(sorted(uncancel)))
                                .values(cancel_requested_at=None))
@@ -283,12 +332,13 @@ class StateStore:
     def _put_back(self, episode_rows: dict[str, dict[str, Any]],
                   node_rows: dict[tuple[str, str], dict[str, Any]],
                   event_rows: list[dict[str, Any]], claim_rows: list[dict[str, Any]],
-                  uncancel: set[str]) -> None:
+                  call_rows: list[dict[str, Any]], uncancel: set[str]) -> None:
         """Queue a failed batch again, under anything newer queued meanwhile."""
         self._episodes = {**episode_rows, **self._episodes}
         self._nodes = {**node_rows, **self._nodes}
         self._events = [*event_rows, *self._events]
         self._claims = [*claim_rows, *self._claims]
+        self._calls = [*call_rows, *self._calls]
         self._uncancel |= uncancel
 
     # -- reads ------------------------------------------------------------------------------
@@ -378,6 +428,22 @@ class StateStore:
                 await conn.execute(episodes.delete().where(episodes.c.id.in_(chunk)))
             return ids
 
+    async def cached_call(self, owner: str, kind: str, digest: str) -> PaidCall | None:
+        """The newest paid call of ``owner`` to ``kind`` that asked exactly what ``digest``
+        names, with its answer."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(calls).where(
+                calls.c.owner == owner, calls.c.kind == kind, calls.c.digest == digest,
+                calls.c.answer.is_not(None)).order_by(calls.c.id.desc()).limit(1))).first()
+        return PaidCall.model_validate(dict(row._mapping)) if row is not None else None
+
+    async def spent(self, owner: str, since: float) -> float:
+        """What ``owner``'s paid calls since ``since`` (epoch seconds) cost, in USD."""
+        async with self._engine.connect() as conn:
+            total = (await conn.execute(select(func.sum(calls.c.cost_usd)).where(
+                calls.c.owner == owner, calls.c.at >= since))).scalar()
+        return float(total or 0.0)
+
     async def last_arrival(self) -> int:
         """The highest arrival number given so far (0 for a new store): a restarted coordinator
         numbers new episodes after it."""
@@ -455,6 +521,11 @@ def _prepare_schema(conn: Connection, where: str) -> None:
     if found is None or not found.isdigit():
         raise StateStoreError(f"the state store {where} has no schema version: not a "
                               "Showrunner store")
+    if int(found) in MIGRATES_FROM:  # what a newer version added is tables, made here
+        metadata.create_all(conn)
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(
+            value=str(SCHEMA_VERSION)))
+        return
     if int(found) != SCHEMA_VERSION:
         newer = int(found) > SCHEMA_VERSION
         raise StateStoreError(

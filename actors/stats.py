@@ -75,6 +75,8 @@ class ProviderStats:
     units: float = 0.0  # images, speech characters or video seconds, by the provider's kind
     cost_usd: float = 0.0
     limiter_wait_s: float = 0.0
+    cache_hits: int = 0  # calls answered by the call cache: not sent, not in ``calls``
+    saved_usd: float = 0.0  # what those would have cost
     # Seconds the provider's jobs (video clips) were seen running, each from its create until
     # the last poll that found it not yet over: what its cap of jobs at once surely cost a run
     # (the report's lower bound), whatever the provider's progress figures mean.
@@ -119,6 +121,12 @@ class ProviderStats:
         self.latency.observe(latency_s * 1000)
         self.metrics.succeeded(deployment, latency_s, tokens_in, tokens_out, cost_usd)
 
+    def cache_hit(self, saved_usd: float) -> None:
+        """A call was answered from the cache, saving ``saved_usd``."""
+        self.cache_hits += 1
+        self.saved_usd += saved_usd
+        self.metrics.cache_hit(saved_usd)
+
     def job_ended(self, deployment: str, ran_s: float) -> None:
         """A provider job is over (done or failed), seen running for ``ran_s``."""
         self.job_s += ran_s
@@ -137,6 +145,8 @@ class ProviderStats:
             "units": self.units,
             "cost_usd": round(self.cost_usd, 6),
             "limiter_wait_s": round(self.limiter_wait_s, 6),
+            "cache_hits": self.cache_hits,
+            "saved_usd": round(self.saved_usd, 6),
             "job_s": round(self.job_s, 6),
             "latency": self.latency.snapshot(),
         }

@@ -90,6 +90,12 @@ class CallFigures(Protocol):
     @property
     def cost_usd(self) -> float: ...
 
+    @property
+    def cache_hit(self) -> bool: ...
+
+    @property
+    def saved_usd(self) -> float: ...
+
 
 class NodeRecord(BaseModel):
     """What happened to one node: when, how long its calls took, what it cost, why it failed."""
@@ -101,6 +107,8 @@ class NodeRecord(BaseModel):
     calls: int = 0
     rate_limited: int = 0
     cost_usd: float = 0.0
+    cache_hits: int = 0  # of ``calls``: answered by the call cache, paying nothing
+    saved_usd: float = 0.0  # what those would have cost
     error: str | None = None
     reruns: int = 0  # times its work was lost under it and run again
 
@@ -111,6 +119,8 @@ class NodeRecord(BaseModel):
         self.wait_s += call.wait_s
         self.rate_limited += call.rate_limited
         self.cost_usd += call.cost_usd
+        self.cache_hits += call.cache_hit
+        self.saved_usd += call.saved_usd
 
 
 class MediaFile(LocalWork):
@@ -218,12 +228,10 @@ class EpisodeRecord(BaseModel):
     def cost_usd(self) -> float:
         return sum(n.cost_usd for n in self.nodes.values())
 
-    def over_budget(self) -> str | None:
-        """Why no more work may start, if the request's budget is spent."""
-        budget = self.request.budget_usd
-        if budget is not None and self.cost_usd >= budget:
-            return f"budget of ${budget:.2f} spent (${self.cost_usd:.4f}); stopped starting work"
-        return None
+    @property
+    def saved_usd(self) -> float:
+        """What the call cache saved this episode."""
+        return sum(n.saved_usd for n in self.nodes.values())
 
     @property
     def wall_s(self) -> float | None:

@@ -27,6 +27,7 @@ class EpisodeFigures(BaseModel):
     sequential_s: float  # its nodes' time one at a time
     critical_path_s: float  # its longest chain of nodes: no schedule could beat it
     cost_usd: float
+    saved_usd: float = 0.0  # what the call cache saved it
     cpu_s: float  # CPU seconds of its own media work
 
     @classmethod
@@ -39,6 +40,7 @@ class EpisodeFigures(BaseModel):
             sequential_s=round(sum(latencies.values()), 4),
             critical_path_s=round(record.plan().critical_path(latencies), 4),
             cost_usd=round(record.cost_usd, 6),
+            saved_usd=round(record.saved_usd, 6),
             cpu_s=round(record.media_cpu_s(), 4),
         )
 

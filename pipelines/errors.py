@@ -18,6 +18,7 @@
     │   └── EncoderCrashed        ffmpeg was killed (by a signal, the OOM killer): run it again
     ├── StorageError              a file of the episode could not be written or read
     │   └── DiskFull              no space left on the device (ENOSPC, EDQUOT)
+    ├── BudgetExceeded            a call was not sent: it could pass a budget (it ends the episode)
     └── WorkLost                  the process doing a node's work died under it: run it again
         ├── ProviderActorLost     a provider actor's process died with the call in flight
         └── WorkerLost            a media task's worker process, or its node, died
@@ -58,6 +59,15 @@ class EncoderCrashed(MediaError):
     """ffmpeg died of a signal, with nothing to say: its work, not its input, was lost."""
 
     rerun = True
+
+
+class BudgetExceeded(NodeFailed):
+    """A call was not sent: what it may cost could pass a budget. ``code`` names which:
+    ``budget_exceeded`` (the episode's) or ``daily_budget_exceeded`` (its owner's, today)."""
+
+    def __init__(self, message: str, *, code: str = "budget_exceeded") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StorageError(NodeFailed):

@@ -7,7 +7,10 @@ with Structured Outputs (the JSON schema of the ``*Draft`` classes) and validate
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -95,7 +98,8 @@ class EpisodeRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed for reproducible runs.")
     budget_usd: float | None = Field(
-        None, gt=0, le=100_000, description="Stop starting new work once this is spent."
+        None, gt=0, le=100_000, description="The most its calls may cost: a call that could pass "
+        "it is not sent, and the episode ends failed (`budget_exceeded`)."
     )
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first when episodes wait.")
     on_scene_failure: Literal["fail", "skip"] = Field(
@@ -103,6 +107,10 @@ class EpisodeRequest(BaseModel):
     )
     media: bool = Field(
         True, description="Go on from the script to speech, pictures, clips and one MP4."
+    )
+    cache: bool = Field(
+        True, description="Answer a call from your identical earlier call, paying once (false: "
+        "send every call). Without a seed, the same request draws the same seeds."
     )
 
     @field_validator("continuity")
@@ -113,6 +121,25 @@ class EpisodeRequest(BaseModel):
     @property
     def continuity_mode(self) -> Continuity:
         return Continuity.parse(self.continuity)
+
+
+def with_seeds(requests: Sequence[EpisodeRequest]) -> list[EpisodeRequest]:
+    """The requests, each without a seed given one drawn from what it asks and from how many
+    alike came before it in ``requests``: the same submission again draws the same seeds, so
+    its calls are the same and the call cache answers them, while two alike in one submission
+    stay two episodes."""
+    seen: Counter[str] = Counter()
+    seeded = []
+    for request in requests:
+        if request.seed is not None:
+            seeded.append(request)
+            continue
+        asked = request.model_dump_json()
+        digest = hashlib.sha256(f"{asked}\0{seen[asked]}".encode()).digest()
+        seen[asked] += 1
+        seed = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+        seeded.append(request.model_copy(update={"seed": seed}))
+    return seeded
 
 
 # -- what the language model writes ------------------------------------------------------------

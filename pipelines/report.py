@@ -51,6 +51,7 @@ def episode_entry(view: EpisodeView, root: Path | None = None) -> dict[str, Any]
         "sequential_s": figures.sequential_s,
         "critical_path_s": figures.critical_path_s,
         "cost_usd": figures.cost_usd,
+        "saved_usd": figures.saved_usd,
         "cpu_s": figures.cpu_s,
         "output_dir": str(folder.path) if written and folder is not None else None,
         "files": {name: str(folder.artifact(a)) for name, a in FILES.items()
@@ -177,6 +178,7 @@ def build_report(
             "cpu_s": round(cpu_s, 4),
             "cpus": cpus,
             "cost_usd": round(sum(e["cost_usd"] for e in episodes), 6),
+            "saved_usd": round(sum(e["saved_usd"] for e in episodes), 6),
             "stage_busy_s": _stage_busy(records),
             "providers": {
                 kind: _provider_entry(stats) for kind, stats in provider_stats.items()
@@ -195,6 +197,8 @@ def _provider_entry(stats: Mapping[str, Any]) -> dict[str, Any]:
         "tokens_in": stats["tokens_in"],
         "tokens_out": stats["tokens_out"],
         "cost_usd": stats["cost_usd"],
+        "cache_hits": stats.get("cache_hits", 0),
+        "saved_usd": stats.get("saved_usd", 0.0),
         "limiter_wait_s": stats["limiter_wait_s"],
     }
 

@@ -264,6 +264,11 @@ class ServiceSettings(BaseModel):
         description="`/healthz` fails once an actor the service needs has been down this long,"
         " so an orchestrator restarts the replica.",
     )
+    daily_budget_usd: float | None = Field(
+        None, gt=0, le=1_000_000,
+        description="Per tenant: USD its calls may cost in a UTC day (none: no limit). A call "
+        "that could pass it is not sent; a submission once it is spent is answered 429.",
+    )
 
 
 class Settings(BaseSettings):
@@ -295,6 +300,15 @@ class Settings(BaseSettings):
         None,
         description="The state store's database (sqlite+aiosqlite:// or postgresql+asyncpg://); "
         f"a secret. Unset: SQLite, {STATE_DB_FILE} in the storage folder.",
+    )
+    retention_days: float | None = Field(
+        None, gt=0, le=36_500,
+        description="Episodes that finished this many days ago are removed, rows and files, "
+        "by the running coordinator (none: kept until `showrunner prune`).",
+    )
+    cache: bool = Field(
+        True, description="Answer a call from the owner's identical earlier call, paying once "
+        "(`--no-cache` and a request's `cache: false` turn it off).",
     )
     encoding: EncodingSettings = Field(
         default_factory=EncodingSettings, description="Video encoding of scenes and episodes."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pipelines.models import EpisodeRequest
 
@@ -21,6 +22,17 @@ class QuotaExceeded(Exception):
 
 class IdempotencyConflict(Exception):
     """An idempotency key already names a different request."""
+
+
+class DailyBudgetSpent(Exception):
+    """A tenant's budget for today is spent: nothing more is taken before ``resets_at``."""
+
+    def __init__(self, message: str, resets_at: float) -> None:
+        super().__init__(message)
+        self.resets_at = resets_at
+
+    def __reduce__(self) -> tuple[type[DailyBudgetSpent], tuple[str, float]]:
+        return (type(self), (self.args[0], self.resets_at))  # it crosses from the desk's actor
 
 
 def fingerprint(requests: Sequence[EpisodeRequest]) -> str:
@@ -47,3 +59,22 @@ def check_quota(active: int, adding: int, max_active: int | None) -> None:
     if max_active is not None and adding and active + adding > max_active:
         raise QuotaExceeded(f"{active} episodes are queued or running and this request adds "
                             f"{adding}; the limit is {max_active} at once")
+
+
+@dataclass(frozen=True)
+class DailyBudget:
+    """A tenant's budget for today, as it stands: USD, and when it starts again (epoch s)."""
+
+    limit_usd: float
+    spent_usd: float
+    held_usd: float  # by calls in flight
+    resets_at: float
+
+    def check(self) -> None:
+        """Raise ``DailyBudgetSpent`` once nothing is left to start new work with."""
+        if self.spent_usd + self.held_usd >= self.limit_usd:
+            reset = datetime.fromtimestamp(self.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise DailyBudgetSpent(
+                f"this API key's daily budget of ${self.limit_usd:.2f} is spent "
+                f"(${self.spent_usd:.4f}, ${self.held_usd:.4f} more held by calls in flight); "
+                f"it starts again at {reset}", self.resets_at)

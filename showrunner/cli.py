@@ -67,6 +67,9 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="FILE", help="also write the run report here")
     parser.add_argument("--latency-scale", type=float, default=1.0, metavar="X",
                         help="scale the bundled server's latencies (default: 1, realistic)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="send every call, even one asked before (default: an identical "
+                        "earlier call's answer is used, paying once)")
 
 
 def _add_store_flags(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +219,8 @@ def _run(args: argparse.Namespace, settings: Settings, storage: Path) -> int:
     if args.command == "resume" and not earlier:
         print(f"nothing to resume in {at.label}", file=sys.stderr)
         return 0
+    if args.no_cache:
+        settings = settings.model_copy(update={"cache": False})
     output_dir = _output_dir(str(storage))  # last: nothing is created for bad input
     from showrunner.console import run_and_show
 

@@ -147,10 +147,12 @@ def _closing_table(console: Console, report: dict[str, Any], output_dir: Path) -
         ("parallel efficiency", f"{t['parallel_efficiency']:.2f}" if t["parallel_efficiency"]
          else "-"),
         ("cost", f"${t['cost_usd']:.4f}"),
+        ("saved by the call cache", f"${t['saved_usd']:.4f}"),
     ]
     for kind, p in t["providers"].items():
-        rows.append((f"{kind}: calls / 429s / retries",
-                     f"{p['calls']} / {p['rate_limited']} / {p['retries']}"))
+        rows.append((f"{kind}: calls / from the cache / 429s / retries",
+                     f"{p['calls']} / {p['cache_hits']} / {p['rate_limited']} / "
+                     f"{p['retries']}"))
     for row in rows:
         summary.add_row(*row)
     console.print(summary)

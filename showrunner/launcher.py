@@ -33,6 +33,7 @@ from showrunner.ids import episode_ids
 # Served by the bundled server when their base_url is unset; a video provider is used only when
 # one is configured (otherwise clips are made locally).
 BUNDLED = (ProviderKind.LLM, ProviderKind.TTS, ProviderKind.IMAGE)
+CACHE_FOLDER = "cache"  # under the storage folder: the call cache's files (speech, pictures, clips)
 POLL_S = 0.25
 STATS_TIMEOUT_S = 30.0
 
@@ -186,14 +187,15 @@ def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
     CLI's are not: owned by its driver, they end when it ends, however it ends (the cluster
     kills the actors of a job whose driver is gone)."""
     kinds = [*BUNDLED, *([ProviderKind.VIDEO] if settings.video.base_url is not None else [])]
+    state_url = settings.state_database_url(output_dir)
     providers = {
         kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,
-                             name=f"{prefix}:{kind}", detached=detached)
+                             name=f"{prefix}:{kind}", detached=detached, state_url=state_url,
+                             cache_root=str(output_dir.resolve() / CACHE_FOLDER))
         for kind in kinds
     }
     coordinator = coordinator_actor(settings, {kind: f"{prefix}:{kind}" for kind in providers},
-                                    output_root=str(output_dir.resolve()),
-                                    state_url=settings.state_database_url(output_dir),
+                                    output_root=str(output_dir.resolve()), state_url=state_url,
                                     name=f"{prefix}:coordinator", detached=detached)
     return Run(coordinator, providers, settings, output_dir)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import sys
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from actors import retention
 from actors.state_store import EpisodeSummary, StateStore, StateStoreError
 from pipelines.episode_folder import EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
@@ -206,15 +206,12 @@ def cancel(at: StoreAt, episode_id: str) -> int:
 
 def prune(at: StoreAt, root: Path, older_than_days: float) -> int:
     """``showrunner prune --older-than DAYS``: the rows and folders of episodes that finished
-    more than that long ago. Rows first, in one transaction: a folder left by an interrupted
-    prune is a stray folder, never an episode whose files are gone."""
+    more than that long ago (``actors.retention``)."""
     async def remove() -> list[str]:
         async with opened(at) as store:
-            return await store.prune(time.time() - older_than_days * 86_400)
+            return await retention.prune(store, root, time.time() - older_than_days * 86_400)
 
     removed = asyncio.run(remove())
-    for episode_id in removed:
-        shutil.rmtree(EpisodeFolder(root, episode_id).path, ignore_errors=True)
     print(f"pruned {len(removed)} episode(s) finished over {older_than_days:g} day(s) ago")
     return 0
 

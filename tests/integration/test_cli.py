@@ -232,7 +232,7 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
     }
     assert set(report["totals"]["providers"]["llm"]) == {
         "calls", "ok", "rate_limited", "retries", "errors", "tokens_in", "tokens_out",
-        "cost_usd", "limiter_wait_s",
+        "cost_usd", "cache_hits", "saved_usd", "limiter_wait_s",
     }
     episodes = report["episodes"]
     assert [e["scenes"] for e in episodes] == [3, 2]
@@ -328,8 +328,30 @@ def test_a_killed_run_goes_on_from_its_stored_nodes(again: str, tmp_path: Path) 
                            if TAKEN_UP.fullmatch(e["message"])]
         assert int(total) == NODES and int(made) >= stored[episode]
         kept[episode] = int(made)
-    # What was stored was not asked for again: one call for each node that was not.
-    assert report["totals"]["providers"]["llm"]["calls"] == sum(NODES - k for k in kept.values())
+    # What was stored was not asked for again: one call for each node that was not (paid, or
+    # answered by the cache: a node answered just before the kill, but not yet stored).
+    llm = report["totals"]["providers"]["llm"]
+    assert llm["calls"] + llm["cache_hits"] == sum(NODES - k for k in kept.values())
+
+
+def test_a_pruned_episode_run_again_is_answered_by_the_cache(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = ("run", "--premise", "A lighthouse in a storm.", "--scenes", "2", "--lines", "2",
+               "--script-only", "--output", str(out), "--latency-scale", "0.02")
+    first = showrunner(*command, timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    paid = json.loads((out / "report.json").read_text())["totals"]
+    assert paid["providers"]["llm"]["calls"] > 0
+    assert showrunner("prune", "--older-than", "0", "--output", str(out)).returncode == 0
+    assert listing(out) == []
+
+    again = showrunner(*command, timeout=120)  # the same command: every call asked before
+    assert again.returncode == 0, again.stderr[-3000:]
+    totals = json.loads((out / "report.json").read_text())["totals"]
+    llm = totals["providers"]["llm"]
+    assert llm["calls"] == 0 and llm["cache_hits"] == paid["providers"]["llm"]["ok"]
+    assert totals["saved_usd"] == paid["cost_usd"]
+
 
 
 def test_status_list_and_cancel_read_the_store(tmp_path: Path) -> None:

@@ -82,6 +82,10 @@ def provider_figures(samples: list[Sample], provider: str, deployment: str) -> d
         "latency_count": total(samples, "ray_showrunner_provider_latency_seconds_count", **tags),
         "attempts": total(samples, "ray_showrunner_provider_limiter_wait_seconds_count", **tags),
         "job_s": total(samples, "ray_showrunner_provider_job_seconds_total", **tags),
+        # (no deployment: a cached answer reached none)
+        "cache_hits": total(samples, "ray_showrunner_provider_cache_hits_total",
+                            provider=provider),
+        "saved_usd": total(samples, "ray_showrunner_provider_saved_usd_total", provider=provider),
     }
 
 
@@ -89,7 +93,7 @@ def stats_figures(stats: dict[str, Any]) -> Any:
     """The same figures from ``stats()`` (whose cost is rounded to a millionth of a dollar)."""
     return pytest.approx({
         **{k: stats[k] for k in ("ok", "failed", "rate_limited", "retries", "tokens_in",
-                                 "tokens_out", "cost_usd", "job_s")},
+                                 "tokens_out", "cost_usd", "job_s", "cache_hits", "saved_usd")},
         "latency_count": stats["latency"]["count"],
         "attempts": stats["ok"] + sum(stats["errors"].values()),  # each waited for a permit
     }, rel=0, abs=1e-6)
@@ -110,7 +114,9 @@ def test_provider_metrics_match_the_actors_stats(
     broke_llm = provider_actor(ProviderKind.LLM, settings(), local_base_url=broke.base_url,
                                name="test:metrics-broke")
     image = provider_actor(ProviderKind.IMAGE, settings(prices=prices),
-                           local_base_url=server.base_url, name="test:metrics-image")
+                           local_base_url=server.base_url, name="test:metrics-image",
+                           state_url=f"sqlite+aiosqlite:///{tmp_path / 'state.db'}",
+                           cache_root=str(tmp_path / "cache"))
 
     # Clip jobs of about half a second, small renders: polled while they run.
     clips = local_server(latency_scale=0.01, video_render_size="320x180", video_render_fps=8)
@@ -122,6 +128,9 @@ def test_provider_metrics_match_the_actors_stats(
     ray.get(video.clip.remote("a ferry in fog", out_path=str(tmp_path / "clip.mp4")))
     ray.get([image.image.remote("a taxi in the rain", out_path=str(tmp_path / f"{i}.png"),
                                 size="256x256") for i in range(2)])
+    for again in range(2):  # the second is answered by the cache: counted, and what it saved
+        ray.get(image.image.remote("a gull", out_path=str(tmp_path / f"gull{again}.png"),
+                                   size="256x256", owner="t", cache=True))
     with pytest.raises(QuotaExhausted):
         ray.get(broke_llm.chat.remote(MESSAGES))
 
@@ -135,6 +144,8 @@ def test_provider_metrics_match_the_actors_stats(
         assert observed == expected, kind
     llm_stats = ray.get(llm.stats.remote())
     assert llm_stats["ok"] == 30 and llm_stats["rate_limited"] > 0 and llm_stats["cost_usd"] > 0
+    image_stats = ray.get(image.stats.remote())
+    assert image_stats["cache_hits"] == 1 and image_stats["saved_usd"] == 0.04
     assert ray.get(video.stats.remote())["job_s"] > 0  # the job was seen running
     assert_exported_as_specified(metrics_url, [s for s in metrics.SPECS if "provider" in s.tags])
     for actor in (llm, broke_llm, image, video):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.state_store import StateStore, StateStoreError
+from actors.state_store import PaidCall, StateStore, StateStoreError
 from pipelines.engine import EpisodeEngine, NodeState
 from pipelines.episode_state import EpisodeRecord, Event, EventKind, MediaFile
 from pipelines.models import (
@@ -174,3 +174,46 @@ async def test_a_driver_not_installed_is_named_with_how_to_get_it() -> None:
             await StateStore.open("postgresql+asyncpg://me:pw@127.0.0.1:1/x")
     else:
         pytest.skip("asyncpg is installed here")
+
+
+async def test_a_version_2_store_gains_the_ledger_and_keeps_its_episodes(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await StateStore.open(url(path))
+    store.put_episode(half_done("old"))
+    await store.close()
+    with sqlite3.connect(path) as db:  # the store as version 2 left it
+        db.execute("DROP TABLE calls")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store = await StateStore.open(url(path))
+    try:
+        assert [r.id for r in await store.unfinished()] == ["old"]
+        store.put_call(PaidCall(owner="t_a", kind="llm", model="m", digest="d1", cost_usd=0.5,
+                                at=time.time(), answer='{"text": "hi"}'))
+        await store.flush()
+        assert await store.spent("t_a", 0) == 0.5
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("3",)
+
+
+async def test_the_ledger_answers_per_owner_and_sums_what_was_spent_since(tmp_path: Path) -> None:
+    store = await StateStore.open(url(tmp_path / "s.db"))
+    try:
+        now = time.time()
+        for owner, digest, cost, at, answer in (
+                ("t_a", "d1", 0.25, now - 90_000, '"old"'), ("t_a", "d1", 0.5, now, '"new"'),
+                ("t_b", "d2", 1.0, now, '"b"'), ("t_a", "d3", 0.125, now, None)):
+            store.put_call(PaidCall(owner=owner, kind="llm", model="m", digest=digest,
+                                    cost_usd=cost, at=at, answer=answer))
+        await store.flush()
+        newest = await store.cached_call("t_a", "llm", "d1")
+        assert newest is not None and newest.answer == '"new"' and newest.cost_usd == 0.5
+        assert await store.cached_call("t_b", "llm", "d1") is None  # another owner's
+        assert await store.cached_call("t_a", "tts", "d1") is None  # another provider's
+        assert await store.cached_call("t_a", "llm", "d3") is None  # paid, but no answer kept
+        assert await store.spent("t_a", now - 3600) == 0.625
+        assert await store.spent("t_a", 0) == 0.875
+        assert await store.spent("nobody", 0) == 0.0
+    finally:
+        await store.close()

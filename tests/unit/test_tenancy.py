@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,8 @@ from actors.tenant_desk import TenantDesk
 from pipelines.models import EpisodeRequest
 from pipelines.tenancy import (
     Claim,
+    DailyBudget,
+    DailyBudgetSpent,
     IdempotencyConflict,
     QuotaExceeded,
     check_quota,
@@ -49,6 +52,7 @@ class RoundTrip:
         self.owners: dict[str, str] = {}
         self.claims: dict[str, Claim] = {}
         self.arrived = asyncio.Event()
+        self.budgets: dict[str, DailyBudget] = {}
 
     async def submit_many(self, requests: list[EpisodeRequest], *, ids: list[str] | None = None,
                           owner: str = "", claim_key: str | None = None
@@ -71,6 +75,9 @@ class RoundTrip:
     async def views(self, episode_ids: list[str]) -> list[SimpleNamespace]:
         return [SimpleNamespace(id=i) for i in episode_ids]  # all the desk reads of a view
 
+    async def daily_budget(self, owner: str) -> DailyBudget | None:
+        return self.budgets.get(owner)
+
 
 async def test_a_submission_whose_caller_went_away_is_still_booked() -> None:
     coordinator = RoundTrip()
@@ -85,3 +92,22 @@ async def test_a_submission_whose_caller_went_away_is_still_booked() -> None:
     assert coordinator.taken == [[v.id for v in again]]  # the retry got the episode made once
     with pytest.raises(QuotaExceeded):  # and it counts against the quota
         await desk.submit("t1", requests(*"bcdef"), max_active=5)
+
+
+async def test_a_spent_daily_budget_refuses_new_work_until_it_resets_but_replays_a_key() -> None:
+    coordinator = RoundTrip()
+    desk = TenantDesk(coordinator)  # type: ignore[arg-type]
+    await desk.submit("t1", requests("a"), idempotency_key="k")
+    resets = 1_800_000_000.0
+    coordinator.budgets["t1"] = DailyBudget(limit_usd=1.0, spent_usd=0.75, held_usd=0.25,
+                                            resets_at=resets)
+    with pytest.raises(DailyBudgetSpent) as spent:
+        await desk.submit("t1", requests("b"))
+    assert spent.value.resets_at == resets
+    assert "$1.00" in str(spent.value) and "2027-01-15T08:00:00Z" in str(spent.value)
+    assert pickle.loads(pickle.dumps(spent.value)).resets_at == resets  # it crosses Ray
+    again = await desk.submit("t1", requests("a"), idempotency_key="k")  # a replay costs nothing
+    assert [v.id for v in again] == coordinator.taken[0]
+    coordinator.budgets["t1"] = DailyBudget(1.0, 0.5, 0.25, resets)  # some left: taken
+    await desk.submit("t1", requests("c"))
+    assert len(coordinator.taken) == 2
