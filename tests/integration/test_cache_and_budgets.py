@@ -27,6 +27,7 @@ from pipelines.settings import (
     Settings,
     TTSSettings,
 )
+from tests.support import wait_for_async
 
 Start = Callable[..., LocalServer]
 ENDPOINTS = ("chat", "speech", "image")
@@ -182,3 +183,21 @@ async def test_a_daily_budget_holds_across_episodes_and_a_restart(local_server: 
     after_restart = await again.daily_budget("t1")
     assert after_restart is not None and after_restart.spent_usd == pytest.approx(spent)
     assert 0 < after_restart.resets_at - time.time() <= 86_400
+
+
+async def test_a_coordinator_with_a_retention_removes_what_finished_long_ago(
+        local_server: Start, tmp_path: Path) -> None:
+    server = local_server(latency_scale=0.02)
+    coordinator, _ = build(server, tmp_path)
+    done = await run(coordinator, premise(media=False))
+    assert (tmp_path / done.id / "script.json").is_file()
+    await coordinator.close()
+    OPEN.remove(coordinator)
+    await asyncio.sleep(0.2)
+
+    kept, _ = build(server, tmp_path, retention_days=1e-6)  # 0.09 s: it finished before that
+    await kept.ready()
+    await wait_for_async(lambda: not (tmp_path / done.id).exists(), 10, "its folder removed")
+    assert await kept.view(done.id) is None
+    again = await run(kept, premise(media=False))  # asked again: answered by the cache
+    assert again.status is EpisodeStatus.COMPLETED and again.figures.saved_usd > 0
