@@ -17,6 +17,7 @@ from actors.gateway import ProviderGateway
 from actors.state_store import StateStore
 from local_server.process import LocalServer
 from pipelines.episode_folder import Artifact
+from pipelines.errors import BadRequest
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import (
     ImageSettings,
@@ -46,10 +47,10 @@ async def _close() -> AsyncIterator[None]:
         await OPEN.pop().close()
 
 
-def build(server: LocalServer, root: Path, **settings: Any
-          ) -> tuple[EpisodeCoordinator, dict[ProviderKind, ProviderGateway]]:
+def build(server: LocalServer, root: Path, wrap: Callable[[Any], Any] | None = None,
+          **settings: Any) -> tuple[EpisodeCoordinator, dict[ProviderKind, ProviderGateway]]:
     """A coordinator whose gateways write the ledger of ``root``'s store and keep its cache,
-    as ``showrunner run`` makes them."""
+    as ``showrunner run`` makes them (``wrap``: around the language model's)."""
     state_url = f"sqlite+aiosqlite:///{root / 'state.db'}"
     conf = {
         ProviderKind.LLM: LLMSettings(model="test", rpm=None, tpm=None, prices=PRICES[
@@ -66,7 +67,8 @@ def build(server: LocalServer, root: Path, **settings: Any
                  image=conf[ProviderKind.IMAGE],
                  encoding={"width": 320, "height": 180, "fps": 8, "x264_preset": "ultrafast"},
                  **settings),
-        dict(gateways), output_root=str(root), state_url=state_url)
+        {**gateways, **({ProviderKind.LLM: wrap(gateways[ProviderKind.LLM])} if wrap else {})},
+        output_root=str(root), state_url=state_url)
     OPEN.extend([*gateways.values(), coordinator])
     return coordinator, gateways
 
@@ -201,3 +203,35 @@ async def test_a_coordinator_with_a_retention_removes_what_finished_long_ago(
     assert await kept.view(done.id) is None
     again = await run(kept, premise(media=False))  # asked again: answered by the cache
     assert again.status is EpisodeStatus.COMPLETED and again.figures.saved_usd > 0
+
+
+async def test_a_failed_call_spoils_no_other_so_a_run_again_pays_only_for_what_failed(
+        local_server: Start, tmp_path: Path) -> None:
+    server = local_server(latency_scale=0.02)
+    script = premise(scenes=4, media=False)
+    failing, _ = build(server, tmp_path, wrap=lambda llm: FailFor(llm, "Write scene 2:"))
+    failed = await run(failing, script)
+    assert failed.status is EpisodeStatus.FAILED
+    answered_before = paid(server)["chat"]
+    assert answered_before > 1
+    await failing.close()
+    OPEN.remove(failing)
+
+    coordinator, gateways = build(server, tmp_path)
+    done = await run(coordinator, script)  # asked alike: the same seeds, the same calls
+    assert done.status is EpisodeStatus.COMPLETED, done.error
+    llm = gateways[ProviderKind.LLM].snapshot()
+    assert llm["cache_hits"] == answered_before  # every call answered before, even those after
+    assert paid(server)["chat"] == answered_before + llm["calls"]  # the failure, paid once
+
+
+class FailFor:
+    """The real gateway, refusing the calls whose prompt mentions ``marker`` (a fault on cue)."""
+
+    def __init__(self, gateway: ProviderGateway, marker: str) -> None:
+        self.gateway, self.marker = gateway, marker
+
+    async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        if self.marker in messages[-1]["content"]:
+            raise BadRequest("injected fault", provider="llm", status=400)
+        return await self.gateway.chat(messages, **kwargs)
