@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http bench-scale serve clean
+.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http bench-scale bench-chaos serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-http: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale
+
+bench-chaos: $(STAMP)
+	$(PY) -m bench.chaos
 
 bench: bench-provider bench-strategies bench-media bench-http
 

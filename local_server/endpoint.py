@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from local_server.billing import Refund, body_digest, form_digest
 from local_server.errors import ApiError, bad_request
 from local_server.state import ServerState
 
@@ -31,11 +32,14 @@ MALFORMED_BODY = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choic
 @dataclass(slots=True)
 class Admission:
     """What a checked request costs and answers: ``body`` when the answer is ready, else
-    ``make``, run only once the request is admitted and during its latency."""
+    ``make``, run only once the request is admitted and during its latency. ``billed``, when
+    given, is handed what takes the bill back, once the answer is billed (a video job refunds
+    itself if it fails)."""
 
     tokens: int = 0
     body: Reply | None = None
     make: Callable[[], Awaitable[Reply]] | None = None
+    billed: Callable[[Refund], None] | None = None
 
 
 def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool = False
@@ -50,7 +54,8 @@ def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool 
         stats.enter()
         try:
             state.check_auth(request.headers)
-            admission = work(await read_body(request, form), request_id)
+            raw, digest = await read_body(request, form)
+            admission = work(raw, request_id)
             headers = state.admit(endpoint, admission.tokens)
             headers["x-request-id"] = request_id
             fault = state.draw_fault()
@@ -67,6 +72,10 @@ def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool 
                                     headers=headers)
             reply = await _reply_during(admission, delay)
             stats.accepted += 1
+            if fault is None:  # a hang's answer comes after its client gave up: not billed
+                refund = stats.ledger.bill(digest)
+                if admission.billed is not None:
+                    admission.billed(refund)
             if isinstance(reply, web.StreamResponse):
                 reply.headers.update(headers)
                 return reply
@@ -80,12 +89,15 @@ def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool 
     return handle
 
 
-async def read_body(request: web.Request, form: bool) -> Any:
-    """The parsed body; a 400 (or 413) in OpenAI's shape when it cannot be read."""
+async def read_body(request: web.Request, form: bool) -> tuple[Any, bytes]:
+    """The parsed body and its digest (what ``/stats`` bills it as); a 400 (or 413) in OpenAI's
+    shape when it cannot be read."""
     try:
         if form:
-            return await request.post()
-        return json.loads(await request.read())
+            fields = await request.post()
+            return fields, form_digest(fields)
+        raw = await request.read()
+        return json.loads(raw), body_digest(raw)
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "The request body is too large.", counter="bad_request") from None
     except ValueError:  # JSONDecodeError, UnicodeDecodeError, a broken multipart body

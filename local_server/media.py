@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from local_server.background import in_background
+from local_server.billing import Refund
 from local_server.endpoint import MALFORMED_BODY, Admission
 from local_server.errors import ApiError, bad_request
 from local_server.images import DEFAULT_SIZE, SIZES, scene_card
@@ -120,6 +121,8 @@ class Videos:
         model = str(raw.get("model", "sora-2"))
         self._check_job_cap()  # on arrival, as a provider refuses at once
 
+        made: list[Job] = []
+
         async def make() -> dict[str, Any]:  # the job exists only once the request is admitted
             # Again when the job is made: requests admitted together all passed the first check.
             self._check_job_cap()
@@ -127,9 +130,17 @@ class Videos:
                                                config.video_job_jitter_s)
             duration = max(0.0, config.video_job_s + jitter) * config.latency_scale
             self.state.stats["video"].jobs_s.append(duration)
-            return self.jobs.create(model, prompt, seconds, size, image, duration).view()
+            made.append(self.jobs.create(model, prompt, seconds, size, image, duration))
+            return made[0].view()
 
-        return Admission(make=make)
+        def billed(refund: Refund) -> None:
+            """A job that fails is refunded: a provider charges for clips, not for failures."""
+            [job] = made
+            if job.task is not None:
+                job.task.add_done_callback(
+                    lambda _: refund() if job.status == "failed" else None)
+
+        return Admission(make=make, billed=billed)
 
     def _check_job_cap(self) -> None:
         config = self.state.config

@@ -1,9 +1,12 @@
 """Counters per endpoint, served at ``/stats``: what a benchmark reads to see what the server
-accepted and refused, and how many requests it held at once."""
+accepted and refused, how many requests it held at once, and what it billed (``paid``, and
+``duplicate_paid``: answers billed for a body billed before; see ``local_server.billing``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from local_server.billing import Ledger
 
 FAULTS = ("server_error", "hang", "malformed")
 
@@ -11,8 +14,9 @@ FAULTS = ("server_error", "hang", "malformed")
 class EndpointStats:
     """Plain integers bumped on the request path (no locks: one event loop owns them)."""
 
-    __slots__ = ("accepted", "rate_limited", "quota_rejected", "unauthorized", "bad_request",
-                 "faults", "tokens", "jobs_s", "inflight", "max_inflight")
+    __slots__ = ("arrived", "accepted", "rate_limited", "quota_rejected", "unauthorized",
+                 "bad_request", "faults", "tokens", "jobs_s", "inflight", "max_inflight",
+                 "ledger")
 
     def __init__(self) -> None:
         self.inflight = 0
@@ -20,6 +24,9 @@ class EndpointStats:
 
     def reset(self) -> None:
         """Zero the counters; requests in flight stay counted (they will leave)."""
+        # Every request that reached the endpoint, whatever its answer: a benchmark watching for
+        # the first call after a crash reads it.
+        self.arrived = 0
         self.accepted = 0
         self.rate_limited = 0
         self.quota_rejected = 0
@@ -31,6 +38,7 @@ class EndpointStats:
         # bound needs, and a real provider would not say.
         self.jobs_s: list[float] = []
         self.max_inflight = self.inflight
+        self.ledger = Ledger()
 
     def count(self, counter: str | None) -> None:
         """Bump a counter by name: a field, or a fault kind."""
@@ -42,6 +50,7 @@ class EndpointStats:
             setattr(self, counter, getattr(self, counter) + 1)
 
     def enter(self) -> None:
+        self.arrived += 1
         self.inflight += 1
         if self.inflight > self.max_inflight:
             self.max_inflight = self.inflight
@@ -51,6 +60,7 @@ class EndpointStats:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            "arrived": self.arrived,
             "accepted": self.accepted,
             "rate_limited": self.rate_limited,
             "quota_rejected": self.quota_rejected,
@@ -61,4 +71,6 @@ class EndpointStats:
             "jobs_s": [round(s, 4) for s in self.jobs_s],
             "inflight": self.inflight,
             "max_inflight": self.max_inflight,
+            "paid": self.ledger.paid,
+            "duplicate_paid": self.ledger.duplicate_paid,
         }
