@@ -35,6 +35,21 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: What,
         time.sleep(interval)
 
 
+def stays(predicate: Callable[[], object], seconds: float, what: What,
+          interval: float = INTERVAL_S) -> None:
+    """Ask ``predicate`` for ``seconds``; fail the test naming ``what`` the first time it gives
+    a false value. The other half of ``wait_for``: a state once reached is kept (nothing comes
+    back to life), which no single look can tell."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not predicate():
+            pytest.fail(f"no longer true within {seconds:g} s: "
+                        f"{what() if callable(what) else what}")
+        if time.monotonic() > deadline:
+            return
+        time.sleep(interval)
+
+
 async def wait_for_async(predicate: Callable[[], Awaitable[T] | T], timeout: float, what: What,
                          interval: float = INTERVAL_S) -> T:
     """``wait_for`` inside an event loop: ``predicate`` may be a coroutine function, and the
@@ -123,3 +138,33 @@ def small_disk(path: Path, size_bytes: int) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` read-only for every process while the context lasts, what it holds kept.
+
+    Permissions do not stop root (as CI runs), so as root the folder is bind-mounted read-only
+    over itself: writes fail with EROFS from the kernel, as on a disk mounted read-only.
+    Otherwise its folders lose their write bits (``chmod 0o555``)."""
+    if os.geteuid() != 0:
+        folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+        modes = {p: p.stat().st_mode for p in folders}
+        for p in folders:
+            p.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    bound = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True,
+                           text=True)
+    if bound.returncode != 0:
+        unavailable("a bind mount, to make a folder read-only for root",
+                    f"give the tests CAP_SYS_ADMIN ({bound.stderr.strip()})")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
