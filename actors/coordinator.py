@@ -124,6 +124,7 @@ class EpisodeCoordinator:
                 raise ValueError(f"episode {episode_id} exists with another request or owner")
         if self.output_root is None and any(r.media for r in requests):
             raise ValueError("media needs an output folder: start the coordinator with one")
+        before = {i: self.records.get(i) for i in chosen}
         for request, episode_id in zip(requests, chosen, strict=True):
             record = known.get(episode_id)
             if record is None:
@@ -143,9 +144,29 @@ class EpisodeCoordinator:
                 self.store.put_claim(claim_key, owner, claim)
             else:
                 self._claims[claim_key] = claim
+        if self.store is not None:  # acknowledged once it would survive this process
+            try:
+                await self.store.flush()
+            except StateStoreError as err:  # not taken: nothing runs, nothing is paid
+                self._take_back(before)
+                raise StateStoreError(f"the episodes were not taken: {err}") from None
         self._admit()
-        await self._stored()  # acknowledged once it would survive this process
         return [EpisodeView.of(r) for r in await self._find(chosen) if r is not None]
+
+    def _take_back(self, before: Mapping[str, EpisodeRecord | None]) -> None:
+        """Undo a submission that could not be stored: its episodes leave the queue, and
+        memory is as it was; what was queued for the store of them is dropped."""
+        assert self.store is not None
+        self.store.discard(before)
+        self._queue = [entry for entry in self._queue if entry[2] not in before]
+        heapq.heapify(self._queue)
+        for episode_id, record in before.items():
+            if record is None:
+                self.records.pop(episode_id, None)
+                self._queued_at.pop(episode_id, None)
+                self.feed.forget(episode_id)
+            else:
+                self.records[episode_id] = record
 
     async def claimed(self, claim_key: str) -> Claim | None:
         """What was made under an idempotency key, if anything was."""
@@ -317,7 +338,7 @@ class EpisodeCoordinator:
 
     async def _take_up(self) -> None:
         assert self._state_url is not None
-        self.store = await StateStore.open(self._state_url)
+        self.store = await StateStore.open(self._state_url, exclusive=True)
         self._arrivals = await self.store.last_arrival()
         cancelled = await self.store.cancels_requested()
         for record in await self.store.unfinished():

@@ -26,8 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
+import shutil
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -65,6 +69,9 @@ log = logging.getLogger("showrunner.state")
 SCHEMA_VERSION = 3  # 2: cancels asked through the store, idempotency claims; 3: the ledger
 MIGRATES_FROM = {2}  # versions brought up to this one by adding the tables they lack
 RETRY_S = 1.0  # a failed commit is tried again after this long
+LOCK_WAIT_S = 10.0  # a coordinator waits this long for another on its store to end
+LOCK_POLL_S = 0.2
+FULL_BELOW_BYTES = 1 << 20  # a folder with less free space than this is called full
 EVENTS_LOADED = 5000  # events brought back into memory per episode (the coordinator keeps as many)
 
 metadata = MetaData()
@@ -129,6 +136,43 @@ class StateStoreError(Exception):
     cannot reach. The message is one line, and names no password."""
 
 
+class RunLock:
+    """The one coordinator of a SQLite store: an exclusive ``flock`` on a file beside it, which
+    says who holds it (pid and host) for the message of whoever is refused."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    async def take(cls, path: Path, where: str, wait_s: float) -> RunLock:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise StateStoreError(f"cannot lock the state store {where}: {err.strerror}") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise StateStoreError(
+                        f"the state store {where} is in use by another Showrunner run or service"
+                        f" ({holder}): wait for it to end, or use another storage folder"
+                    ) from None
+                await asyncio.sleep(LOCK_POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # (closing the file lets the lock go)
+            self._fd = None
+
+
 class PaidCall(BaseModel):
     """One row of the ledger: a call a provider answered, and so billed."""
 
@@ -165,11 +209,19 @@ class StateStore:
         self._writer: asyncio.Task[None] | None = None
         self.failure: str | None = None  # why the last commit failed, until one succeeds
         self._failures = 0  # commits failed so far
+        self._lock: RunLock | None = None  # held by the coordinator running the store
 
     @classmethod
-    async def open(cls, url: str) -> StateStore:
+    async def open(cls, url: str, *, exclusive: bool = False,
+                   wait_s: float = LOCK_WAIT_S, _as_it_is: bool = False) -> StateStore:
         """The store at ``url``, its tables made if it is new. Raises ``StateStoreError`` for a
-        URL of another kind, a store of another schema version, or one that cannot be reached."""
+        URL of another kind, a store of another schema version, or one that cannot be reached.
+
+        ``exclusive``: this process runs the store's episodes (a coordinator). A second
+        coordinator on the same store would take up the first one's episodes and pay for them
+        again, so it waits up to ``wait_s`` for the first to end, then is refused. The lock is
+        the operating system's, on a file beside a SQLite store: a process that dies, however
+        it dies, lets it go at once, so a restarted coordinator takes over without delay."""
         try:
             parsed = make_url(url)
         except Exception:  # SQLAlchemy's ArgumentError, or a ValueError of a bad port
@@ -177,12 +229,18 @@ class StateStore:
         where = parsed.render_as_string(hide_password=True)
         if parsed.drivername not in ACCEPTED_SCHEMES:
             raise StateStoreError(f"state URL {where}: use {' or '.join(ACCEPTED_SCHEMES)}")
-        if parsed.drivername.startswith("sqlite") and parsed.database:
+        lock = None
+        if _as_it_is:  # the file read as it is, read-only (see below)
+            parsed = parsed.set(database=f"file:{parsed.database}?mode=ro&immutable=1",
+                                query={"uri": "true"})
+        elif parsed.drivername.startswith("sqlite") and parsed.database:
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise StateStoreError(f"cannot create the state store's folder for {where}: "
                                       f"{err.strerror}") from None
+            if exclusive:
+                lock = await RunLock.take(Path(parsed.database + ".lock"), where, wait_s)
         try:
             engine = create_async_engine(parsed)
         except ImportError:  # the driver is an extra: asyncpg for PostgreSQL
@@ -197,14 +255,24 @@ class StateStore:
             except SQLAlchemyError:  # another process made the tables meanwhile: look again
                 async with engine.begin() as conn:
                     await conn.run_sync(_prepare_schema, where)
-        except StateStoreError:
+        except (StateStoreError, SQLAlchemyError, OSError) as err:
             await engine.dispose()
-            raise
-        except (SQLAlchemyError, OSError) as err:
-            await engine.dispose()
-            raise StateStoreError(f"cannot open the state store {where}: "
-                                  f"{_first_line(err)}") from None
-        return cls(engine, where)
+            if lock is not None:
+                lock.release()
+            if isinstance(err, StateStoreError):
+                raise
+            sqlite_file = engine.dialect.name == "sqlite" and parsed.database and not _as_it_is
+            folder = Path(parsed.database).parent if sqlite_file and parsed.database else None
+            if not exclusive and folder is not None:
+                # A reader (status, list) on a read-only or full folder, where SQLite cannot make
+                # its shared-memory file: read the file as it is, changing nothing.
+                with contextlib.suppress(StateStoreError):
+                    return await cls.open(url, _as_it_is=True)
+            raise StateStoreError(f"cannot open the state store {where}: {_first_line(err)}"
+                                  f"{_folder_problem(folder)}") from None
+        store = cls(engine, where)
+        store._lock = lock
+        return store
 
     async def close(self) -> None:
         """Commit what is queued, then let the database go."""
@@ -214,6 +282,9 @@ class StateStore:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
         await self._engine.dispose()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- writes, queued ---------------------------------------------------------------------
 
@@ -260,6 +331,16 @@ class StateStore:
         """A paid call, for the ledger and the call cache."""
         self._calls.append(call.model_dump())
         self._queue()
+
+    def discard(self, episode_ids: Iterable[str]) -> None:
+        """Drop what is queued and not yet committed of these episodes (a submission refused
+        because it could not be stored must not be stored later, when a retry gets through)."""
+        gone = set(episode_ids)
+        self._episodes = {k: v for k, v in self._episodes.items() if k not in gone}
+        self._nodes = {k: v for k, v in self._nodes.items() if k[0] not in gone}
+        self._events = [row for row in self._events if row["episode_id"] not in gone]
+        self._claims = [row for row in self._claims if not gone & set(json.loads(row["ids"]))]
+        self._uncancel -= gone
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed; raise ``StateStoreError`` if a
@@ -542,6 +623,17 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
+
+
+def _folder_problem(folder: Path | None) -> str:
+    """What is wrong with a SQLite store's folder, if something is: read-only, or full."""
+    if folder is None or not folder.is_dir():
+        return ""
+    if not os.access(folder, os.W_OK):  # (EROFS is refused to root too)
+        return f"; the folder {folder} is read-only"
+    if shutil.disk_usage(folder).free < FULL_BELOW_BYTES:
+        return f"; the folder {folder} is full"
+    return ""
 
 
 def _first_line(err: BaseException) -> str:

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import wave
 from collections.abc import Iterator, Sequence
@@ -144,6 +145,7 @@ def _filter_path(path: Path) -> str:
 # Encodes are batch work: the event loops that keep provider jobs moving (provider actors, the
 # coordinator, an HTTP replica) share these CPUs and must not wait behind them.
 ENCODE_NICENESS = 10
+FFMPEG_POLL_S = 0.05  # how often a running ffmpeg is looked at (a cancel is seen within this)
 
 
 def lower_priority(pid: int) -> None:
@@ -183,14 +185,25 @@ def run_ffmpeg(args: Sequence[str]) -> float:
     process = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel",
                                 "error", "-y", *args], preexec_fn=_die_with_parent,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors: list[bytes] = []
+    assert process.stderr is not None
+    # Its error output is read on a thread, and its end polled for: a Ray task is cancelled by
+    # an interrupt that reaches the main thread only when it runs Python code, never while it
+    # blocks in a read or a wait. Polled, a cancelled task kills ffmpeg within a poll.
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    reader.start()
     try:
         lower_priority(process.pid)
-        assert process.stderr is not None
-        with process.stderr:
-            stderr = process.stderr.read()  # EOF when ffmpeg exits (it writes little: errors)
-        # Reap it ourselves: wait4 returns this child's own usage, which Popen.wait discards.
-        _, status, usage = os.wait4(process.pid, 0)
+        while True:
+            # Reap it ourselves: wait4 returns this child's own usage, which Popen.wait discards.
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(FFMPEG_POLL_S)
         process.returncode = os.waitstatus_to_exitcode(status)
+        reader.join()
+        process.stderr.close()
+        stderr = errors[0] if errors else b""
     except BaseException:
         process.kill()
         process.wait()

@@ -58,8 +58,11 @@ def run_and_show(
             except launcher.CoordinatorLost as err:
                 console.print(f"the run stopped: {err}")
         report = launcher.collect_report(run, ids, seen)
-    launcher.write_report(report, output_dir, report_file)
+    unwritten = launcher.write_report(report, output_dir, report_file)
     _closing_table(console, report, output_dir)
+    if unwritten is not None:
+        console.print(f"showrunner: error: {unwritten}", soft_wrap=True, highlight=False)
+        return EXIT_FAILED
     log.info("run report: %s", report["totals"])
     if interrupted:
         return EXIT_INTERRUPTED

@@ -22,8 +22,10 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.remote import coordinator_actor, provider_actor
+from actors.state_store import StateStoreError
 from local_server.process import LocalServer
 from pipelines.episode_view import EpisodeView
+from pipelines.errors import storage_error
 from pipelines.files import write_atomic
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.report import build_report
@@ -278,11 +280,16 @@ def collect_report(run: Run, ids: list[str],
                         root=run.output_dir.resolve(), lost=lost)
 
 
-def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -> None:
+def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -> str | None:
+    """Write the report; returns why it could not be, if it could not (a full or read-only
+    disk: the run's figures are still shown)."""
     text = json.dumps(report, indent=2) + "\n"
-    write_atomic(output_dir / "report.json", text)
-    if extra is not None:
-        write_atomic(extra, text)
+    for path in (output_dir / "report.json", *([extra] if extra is not None else [])):
+        try:
+            write_atomic(path, text)
+        except OSError as err:
+            return f"the report was not written: {storage_error(err)}"
+    return None
 
 
 def submit(run: Run, requests: list[EpisodeRequest]) -> list[str]:
@@ -294,5 +301,8 @@ def queue(run: Run, requests: list[EpisodeRequest]) -> list[EpisodeView]:
     """Queue the episodes under their stable ids (``showrunner.ids``); returns how they are at
     first. One the storage already has goes on from its stored nodes, or is shown as done: the
     same command run again continues it instead of paying for it twice."""
-    return ray.get(run.coordinator.submit_many.remote(requests, ids=episode_ids(requests),
-                                                      resume=True))
+    try:
+        return ray.get(run.coordinator.submit_many.remote(requests, ids=episode_ids(requests),
+                                                          resume=True))
+    except StateStoreError as err:  # Ray's copy carries the remote traceback: say the line
+        raise StateStoreError(str(getattr(err, "cause", err))) from None

@@ -211,37 +211,15 @@ def _said(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}; stderr ends:\n{result.stderr[-3000:]}"
 
 
-# -- what the product does not do yet: each case's reason, for the engineer who mends it ------
-
-FULL_RUN_TRACEBACK = pytest.mark.xfail(
-    strict=True,
-    reason="a run on a full storage whose store opens (its -shm is there) starts anyway: "
-           "StateStore commits fail and are only logged (actors/coordinator.py _stored), the "
-           "episode fails at 100% ('the script could not be written'), then "
-           "showrunner/console.py run_and_show -> launcher.write_report -> write_atomic "
-           "raises OSError ENOSPC: a traceback and exit 1 instead of one line",
-)
-PAID_UNRECORDED = pytest.mark.xfail(
-    strict=True,
-    reason="the run on the full storage paid the provider for every call although nothing "
-           "could be stored (its submission and the ledger's rows were never committed), so "
-           "the same command once space is freed pays for the same calls again",
-)
-CLOSED_STORE_UNREADABLE = pytest.mark.xfail(
-    strict=True,
-    reason="actors/state_store.py StateStore.open on a WAL store with no -shm file: on a "
-           "read-only folder SQLite cannot create it ('unable to open database file'), on a "
-           "full one it cannot grow it ('disk I/O error'); list/status/run exit 2 with that "
-           "message, which names neither read-only nor full, and the store cannot be read",
-)
-
-
-@pytest.mark.parametrize("case", [
+EVERY_CASE = [
     pytest.param(AS_LEFT[0], id="read-only"),
-    pytest.param(AS_LEFT[1], id="full", marks=FULL_RUN_TRACEBACK),
-    pytest.param(CLOSED[0], id="read-only, store closed", marks=CLOSED_STORE_UNREADABLE),
-    pytest.param(CLOSED[1], id="full, store closed", marks=CLOSED_STORE_UNREADABLE),
-], indirect=True)
+    pytest.param(AS_LEFT[1], id="full"),
+    pytest.param(CLOSED[0], id="read-only, store closed"),
+    pytest.param(CLOSED[1], id="full, store closed"),
+]
+
+
+@pytest.mark.parametrize("case", EVERY_CASE, indirect=True)
 def test_the_run_stops_with_one_line_naming_the_folder_and_the_problem(case: Case) -> None:
     failed = case.failed
     assert failed.returncode != 0, _said(failed)
@@ -254,18 +232,13 @@ def test_the_run_stops_with_one_line_naming_the_folder_and_the_problem(case: Cas
         errors[0])
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(AS_LEFT[0], id="read-only"),
-    pytest.param(AS_LEFT[1], id="full"),
-    pytest.param(CLOSED[0], id="read-only, store closed", marks=CLOSED_STORE_UNREADABLE),
-    pytest.param(CLOSED[1], id="full, store closed", marks=CLOSED_STORE_UNREADABLE),
-], indirect=True)
+@pytest.mark.parametrize("case", EVERY_CASE, indirect=True)
 def test_the_store_can_still_be_read_while_the_folder_cannot_be_written(case: Case) -> None:
     statuses = case.while_broken.statuses()
     assert {i: statuses[i] for i in case.earlier} == dict.fromkeys(case.earlier, "completed")
 
 
-AS_LEFT_IDS = [pytest.param(AS_LEFT[0], id="read-only"), pytest.param(AS_LEFT[1], id="full")]
+AS_LEFT_IDS = EVERY_CASE[:2]
 
 
 @pytest.mark.parametrize("case", AS_LEFT_IDS, indirect=True)
@@ -295,10 +268,7 @@ def test_once_the_folder_can_be_written_the_same_command_completes(case: Case) -
     assert files and all(Path(f).stat().st_size > 0 for f in files.values()), files
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(AS_LEFT[0], id="read-only"),
-    pytest.param(AS_LEFT[1], id="full", marks=PAID_UNRECORDED),
-], indirect=True)
+@pytest.mark.parametrize("case", AS_LEFT_IDS, indirect=True)
 def test_nothing_is_paid_twice(case: Case) -> None:
     """Over the whole case each of the command's calls is paid once: what the run on the broken
     folder paid for was kept, or it paid for nothing."""
