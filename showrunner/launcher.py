@@ -257,6 +257,8 @@ def _ask_coordinator(call: Callable[[], Any]) -> Any:
             time.sleep(POLL_S)
         except KeyError as err:  # restarted without its store: it knows no such episode
             raise CoordinatorLost(f"{LOST} ({type(err).__name__})") from err
+        except StateStoreError as err:  # (another run holds the store): say the line
+            raise StateStoreError(str(getattr(err, "cause", err))) from None
 
 
 def collect_report(run: Run, ids: list[str],
