@@ -196,6 +196,7 @@ class Outcome:
     paid: int = 0
     duplicate_paid: int = 0
     rerun_paid: int | None = None
+    new_ids_paid: int | None = None  # the service: the same episodes under new ids
     kills: list[Kill] = field(default_factory=list)
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -663,10 +664,12 @@ class Service:
 
         return wait_until(answers, 180, interval=0.2) and child.poll() is None
 
-    def submit(self, requests: list[EpisodeRequest]) -> list[str]:
+    def submit(self, requests: list[EpisodeRequest], key: str | None = "chaos-service"
+               ) -> list[str]:
+        """Queue the episodes, under an idempotency key (None: none, so new episodes)."""
         body = {"episodes": [r.model_dump(mode="json", exclude_none=True) for r in requests]}
         status, answer = http("POST", f"{self.url}/v1/episodes", body,
-                              {"Idempotency-Key": "chaos-service"})
+                              {"Idempotency-Key": key} if key else {})
         if status != 202:
             raise RuntimeError(f"the service refused the episodes: {status} {answer}")
         return [e["id"] for e in answer["episodes"]]
@@ -695,6 +698,18 @@ class Service:
         return seen[-1] if seen else []
 
 
+def asked_anew(api: Service, requests: list[EpisodeRequest], watch: Watch) -> int | None:
+    """The same episodes asked once more without the key: new episodes, new ids, nothing of
+    theirs stored; what they pay is what the call cache (an owner's identical call is paid
+    once) does not answer."""
+    before = watch.now().paid
+    try:
+        api.finish(api.submit(requests, key=None))
+    except (OSError, RuntimeError, KeyError, TypeError):
+        return None
+    return watch.now().paid - before
+
+
 def service(args: argparse.Namespace) -> Outcome:
     """The service stopped mid-run (SIGTERM, as an orchestrator stops it) and started again;
     then the same submission again, with the same idempotency key."""
@@ -710,7 +725,11 @@ def service(args: argparse.Namespace) -> Outcome:
                 outcome.notes.append(f"the service did not start: {tail(api.log)[-300:]}")
                 return outcome
             started = time.monotonic()
-            ids = api.submit(requests)
+            try:
+                ids = api.submit(requests)
+            except (OSError, RuntimeError, KeyError, TypeError) as err:
+                outcome.notes.append(f"the service took no episodes: {err}")
+                return outcome
             expected = expected_calls(requests)
             if wait_until(lambda: watch.now().paid >= 0.25 * expected, SCENARIO_S):
                 outcome.kills.append(kill(watch, "service (SIGTERM)",
@@ -728,11 +747,18 @@ def service(args: argparse.Namespace) -> Outcome:
             settled = watch.now()
             outcome.paid, outcome.duplicate_paid = settled.paid, settled.duplicate_paid
             add_duplicate_notes(outcome, server.stats())
-            again = api.submit(requests)
+            try:
+                again = api.submit(requests)
+            except (OSError, RuntimeError, KeyError, TypeError) as err:
+                outcome.notes.append(f"the same submission again was refused: {err}")
+                again = []
             if again != ids:
                 outcome.notes.append("the same key named other episodes")
             api.finish(again)
             outcome.rerun_paid = watch.now().paid - settled.paid
+            outcome.new_ids_paid = asked_anew(api, requests, watch)
+            outcome.notes.append(f"the same episodes asked again without the key (new ids) paid "
+                                 f"{outcome.new_ids_paid} calls")
         for done in outcome.kills:
             done.settle(watch)
     return outcome
@@ -775,6 +801,8 @@ def summary(outcomes: list[Outcome]) -> dict[str, Any]:
         "in_flight_at_kills": sum(o.in_flight for o in chaos),
         "resume_s": round(max(resumes), 3) if resumes else None,
         "rerun_paid_calls": sum(reruns) if reruns else None,
+        "new_ids_rerun_paid_calls": next((o.new_ids_paid for o in chaos
+                                          if o.new_ids_paid is not None), None),
         "duplicate_paid_raw": sum(o.duplicate_paid for o in chaos),
         "same_body_calls_clean_run": same_body,
         "paid_calls": sum(o.paid for o in chaos),
