@@ -176,9 +176,12 @@ def start_keeper(raylet: int, agents: dict[int, str]) -> subprocess.Popen[bytes]
     started with the node) are ``agents``, pid → start time. Closing its stdin, which this
     process does by ending, has it kill them and whatever else the raylet started."""
     named = [f"{pid}:{started}" for pid, started in agents.items()]
+    # In a session of its own: ``kill -9 -- -PGID`` of the CLI's group (a shell's job control,
+    # a CI runner's timeout) must not take the keeper with it, or the workers, each in a group
+    # of their own, go on spending for a second or two before they notice.
     return subprocess.Popen([sys.executable, "-c", KEEPER, str(raylet), *named],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,

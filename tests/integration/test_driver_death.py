@@ -194,7 +194,7 @@ def _start_cli(server: LocalServer, ray_tmpdir: Path, output: Path, log: IO[str]
          "--episodes", "4", "--scenes", "30", "--continuity", "none", "--script-only",
          "--output", str(output)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, text=True, cwd=ROOT,
-        env=env,
+        env=env, start_new_session=True,
     )
 
 
@@ -221,7 +221,8 @@ def test_a_killed_cli_stops_spending_and_leaves_no_process(
         names = " | ".join(sorted(p.name() for p in session))
         assert "local_server" in names and "ray::ProviderActor" in names, names
 
-        os.kill(cli.pid, signal.SIGKILL)
+        # Its whole process group, as a shell's `kill -9 %1` or a CI runner's timeout does.
+        os.killpg(cli.pid, signal.SIGKILL)
         cli.wait()
         killed_at = time.monotonic()
 
