@@ -70,7 +70,8 @@ case "$*" in *.compose-*) stage=compose ;; *.stitch-*) stage=stitch ;; *) stage=
 case "$*" in *"slow-$stage"*) exec '{ffmpeg}' -readrate 0.05 "$@" ;; esac
 exec '{ffmpeg}' "$@"
 """
-STAGES = [NodeKind.OUTLINE, NodeKind.CONTENT, NodeKind.DIALOGUE, NodeKind.SPEECH,
+# (content and dialogue are language-model calls as the outline is: the same path)
+STAGES = [NodeKind.OUTLINE, NodeKind.SPEECH,
           NodeKind.IMAGE, NodeKind.CLIP, NodeKind.COMPOSE, NodeKind.STITCH]
 
 

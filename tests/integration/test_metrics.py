@@ -89,11 +89,17 @@ def provider_figures(samples: list[Sample], provider: str, deployment: str) -> d
     }
 
 
-def stats_figures(stats: dict[str, Any]) -> Any:
-    """The same figures from ``stats()`` (whose cost is rounded to a millionth of a dollar)."""
+CACHE_FIGURES = ("cache_hits", "saved_usd")  # per provider, so every test's actors' together
+
+
+def stats_figures(stats: dict[str, Any], before: dict[str, float]) -> Any:
+    """The same figures from ``stats()`` (whose cost is rounded to a millionth of a dollar);
+    ``before``: the provider's cache figures before the test, which other tests' actors of the
+    same provider counted."""
     return pytest.approx({
         **{k: stats[k] for k in ("ok", "failed", "rate_limited", "retries", "tokens_in",
-                                 "tokens_out", "cost_usd", "job_s", "cache_hits", "saved_usd")},
+                                 "tokens_out", "cost_usd", "job_s")},
+        **{k: stats[k] + before[k] for k in CACHE_FIGURES},
         "latency_count": stats["latency"]["count"],
         "attempts": stats["ok"] + sum(stats["errors"].values()),  # each waited for a permit
     }, rel=0, abs=1e-6)
@@ -124,6 +130,9 @@ def test_provider_metrics_match_the_actors_stats(
                            VideoSettings(rpm=None, poll_initial_s=0.05, poll_max_s=0.1),
                            local_base_url=clips.base_url, name="test:metrics-video")
 
+    kinds = ("llm", "image", "video")
+    before = {k: {f: total(scrape(metrics_url), f"ray_showrunner_provider_{f}_total", provider=k)
+                  for f in CACHE_FIGURES} for k in kinds}
     ray.get([llm.chat.remote(MESSAGES, episode_id=f"e{i % 3}") for i in range(30)])
     ray.get(video.clip.remote("a ferry in fog", out_path=str(tmp_path / "clip.mp4")))
     ray.get([image.image.remote("a taxi in the rain", out_path=str(tmp_path / f"{i}.png"),
@@ -137,7 +146,7 @@ def test_provider_metrics_match_the_actors_stats(
     for actor, kind, url in ((llm, "llm", server.base_url), (image, "image", server.base_url),
                              (broke_llm, "llm", broke.base_url),
                              (video, "video", clips.base_url)):
-        expected = stats_figures(ray.get(actor.stats.remote()))
+        expected = stats_figures(ray.get(actor.stats.remote()), before[kind])
         observed = scrape_until(
             metrics_url, lambda s, k=kind, u=url: provider_figures(s, k, deployment_label(u)),
             expected)

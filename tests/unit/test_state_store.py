@@ -4,6 +4,7 @@ schema is refused in one line, and a failed commit loses nothing and half-writes
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -217,3 +218,19 @@ async def test_the_ledger_answers_per_owner_and_sums_what_was_spent_since(tmp_pa
         assert await store.spent("nobody", 0) == 0.0
     finally:
         await store.close()
+
+
+async def test_one_coordinator_at_a_time_runs_a_store(tmp_path: Path) -> None:
+    path = url(tmp_path / "s.db")
+    first = await StateStore.open(path, exclusive=True)
+    try:
+        with pytest.raises(StateStoreError) as refused:
+            await StateStore.open(path, exclusive=True, wait_s=0.3)
+        message = str(refused.value)
+        assert "in use by another Showrunner" in message and f"pid {os.getpid()}" in message
+        reader = await StateStore.open(path)  # status, list, a provider's ledger: any number
+        await reader.close()
+    finally:
+        await first.close()
+    second = await StateStore.open(path, exclusive=True, wait_s=0.3)  # let go: taken at once
+    await second.close()
