@@ -9,8 +9,11 @@ file (speech, picture, clip) under the storage's ``cache/`` folder, named by the
 request's digests, written before the row that points at it.
 
 Two identical calls at once are made once: the second waits for the first and is given its
-answer. A call whose owner turned the cache off is still written in the ledger (it was paid for),
-without its answer.
+answer. Which calls have an answer kept is known in memory (loaded once, then kept as answers
+are written: a provider actor is the only writer of its provider's rows), so a call never asked
+before costs no query, and only a hit reads the store. A call whose owner turned the cache off is
+still written in the ledger (it was paid for), without its answer. A row is committed with the
+store's next group commit, milliseconds after the answer, not waited for.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.call_results import Attempts, ChatResult, MediaResult
-from actors.state_store import PaidCall, StateStore, StateStoreError
+from actors.state_store import PaidCall, StateStore
 from pipelines.files import write_atomic
 from pipelines.settings import ProviderKind
 
@@ -68,6 +71,8 @@ class CallCache:
         self._open_store = open_store
         self._files_root = files_root
         self._busy: dict[CallKey, tuple[asyncio.Lock, int]] = {}
+        self._kept: set[int] | None = None  # hashes of the keys whose answers are kept
+        self._loading = asyncio.Lock()
 
     async def chat(self, key: CallKey, use: bool, episode_id: str,
                    call: Callable[[], Awaitable[ChatResult]]) -> ChatResult:
@@ -75,7 +80,7 @@ class CallCache:
         async with self._alone(key, use):
             store = await self._open_store()
             if use and store is not None:
-                hit = await store.cached_call(key.owner, self.kind.value, key.digest)
+                hit = await self._hit(store, key)
                 if hit is not None and hit.answer is not None:
                     answer = json.loads(hit.answer)
                     return ChatResult(**vars(_from_cache(hit)), text=answer["text"],
@@ -93,7 +98,7 @@ class CallCache:
         async with self._alone(key, use):
             store = await self._open_store()
             if use and store is not None:
-                hit = await store.cached_call(key.owner, self.kind.value, key.digest)
+                hit = await self._hit(store, key)
                 data = self._cached_file(hit)
                 if hit is not None and data is not None:
                     write_atomic(Path(out_path), data)
@@ -128,10 +133,21 @@ class CallCache:
             else:
                 self._busy[key] = (lock, users - 1)
 
+    async def _hit(self, store: StateStore, key: CallKey) -> PaidCall | None:
+        if self._kept is None:
+            async with self._loading:
+                if self._kept is None:
+                    self._kept = {hash(k) for k in await store.cached_keys(self.kind.value)}
+        if hash((key.owner, key.digest)) not in self._kept:
+            return None
+        return await store.cached_call(key.owner, self.kind.value, key.digest)
+
     async def _write(self, store: StateStore | None, key: CallKey, episode_id: str,
                      result: Attempts, answer: str | None) -> None:
-        """The paid call's ledger row, committed before its answer is given (a store that
-        cannot be written now keeps it queued, and the answer is given anyway)."""
+        """The paid call's ledger row, queued for the store's next commit (within
+        milliseconds: waiting for it would put a commit on every call's critical path, and
+        the node's own result is stored after this anyway; a store that cannot be written
+        keeps it queued)."""
         if store is None:
             return
         store.put_call(PaidCall(
@@ -139,10 +155,8 @@ class CallCache:
             episode_id=episode_id or None, tokens_in=getattr(result, "tokens_in", 0),
             tokens_out=getattr(result, "tokens_out", 0), units=getattr(result, "units", 0.0),
             cost_usd=result.cost_usd, at=time.time(), answer=answer))
-        try:
-            await store.flush()
-        except StateStoreError as err:
-            log.warning("the ledger is behind: %s", err)
+        if answer is not None and self._kept is not None:
+            self._kept.add(hash((key.owner, key.digest)))
 
     def _file_of(self, key: CallKey) -> Path:
         assert self._files_root is not None

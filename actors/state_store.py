@@ -210,6 +210,8 @@ class StateStore:
         self.failure: str | None = None  # why the last commit failed, until one succeeds
         self._failures = 0  # commits failed so far
         self._lock: RunLock | None = None  # held by the coordinator running the store
+        self._lookups: dict[tuple[str, str, str], asyncio.Future[PaidCall | None]] = {}
+        self._looker: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, *, exclusive: bool = False,
@@ -511,12 +513,50 @@ class StateStore:
 
     async def cached_call(self, owner: str, kind: str, digest: str) -> PaidCall | None:
         """The newest paid call of ``owner`` to ``kind`` that asked exactly what ``digest``
-        names, with its answer."""
+        names, with its answer.
+
+        Looked up together with every other lookup asked meanwhile, in one query (as writes
+        are committed together): hundreds of calls at once cost a few queries, not a
+        connection each."""
+        key = (owner, kind, digest)
+        found = self._lookups.get(key)
+        if found is None:
+            found = self._lookups[key] = asyncio.get_running_loop().create_future()
+            if self._looker is None or self._looker.done():
+                self._looker = asyncio.create_task(self._look_up())
+        return await asyncio.shield(found)
+
+    async def _look_up(self) -> None:
+        while self._lookups:
+            await asyncio.sleep(0)  # let the lookups asked in this moment join
+            asked, self._lookups = self._lookups, {}
+            try:
+                answers: dict[tuple[str, str, str], PaidCall] = {}
+                keys = list(asked)
+                async with self._engine.connect() as conn:
+                    for start in range(0, len(keys), 500):  # (a bound on an IN list's size)
+                        digests = sorted({k[2] for k in keys[start:start + 500]})
+                        rows = await conn.execute(select(calls).where(
+                            calls.c.digest.in_(digests), calls.c.answer.is_not(None))
+                            .order_by(calls.c.id))
+                        for row in rows:  # the newest of each key last, so kept
+                            answers[row.owner, row.kind, row.digest] = PaidCall.model_validate(
+                                dict(row._mapping))
+            except Exception as err:  # each caller hears of it
+                for future in asked.values():
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            for key, future in asked.items():
+                if not future.done():
+                    future.set_result(answers.get(key))
+
+    async def cached_keys(self, kind: str) -> list[tuple[str, str]]:
+        """(owner, digest) of every call to ``kind`` whose answer is kept."""
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(calls).where(
-                calls.c.owner == owner, calls.c.kind == kind, calls.c.digest == digest,
-                calls.c.answer.is_not(None)).order_by(calls.c.id.desc()).limit(1))).first()
-        return PaidCall.model_validate(dict(row._mapping)) if row is not None else None
+            rows = await conn.execute(select(calls.c.owner, calls.c.digest).where(
+                calls.c.kind == kind, calls.c.answer.is_not(None)))
+            return [(row.owner, row.digest) for row in rows]
 
     async def spent(self, owner: str, since: float) -> float:
         """What ``owner``'s paid calls since ``since`` (epoch seconds) cost, in USD."""
