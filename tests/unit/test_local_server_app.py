@@ -6,31 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, Field
 
-from local_server.app import build_app
-from local_server.cli import RUNNER_OPTIONS
 from local_server.config import ServerConfig
 from tests.support import wait_for_async
+from tests.unit.local_app import CHAT, FakeClock, Make, apps
 
-Make = Callable[..., Awaitable[TestClient]]
-CHAT = "/v1/chat/completions"
 BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "Premise: owls at sea."}]}
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Pitch(BaseModel):
@@ -38,26 +27,7 @@ class Pitch(BaseModel):
     characters: list[str] = Field(min_length=2, max_length=3)
 
 
-@pytest.fixture
-async def make() -> AsyncIterator[Make]:
-    """Start an app for a config (latency 0 unless given) on a loopback port."""
-    clients: list[TestClient] = []
-
-    async def start(clock: Callable[[], float] = time.monotonic, **options: Any) -> TestClient:
-        options.setdefault("latency_scale", 0.0)
-        config = ServerConfig(**options)
-        server = TestServer(build_app(config, clock))
-        # As ``serve`` runs it (the test server sets handler_cancellation itself).
-        await server.start_server(**{k: v for k, v in RUNNER_OPTIONS.items()
-                                     if k != "handler_cancellation"})
-        client = TestClient(server)
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        await client.close()
+make = pytest.fixture(apps, name="make")
 
 
 async def chat(client: TestClient, body: Any = BODY, **headers: str) -> aiohttp.ClientResponse:

@@ -4,54 +4,24 @@ benchmark reads it to see a call paid for twice across a crash, which no client 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from local_server.app import build_app
 from local_server.billing import Ledger, body_digest
-from local_server.cli import RUNNER_OPTIONS
 from local_server.config import ServerConfig
 from tests.support import wait_for_async
-
-Make = Callable[..., Awaitable[TestClient]]
-CHAT = "/v1/chat/completions"
+from tests.unit.local_app import CHAT, FakeClock, Make, apps
 
 
 def body(premise: str) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": f"Premise: {premise}"}]}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
 
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def make() -> AsyncIterator[Make]:
-    """An app for a config (latency 0 unless given) on a loopback port."""
-    clients: list[TestClient] = []
-
-    async def start(clock: Callable[[], float] | None = None, **options: Any) -> TestClient:
-        options.setdefault("latency_scale", 0.0)
-        app = build_app(ServerConfig(**options), *([clock] if clock else []))
-        server = TestServer(app)
-        await server.start_server(**{k: v for k, v in RUNNER_OPTIONS.items()
-                                     if k != "handler_cancellation"})
-        client = TestClient(server)
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        await client.close()
+make = pytest.fixture(apps, name="make")
 
 
 async def post(client: TestClient, json: Any, **options: Any) -> int:
