@@ -105,8 +105,9 @@ class EpisodeCoordinator:
         """Queue episodes; each starts as soon as a slot is free. Returns their views (their ids
         are made here unless given; a given id must be new).
 
-        With ``resume``, a given id may name an episode this store already has, of the same
-        request and owner: one that runs goes on, a completed one is returned as it is, and a
+        New episodes are refused (``DailyBudgetSpent``) once their owner's daily budget is
+        spent. With ``resume``, a given id may name an episode this store already has, of the
+        same request and owner: one that runs goes on, a completed one is returned as it is, and a
         failed or cancelled one runs again from its done nodes (what a re-run command asks)."""
         await self.ready()
         claim = Claim(fingerprint(requests), ()) if claim_key is not None else None
@@ -124,6 +125,10 @@ class EpisodeCoordinator:
                 raise ValueError(f"episode {episode_id} exists with another request or owner")
         if self.output_root is None and any(r.media for r in requests):
             raise ValueError("media needs an output folder: start the coordinator with one")
+        if len(known) < len(chosen):  # new episodes: not once the owner's day is spent
+            today = await self.daily_budget(owner)
+            if today is not None:
+                today.check()
         before = {i: self.records.get(i) for i in chosen}
         for request, episode_id in zip(requests, chosen, strict=True):
             record = known.get(episode_id)

@@ -18,7 +18,7 @@ from typing import Protocol
 from pipelines.access import episode_ids, request_key
 from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.tenancy import Claim, DailyBudget, check_quota
+from pipelines.tenancy import Claim, check_quota
 
 
 class Coordinator(Protocol):
@@ -31,8 +31,6 @@ class Coordinator(Protocol):
     async def claimed(self, claim_key: str) -> Claim | None: ...
 
     async def unfinished_count(self, owner: str) -> int: ...
-
-    async def daily_budget(self, owner: str) -> DailyBudget | None: ...
 
     async def page(self, owner: str, status: EpisodeStatus | None = None, limit: int = 20,
                    after: int = 0) -> tuple[list[EpisodeView], int | None]: ...
@@ -51,7 +49,7 @@ class TenantDesk:
         """Queue a tenant's episodes, all or none; returns their views. The same idempotency
         key with the same episodes returns the episodes it made before (an
         ``IdempotencyConflict`` with others); over ``max_active`` unfinished episodes is a
-        ``QuotaExceeded``; a daily budget spent is ``DailyBudgetSpent``.
+        ``QuotaExceeded``; a daily budget spent is the coordinator's ``DailyBudgetSpent``.
 
         Shielded: a caller that goes away (a client that timed out, and will retry with its
         key) must not leave the submission half-made.
@@ -69,9 +67,6 @@ class TenantDesk:
             if max_active is not None:
                 check_quota(await self.coordinator.unfinished_count(owner), len(requests),
                             max_active)
-            daily = await self.coordinator.daily_budget(owner)
-            if daily is not None:
-                daily.check()
             return await self.coordinator.submit_many(
                 requests, ids=episode_ids(owner, idempotency_key, len(requests)), owner=owner,
                 claim_key=key)

@@ -28,6 +28,7 @@ from pipelines.settings import (
     Settings,
     TTSSettings,
 )
+from pipelines.tenancy import DailyBudgetSpent
 from tests.support import wait_for_async
 
 Start = Callable[..., LocalServer]
@@ -185,6 +186,13 @@ async def test_a_daily_budget_holds_across_episodes_and_a_restart(local_server: 
     after_restart = await again.daily_budget("t1")
     assert after_restart is not None and after_restart.spent_usd == pytest.approx(spent)
     assert 0 < after_restart.resets_at - time.time() <= 86_400
+    await again.close()
+    OPEN.remove(again)
+
+    lower, _ = build(server, tmp_path, service=ServiceSettings(daily_budget_usd=spent / 2))
+    with pytest.raises(DailyBudgetSpent, match="daily budget of"):  # the ledger says it is spent
+        await lower.submit_many([premise(media=False)], owner="t1")
+    assert [v.owner for v in await lower.submit_many([premise(media=False)], owner="t2")] == ["t2"]
 
 
 async def test_a_coordinator_with_a_retention_removes_what_finished_long_ago(
