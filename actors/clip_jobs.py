@@ -22,6 +22,7 @@ from actors.clip_polling import JobDurations, remaining_s
 from actors.stats import ProviderStats
 from pipelines.errors import GenerationFailed, ProviderTimeout
 from pipelines.files import write_atomic
+from pipelines.media_stages import CLIP_SECONDS
 from pipelines.settings import ProviderKind, VideoSettings
 
 T = TypeVar("T")
@@ -48,7 +49,8 @@ class ClipJobs:
         self.durations = JobDurations()
 
     async def make(
-        self, prompt: str, *, out_path: str, image_path: str | None = None, seconds: str = "4",
+        self, prompt: str, *, out_path: str, image_path: str | None = None,
+        seconds: str = CLIP_SECONDS,
         size: str = "1280x720", episode_id: str = "",
     ) -> MediaResult:
         """A clip of ``prompt`` (from the reference picture ``image_path``) in ``out_path``. A

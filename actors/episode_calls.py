@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from actors.call_results import Attempts, ChatResult, MediaResult
 from pipelines import budget
 from pipelines.budget import Budget
+from pipelines.media_stages import CLIP_SECONDS
 from pipelines.settings import Prices
 
 R = TypeVar("R", bound=Attempts)
@@ -56,7 +57,7 @@ class EpisodeCalls:
                                 lambda: self.provider.image(prompt, **self.whose, **kwargs))
 
     async def clip(self, prompt: str, **kwargs: Any) -> MediaResult:
-        ceiling = budget.clip_ceiling(self.prices, kwargs.get("seconds", "4"))
+        ceiling = budget.clip_ceiling(self.prices, kwargs.get("seconds", CLIP_SECONDS))
         return await self._paid(ceiling, lambda: self.provider.clip(prompt, **self.whose,
                                                                     **kwargs))
 

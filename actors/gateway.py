@@ -44,6 +44,7 @@ from actors.stats import ProviderStats
 from actors.token_estimator import TokenEstimator
 from pipelines.errors import MalformedResponse, ProviderError, RateLimited
 from pipelines.files import write_atomic
+from pipelines.media_stages import CLIP_SECONDS
 from pipelines.settings import DeploymentSettings, ProviderKind, ProviderSettings, VideoSettings
 
 T = TypeVar("T")
@@ -252,7 +253,8 @@ class ProviderGateway:
         return await self._media(params, out_path, episode_id, owner, cache, attempt)
 
     async def clip(
-        self, prompt: str, *, out_path: str, image_path: str | None = None, seconds: str = "4",
+        self, prompt: str, *, out_path: str, image_path: str | None = None,
+        seconds: str = CLIP_SECONDS,
         size: str = "1280x720", episode_id: str = "", owner: str = "", cache: bool = False,
     ) -> MediaResult:
         """A clip job (see ``ClipJobs.make``): only a video provider makes them."""

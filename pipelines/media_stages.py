@@ -8,6 +8,7 @@ import hashlib
 from pipelines.models import EpisodeRequest, SceneContent, SceneOutline
 
 # OpenAI's voice names; the bundled server speaks each with a different eSpeak voice.
+CLIP_SECONDS = "4"  # a scene's clip, as the video API takes it (a string)
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
           "verse")
 
