@@ -77,7 +77,7 @@ async def test_an_owners_day_starts_from_the_ledger_and_a_new_day_starts_again()
                            request=EpisodeRequest(premise="A premise.", budget_usd=2.0))
     episode, daily = await spending.budgets(record)
     assert episode.limit_usd == 2.0 and daily.limit_usd == 1.0
-    assert await Spending(None, spent_since).budgets(record) != []
+    assert [b.limit_usd for b in await Spending(None, spent_since).budgets(record)] == [2.0]
     assert await Spending(None, spent_since).today("t1") is None
 
 
