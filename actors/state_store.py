@@ -11,7 +11,13 @@ stopped and never runs a node whose result is stored.
     meta       the schema's version
 
 SQLAlchemy 2 Core with its asyncio extension: SQLite (aiosqlite, in WAL mode) by default, and the
-same tables and statements on PostgreSQL (asyncpg) by setting another URL.
+same tables and statements on PostgreSQL (asyncpg) by setting another URL. Where the two differ,
+the store makes them behave alike: text PostgreSQL would refuse (a NUL) is made storable
+(``_Str``); a read of several statements sees one moment on both (``_reading``); a new store's
+tables are made by one process while others wait, on both (``_prepare_schema``); asyncpg's errors
+on connecting are SQLAlchemy's, as SQLite's are (``_connect_asyncpg``); and the one coordinator's
+lock is a ``flock`` beside a SQLite file, an advisory lock on a server (``RunLock``,
+``ServerLock``).
 
 Writes are queued and committed together by one writer task (group commit): the coordinator's
 loop never waits for the disk when a node finishes, and a busy second costs a few transactions,
@@ -33,13 +39,15 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import (
+    BigInteger,
     Column,
+    Dialect,
     Float,
     Index,
     Integer,
@@ -47,15 +55,19 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     event,
     func,
     inspect,
+    literal,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from pipelines.engine import EngineState, NodeState
 from pipelines.episode_folder import Artifact
@@ -73,56 +85,84 @@ LOCK_WAIT_S = 10.0  # a coordinator waits this long for another on its store to 
 LOCK_POLL_S = 0.2
 FULL_BELOW_BYTES = 1 << 20  # a folder with less free space than this is called full
 EVENTS_LOADED = 5000  # events brought back into memory per episode (the coordinator keeps as many)
+# PostgreSQL's advisory lock keys (per database): the one coordinator's, and the one that lets a
+# single process at a time make a new store's tables. ASCII, as pg_locks shows them in hex.
+COORDINATOR_KEY = int.from_bytes(b"showrunr", "big")
+SCHEMA_KEY = int.from_bytes(b"showschm", "big")
+# The server ends the lock's session (and so lets the lock go) this soon after the coordinator's
+# host stops answering, instead of after the operating system's two hours: TCP keepalives of
+# that one session, in seconds (idle, between probes, probes). A process that dies on a live
+# host closes its socket, and the lock goes at once.
+LOCK_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                   "tcp_keepalives_count": "3"}
+
+
+class _Str(TypeDecorator[str]):
+    """Text as both databases take it. PostgreSQL refuses a NUL character in any text (SQLite
+    keeps it), and a refused row fails its whole commit, again at every retry: so a NUL (in a
+    provider's error message, say; JSON columns escape theirs) is stored as U+FFFD."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\0", "\ufffd") if value is not None and "\0" in value else value
+
+
+class _Text(_Str):
+    impl = Text
+    cache_ok = True
+
 
 metadata = MetaData()
 meta = Table("meta", metadata,
-             Column("key", String(64), primary_key=True),
-             Column("value", Text, nullable=False))
+             Column("key", _Str(64), primary_key=True),
+             Column("value", _Text, nullable=False))
 episodes = Table("episodes", metadata,
-                 Column("id", String(64), primary_key=True),
-                 Column("owner", String(128), nullable=False),
+                 Column("id", _Str(64), primary_key=True),
+                 Column("owner", _Str(128), nullable=False),
                  Column("arrival", Integer, nullable=False),
-                 Column("status", String(16), nullable=False),
+                 Column("status", _Str(16), nullable=False),
                  Column("submitted_at", Float, nullable=False),
                  Column("started_at", Float),
                  Column("finished_at", Float),
-                 Column("request", Text, nullable=False),
-                 Column("error", Text),
-                 Column("stop_reason", Text),
-                 Column("artifacts", Text, nullable=False),
+                 Column("request", _Text, nullable=False),
+                 Column("error", _Text),
+                 Column("stop_reason", _Text),
+                 Column("artifacts", _Text, nullable=False),
                  # Set by ``showrunner cancel`` (any process); the coordinator acts on it.
                  Column("cancel_requested_at", Float),
                  Index("episodes_by_owner", "owner", "arrival"),
                  Index("episodes_by_status", "status"))
 nodes = Table("nodes", metadata,
-              Column("episode_id", String(64), primary_key=True),
-              Column("node", String(32), primary_key=True),
-              Column("state", String(16), nullable=False),
-              Column("figures", Text, nullable=False),
-              Column("result", Text))
+              Column("episode_id", _Str(64), primary_key=True),
+              Column("node", _Str(32), primary_key=True),
+              Column("state", _Str(16), nullable=False),
+              Column("figures", _Text, nullable=False),
+              Column("result", _Text))
 claims = Table("claims", metadata,  # what each idempotency key's first request made
-               Column("key", String(64), primary_key=True),
-               Column("owner", String(128), nullable=False),
-               Column("fingerprint", String(64), nullable=False),
-               Column("ids", Text, nullable=False))
+               Column("key", _Str(64), primary_key=True),
+               Column("owner", _Str(128), nullable=False),
+               Column("fingerprint", _Str(64), nullable=False),
+               Column("ids", _Text, nullable=False))
 events = Table("events", metadata,
-               Column("episode_id", String(64), primary_key=True),
+               Column("episode_id", _Str(64), primary_key=True),
                Column("seq", Integer, primary_key=True),
-               Column("body", Text, nullable=False))
+               Column("body", _Text, nullable=False))
 
 calls = Table("calls", metadata,
               Column("id", Integer, primary_key=True, autoincrement=True),
-              Column("owner", String(128), nullable=False),
-              Column("kind", String(16), nullable=False),
-              Column("model", String(200), nullable=False),
-              Column("digest", String(64), nullable=False),
-              Column("episode_id", String(64)),
+              Column("owner", _Str(128), nullable=False),
+              Column("kind", _Str(16), nullable=False),
+              Column("model", _Str(200), nullable=False),
+              Column("digest", _Str(64), nullable=False),
+              Column("episode_id", _Str(64)),
               Column("tokens_in", Integer, nullable=False),
               Column("tokens_out", Integer, nullable=False),
               Column("units", Float, nullable=False),
               Column("cost_usd", Float, nullable=False),
               Column("at", Float, nullable=False),
-              Column("answer", Text),  # JSON: what a cache hit gives back
+              Column("answer", _Text),  # JSON: what a cache hit gives back
               Index("calls_by_digest", "owner", "kind", "digest"),
               Index("calls_by_owner", "owner", "at"))
 
@@ -134,6 +174,26 @@ ACCEPTED_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 class StateStoreError(Exception):
     """The store cannot be used: a URL it does not take, a schema it cannot read, a database it
     cannot reach. The message is one line, and names no password."""
+
+
+class CoordinatorLock(Protocol):
+    """What makes one process the coordinator of a store, held while the store is open."""
+
+    async def confirm(self, conn: AsyncConnection) -> None:
+        """Raise ``StateStoreError`` if this process no longer holds the lock; asked in each
+        commit's transaction, before anything is written."""
+
+    async def release(self) -> None: ...
+
+
+def _holder() -> str:
+    """Who holds a lock, as the message of whoever is refused names them."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _in_use(where: str, holder: str, instead: str) -> StateStoreError:
+    return StateStoreError(f"the state store {where} is in use by another Showrunner run or "
+                           f"service ({holder}): wait for it to end, or use {instead}")
 
 
 class RunLock:
@@ -158,19 +218,134 @@ class RunLock:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
                     os.close(fd)
-                    raise StateStoreError(
-                        f"the state store {where} is in use by another Showrunner run or service"
-                        f" ({holder}): wait for it to end, or use another storage folder"
-                    ) from None
+                    raise _in_use(where, holder, "another storage folder") from None
                 await asyncio.sleep(LOCK_POLL_S)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        os.pwrite(fd, _holder().encode(), 0)
         return cls(fd)
 
-    def release(self) -> None:
+    async def confirm(self, conn: AsyncConnection) -> None:
+        """(A flock is held for as long as its file is open: it cannot be lost.)"""
+
+    async def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # (closing the file lets the lock go)
             self._fd = None
+
+
+APPLICATION = "showrunner"  # the lock session's application_name starts so: "showrunner pid…"
+_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"  # (1: a bigint key)
+         " AND l.classid = :high AND l.objid = :low"
+         " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+_KEY = {"high": COORDINATOR_KEY >> 32, "low": COORDINATOR_KEY & 0xFFFF_FFFF}
+HELD_BY = text(f"SELECT 1 FROM pg_locks l WHERE {_LOCK} AND l.pid = :pid").bindparams(**_KEY)
+HOLDER = text(f"SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+              f"ON a.pid = l.pid WHERE {_LOCK}").bindparams(**_KEY)
+
+
+class ServerLock:
+    """The one coordinator of a PostgreSQL store: a session-level advisory lock, held on a
+    connection of its own for as long as the store is open. Like a flock it goes with its
+    holder: the server lets a session's locks go when the session ends, however the process
+    ended. The session's ``application_name`` says who holds it (pid and host), which
+    ``pg_stat_activity`` shows whoever is refused.
+
+    The connection can be lost while the store is open (the server restarted, a proxy or an
+    administrator ended the session, the network failed), and the lock with it: another
+    coordinator may then take the store. So each commit first confirms, in its own transaction,
+    that this process's session still holds the lock (``confirm``). If it does not, the lock is
+    taken again on a new connection when it is free (no other coordinator can have taken the
+    store meanwhile: it would hold the lock still) and the commit goes on. If another holds it,
+    this store is fenced off for good: it commits nothing more, and every flush names who took
+    it over, so two coordinators never write over each other's rows; what this one had not
+    committed, the other runs again from the rows that were."""
+
+    def __init__(self, engine: AsyncEngine, conn: AsyncConnection, pid: int, where: str) -> None:
+        self._engine = engine  # its own, one connection and no pool: closed means let go
+        self._conn: AsyncConnection | None = conn
+        self._pid = pid  # the holding session's server process, as pg_locks names it
+        self._where = where
+        self.lost: str | None = None  # why this store was fenced off, once it is
+
+    @classmethod
+    async def take(cls, url: URL, where: str, wait_s: float) -> ServerLock:
+        """The lock, waited for up to ``wait_s``; ``StateStoreError`` naming the holder after
+        that, or SQLAlchemy's error when the server cannot be reached."""
+        engine = _engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={
+            "server_settings": {"application_name": f"{APPLICATION} {_holder()}",
+                                **LOCK_KEEPALIVES}})
+        try:
+            conn, pid = await _connect_and_lock(engine, time.monotonic() + wait_s)
+        except _Held as held:
+            await engine.dispose()
+            raise _in_use(where, held.holder, "another database") from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, conn, pid, where)
+
+    async def confirm(self, conn: AsyncConnection) -> None:
+        if self.lost is not None:
+            raise StateStoreError(self.lost)
+        if (await conn.execute(HELD_BY, {"pid": self._pid})).first() is not None:
+            return
+        await self._close()  # the session is gone, and the lock with it
+        try:  # (a server that cannot be reached now fails this commit, which is tried again)
+            self._conn, self._pid = await _connect_and_lock(self._engine, deadline=0.0)
+        except _Held as held:
+            self.lost = (f"another Showrunner run or service took it over ({held.holder}) after "
+                         "the connection holding this one's lock was lost")
+            raise StateStoreError(self.lost) from None
+        log.warning("the state store %s: the connection holding the coordinator's lock was "
+                    "lost; the lock is taken again", self._where)
+
+    async def release(self) -> None:
+        if self._conn is not None:  # let go now, not when the server sees the session end
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self._conn.execute(select(func.pg_advisory_unlock(
+                    literal(COORDINATOR_KEY, BigInteger))))
+        await self._close()
+        await self._engine.dispose()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await conn.close()
+
+
+class _Held(Exception):
+    """The coordinator's lock is held by another session."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder  # its pid and host, as its session names them
+
+
+async def _connect_and_lock(engine: AsyncEngine, deadline: float
+                            ) -> tuple[AsyncConnection, int]:
+    """A connection of ``engine`` holding the coordinator's lock, and its server process id;
+    ``_Held`` if another session holds the lock still at ``deadline`` (``time.monotonic``)."""
+    conn = await engine.connect()
+    try:
+        # AUTOCOMMIT (the engine's): the session holds the lock and never a transaction, which
+        # would keep the server from vacuuming old rows for as long as the store is open.
+        while not (await conn.execute(select(func.pg_try_advisory_lock(
+                literal(COORDINATOR_KEY, BigInteger))))).scalar():
+            if time.monotonic() >= deadline:
+                raise _Held(await _holder_of(conn))
+            await asyncio.sleep(LOCK_POLL_S)
+        return conn, (await conn.execute(select(func.pg_backend_pid()))).scalar_one()
+    except BaseException:
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await conn.close()
+        raise
+
+
+async def _holder_of(conn: AsyncConnection) -> str:
+    """Who holds the coordinator's lock, as its session says (``?``: let go meanwhile)."""
+    name = (await conn.execute(HOLDER)).scalar()
+    return name.removeprefix(f"{APPLICATION} ") if name else "?"
 
 
 class PaidCall(BaseModel):
@@ -209,7 +384,7 @@ class StateStore:
         self._writer: asyncio.Task[None] | None = None
         self.failure: str | None = None  # why the last commit failed, until one succeeds
         self._failures = 0  # commits failed so far
-        self._lock: RunLock | None = None  # held by the coordinator running the store
+        self._lock: CoordinatorLock | None = None  # held by the coordinator running the store
         self._lookups: dict[tuple[str, str, str], asyncio.Future[PaidCall | None]] = {}
         self._looker: asyncio.Task[None] | None = None
 
@@ -222,8 +397,9 @@ class StateStore:
         ``exclusive``: this process runs the store's episodes (a coordinator). A second
         coordinator on the same store would take up the first one's episodes and pay for them
         again, so it waits up to ``wait_s`` for the first to end, then is refused. The lock is
-        the operating system's, on a file beside a SQLite store: a process that dies, however
-        it dies, lets it go at once, so a restarted coordinator takes over without delay."""
+        the operating system's, on a file beside a SQLite store, and the server's on PostgreSQL
+        (an advisory lock: ``ServerLock``): a process that dies, however it dies, lets it go at
+        once, so a restarted coordinator takes over without delay."""
         try:
             parsed = make_url(url)
         except Exception:  # SQLAlchemy's ArgumentError, or a ValueError of a bad port
@@ -231,7 +407,7 @@ class StateStore:
         where = parsed.render_as_string(hide_password=True)
         if parsed.drivername not in ACCEPTED_SCHEMES:
             raise StateStoreError(f"state URL {where}: use {' or '.join(ACCEPTED_SCHEMES)}")
-        lock = None
+        lock: CoordinatorLock | None = None
         if _as_it_is:  # the file read as it is, read-only (see below)
             parsed = parsed.set(database=f"file:{parsed.database}?mode=ro&immutable=1",
                                 query={"uri": "true"})
@@ -244,23 +420,23 @@ class StateStore:
             if exclusive:
                 lock = await RunLock.take(Path(parsed.database + ".lock"), where, wait_s)
         try:
-            engine = create_async_engine(parsed)
+            engine = _engine(parsed)
         except ImportError:  # the driver is an extra: asyncpg for PostgreSQL
             raise StateStoreError(f"state URL {where}: its driver is not installed (for "
                                   "PostgreSQL: pip install 'showrunner[postgres]')") from None
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
+            if exclusive and engine.dialect.name == "postgresql":
+                lock = await ServerLock.take(parsed, where, wait_s)
             try:
                 async with engine.begin() as conn:
-                    await conn.run_sync(_prepare_schema, where)
+                    await conn.run_sync(_prepare_schema, where, not _as_it_is)
             except SQLAlchemyError:  # another process made the tables meanwhile: look again
                 async with engine.begin() as conn:
-                    await conn.run_sync(_prepare_schema, where)
+                    await conn.run_sync(_prepare_schema, where, not _as_it_is)
         except (StateStoreError, SQLAlchemyError, OSError) as err:
             await engine.dispose()
             if lock is not None:
-                lock.release()
+                await lock.release()
             if isinstance(err, StateStoreError):
                 raise
             sqlite_file = engine.dialect.name == "sqlite" and parsed.database and not _as_it_is
@@ -285,7 +461,7 @@ class StateStore:
             await asyncio.gather(self._writer, return_exceptions=True)
         await self._engine.dispose()
         if self._lock is not None:
-            self._lock.release()
+            await self._lock.release()
             self._lock = None
 
     # -- writes, queued ---------------------------------------------------------------------
@@ -373,8 +549,10 @@ class StateStore:
             self._uncancel = set()
             try:
                 async with self._engine.begin() as conn:
+                    if self._lock is not None:
+                        await self._lock.confirm(conn)
                     await self._commit(conn, *batch)
-            except (SQLAlchemyError, OSError) as err:
+            except (SQLAlchemyError, OSError, StateStoreError) as err:
                 self._put_back(*batch)
                 self.failure = _first_line(err)
                 self._failures += 1
@@ -426,17 +604,30 @@ class StateStore:
 
     # -- reads ------------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose reads all see one moment: an episode's row, nodes and events as
+        they stood together, not a row of one commit and nodes of the next. Neither database
+        does so by default: PostgreSQL gives each statement a snapshot of its own (READ
+        COMMITTED), and Python's sqlite3 opens no transaction for a SELECT."""
+        async with self._engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # (read-only: it never fails to serialize)
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            else:  # a deferred transaction: WAL gives it a snapshot at its first read
+                await conn.exec_driver_sql("BEGIN")
+            yield conn
+
     async def unfinished(self) -> list[EpisodeRecord]:
         """Every episode not yet finished, whole, in arrival order: what a restarted coordinator
         takes up again."""
         open_states = [s.value for s in EpisodeStatus if not s.finished]
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             rows = (await conn.execute(select(episodes).where(
                 episodes.c.status.in_(open_states)).order_by(episodes.c.arrival))).all()
             return [await _record(conn, row._mapping) for row in rows]
 
     async def record(self, episode_id: str) -> EpisodeRecord | None:
-        async with self._engine.connect() as conn:
+        async with self._reading() as conn:
             row = (await conn.execute(select(episodes).where(
                 episodes.c.id == episode_id))).first()
             return await _record(conn, row._mapping) if row is not None else None
@@ -503,7 +694,7 @@ class StateStore:
         async with self._engine.begin() as conn:
             ids = list((await conn.execute(select(episodes.c.id).where(
                 episodes.c.status.in_(finished_states),
-                episodes.c.finished_at < finished_before))).scalars())
+                episodes.c.finished_at < finished_before).order_by(episodes.c.arrival))).scalars())
             for start in range(0, len(ids), 500):  # (a bound on an IN list's size)
                 chunk = ids[start:start + 500]
                 for table in (nodes, events):
@@ -555,7 +746,7 @@ class StateStore:
         """(owner, digest) of every call to ``kind`` whose answer is kept."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(select(calls.c.owner, calls.c.digest).where(
-                calls.c.kind == kind, calls.c.answer.is_not(None)))
+                calls.c.kind == kind, calls.c.answer.is_not(None)).order_by(calls.c.id))
             return [(row.owner, row.digest) for row in rows]
 
     async def spent(self, owner: str, since: float) -> float:
@@ -632,27 +823,73 @@ async def _record(conn: AsyncConnection, row: Any) -> EpisodeRecord:
         results=results, events=[Event.model_validate_json(b) for b in reversed(list(kept))])
 
 
-def _prepare_schema(conn: Connection, where: str) -> None:
-    """Make the tables of a new store; check an existing store's version."""
-    if not inspect(conn).has_table(meta.name):
+def _prepare_schema(conn: Connection, where: str, writable: bool) -> None:
+    """Make the tables of a new store, bring a store of an older version up to this one, or
+    check an existing store's version."""
+    found = _schema_version(conn, where)
+    if writable and (found is None or found in MIGRATES_FROM):
+        # One process at a time, until this transaction ends: the coordinator and each
+        # provider open a new store at once as a run starts, and one must not see the tables
+        # another is making, without their version. So: lock, then look again.
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(literal(SCHEMA_KEY, BigInteger))))
+        else:  # (Python's sqlite3 would commit each CREATE TABLE by itself)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        found = _schema_version(conn, where)
+    if found is None:
         metadata.create_all(conn)
         conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
         return
-    found = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-    if found is None or not found.isdigit():
-        raise StateStoreError(f"the state store {where} has no schema version: not a "
-                              "Showrunner store")
-    if int(found) in MIGRATES_FROM:  # what a newer version added is tables, made here
+    if found in MIGRATES_FROM:  # what a newer version added is tables, made here
         metadata.create_all(conn)
         conn.execute(meta.update().where(meta.c.key == "schema_version").values(
             value=str(SCHEMA_VERSION)))
         return
-    if int(found) != SCHEMA_VERSION:
-        newer = int(found) > SCHEMA_VERSION
+    if found != SCHEMA_VERSION:
+        newer = found > SCHEMA_VERSION
         raise StateStoreError(
             f"the state store {where} has schema version {found}; this Showrunner reads "
             f"version {SCHEMA_VERSION}" + ("; upgrade Showrunner" if newer else
                                            "; no migration from it exists"))
+
+
+def _schema_version(conn: Connection, where: str) -> int | None:
+    """The store's schema version; None for a new one (no tables)."""
+    if not inspect(conn).has_table(meta.name):
+        return None
+    found = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    if found is None or not found.isdigit():
+        raise StateStoreError(f"the state store {where} has no schema version: not a "
+                              "Showrunner store")
+    return int(found)
+
+
+def _engine(url: URL, **options: Any) -> AsyncEngine:
+    """An engine for ``url``, with what each database needs of every new connection. A server's
+    pooled connections are tried before use: after a restart (or a failover) the first commit
+    then reconnects instead of failing once on a connection the server has forgotten."""
+    if url.get_backend_name() == "postgresql" and options.get("poolclass") is not NullPool:
+        options = {"pool_pre_ping": True, **options}
+    engine = create_async_engine(url, **options)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine.sync_engine, "do_connect", _connect_asyncpg)
+    return engine
+
+
+def _connect_asyncpg(dialect: Dialect, record: Any, cargs: Any, cparams: Any) -> Any:
+    """asyncpg's connect, its errors made the DBAPI's. SQLAlchemy turns a failed connect into
+    its own error only when the driver raises its DBAPI classes, which asyncpg's adapter does
+    for statements but not for connecting: a wrong password would escape every ``except
+    SQLAlchemyError`` as a bare asyncpg error (SQLite's are wrapped)."""
+    import asyncpg
+
+    dbapi = dialect.loaded_dbapi
+    try:
+        return dbapi.connect(*cargs, **cparams)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+        raise dbapi.OperationalError(str(err) or type(err).__name__) from err
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
@@ -677,6 +914,8 @@ def _folder_problem(folder: Path | None) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    """An error's own message, on one line: SQLAlchemy adds the statement and a link below."""
+    """An error's own message, on one line: SQLAlchemy adds the statement and a link below,
+    and its asyncpg adapter the class before (the driver's own error is the cause)."""
     original = getattr(err, "orig", None) or err
+    original = original.__cause__ or original
     return (str(original).strip().splitlines() or [type(original).__name__])[0]

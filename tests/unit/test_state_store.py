@@ -1,17 +1,21 @@
-"""The state store on a real SQLite file: what goes in comes back whole, a store of another
-schema is refused in one line, and a failed commit loses nothing and half-writes nothing."""
+"""The state store on a real SQLite file and a real PostgreSQL server, the same tests on both:
+what goes in comes back whole, a store of another schema is refused in one line, one coordinator
+at a time runs a store, and a failed commit loses nothing and half-writes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import sqlite3
+import socket
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from actors.state_store import PaidCall, StateStore, StateStoreError
+from actors.state_store import COORDINATOR_KEY, PaidCall, StateStore, StateStoreError
 from pipelines.engine import EpisodeEngine, NodeState
 from pipelines.episode_state import EpisodeRecord, Event, EventKind, MediaFile
 from pipelines.models import (
@@ -23,11 +27,37 @@ from pipelines.models import (
     SceneOutline,
 )
 from pipelines.planner import NodeId, NodeKind, content_id, outline_id
-from tests.support import small_disk
+from pipelines.tenancy import Claim
+from tests.postgres import PostgresServer
+from tests.support import small_disk, wait_for_async
+
+BACKENDS = ("sqlite", "postgresql")
 
 
 def url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new store's URL: a SQLite file, or a database of its own on the session's PostgreSQL
+    server (started only when a test asks for it)."""
+    if request.param == "sqlite":
+        return url(tmp_path / "state" / "showrunner.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+async def execute(db_url: str, *statements: str) -> list[tuple[object, ...]]:
+    """Change or read a store behind its back, as another program (or an older Showrunner)
+    would; the rows of the last statement."""
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            for statement in statements:
+                result = await conn.execute(text(statement))
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        await engine.dispose()
 
 
 def outline(scenes: int) -> OutlineDraft:
@@ -71,9 +101,9 @@ async def save(store: StateStore, record: EpisodeRecord) -> None:
     await store.flush()
 
 
-async def test_an_episode_comes_back_as_it_was_but_for_what_ran(tmp_path: Path) -> None:
+async def test_an_episode_comes_back_as_it_was_but_for_what_ran(db_url: str) -> None:
     record = half_done()
-    store = await StateStore.open(url(tmp_path / "state" / "showrunner.db"))
+    store = await StateStore.open(db_url)
     try:
         await save(store, record)
         back = await store.record("e1")
@@ -94,8 +124,8 @@ async def test_an_episode_comes_back_as_it_was_but_for_what_ran(tmp_path: Path) 
 
 
 async def test_newest_writes_win_and_unfinished_are_listed_in_arrival_order(
-        tmp_path: Path) -> None:
-    store = await StateStore.open(url(tmp_path / "s.db"))
+        db_url: str) -> None:
+    store = await StateStore.open(db_url)
     try:
         late, early = half_done("late"), half_done("early")
         early.arrival = 3
@@ -119,20 +149,17 @@ async def test_newest_writes_win_and_unfinished_are_listed_in_arrival_order(
         await store.close()
 
 
-async def test_another_schema_version_is_refused_in_one_line(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = await StateStore.open(url(path))
+async def test_another_schema_version_is_refused_in_one_line(db_url: str) -> None:
+    store = await StateStore.open(db_url)
     await store.close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    await execute(db_url, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StateStoreError) as newer:
-        await StateStore.open(url(path))
+        await StateStore.open(db_url)
     assert "schema version 99" in str(newer.value) and "upgrade" in str(newer.value)
     assert "\n" not in str(newer.value)
-    with sqlite3.connect(tmp_path / "other.db") as db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    await execute(db_url, "DELETE FROM meta")  # a table of that name, with no version in it
     with pytest.raises(StateStoreError, match="not a Showrunner store"):
-        await StateStore.open(url(tmp_path / "other.db"))
+        await StateStore.open(db_url)
 
 
 async def test_urls_it_does_not_take_are_named_without_their_password() -> None:
@@ -177,15 +204,13 @@ async def test_a_driver_not_installed_is_named_with_how_to_get_it() -> None:
         pytest.skip("asyncpg is installed here")
 
 
-async def test_a_version_2_store_gains_the_ledger_and_keeps_its_episodes(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = await StateStore.open(url(path))
+async def test_a_version_2_store_gains_the_ledger_and_keeps_its_episodes(db_url: str) -> None:
+    store = await StateStore.open(db_url)
     store.put_episode(half_done("old"))
     await store.close()
-    with sqlite3.connect(path) as db:  # the store as version 2 left it
-        db.execute("DROP TABLE calls")
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    store = await StateStore.open(url(path))
+    await execute(db_url, "DROP TABLE calls",  # the store as version 2 left it
+                  "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store = await StateStore.open(db_url)
     try:
         assert [r.id for r in await store.unfinished()] == ["old"]
         store.put_call(PaidCall(owner="t_a", kind="llm", model="m", digest="d1", cost_usd=0.5,
@@ -194,12 +219,11 @@ async def test_a_version_2_store_gains_the_ledger_and_keeps_its_episodes(tmp_pat
         assert await store.spent("t_a", 0) == 0.5
     finally:
         await store.close()
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("3",)
+    assert await execute(db_url, "SELECT value FROM meta") == [("3",)]
 
 
-async def test_the_ledger_answers_per_owner_and_sums_what_was_spent_since(tmp_path: Path) -> None:
-    store = await StateStore.open(url(tmp_path / "s.db"))
+async def test_the_ledger_answers_per_owner_and_sums_what_was_spent_since(db_url: str) -> None:
+    store = await StateStore.open(db_url)
     try:
         now = time.time()
         for owner, digest, cost, at, answer in (
@@ -216,21 +240,207 @@ async def test_the_ledger_answers_per_owner_and_sums_what_was_spent_since(tmp_pa
         assert await store.spent("t_a", now - 3600) == 0.625
         assert await store.spent("t_a", 0) == 0.875
         assert await store.spent("nobody", 0) == 0.0
+        # Lookups asked at once are answered together, each its own.
+        many = await asyncio.gather(*(store.cached_call(owner, "llm", digest) for owner, digest
+                                      in [("t_a", "d1"), ("t_b", "d2"), ("t_b", "d9")] * 20))
+        assert [c.answer if c else None for c in many[:3]] == ['"new"', '"b"', None]
+        assert await store.cached_keys("llm") == [("t_a", "d1"), ("t_a", "d1"), ("t_b", "d2")]
+        assert await store.cached_keys("tts") == []
     finally:
         await store.close()
 
 
-async def test_one_coordinator_at_a_time_runs_a_store(tmp_path: Path) -> None:
-    path = url(tmp_path / "s.db")
-    first = await StateStore.open(path, exclusive=True)
+async def test_one_coordinator_at_a_time_runs_a_store(db_url: str) -> None:
+    first = await StateStore.open(db_url, exclusive=True)
     try:
         with pytest.raises(StateStoreError) as refused:
-            await StateStore.open(path, exclusive=True, wait_s=0.3)
+            await StateStore.open(db_url, exclusive=True, wait_s=0.3)
         message = str(refused.value)
-        assert "in use by another Showrunner" in message and f"pid {os.getpid()}" in message
-        reader = await StateStore.open(path)  # status, list, a provider's ledger: any number
+        assert "in use by another Showrunner" in message and "\n" not in message
+        assert f"(pid {os.getpid()} on {socket.gethostname()})" in message
+        password = make_url(db_url).password
+        assert not password or password not in message
+        reader = await StateStore.open(db_url)  # status, list, a provider's ledger: any number
         await reader.close()
     finally:
         await first.close()
-    second = await StateStore.open(path, exclusive=True, wait_s=0.3)  # let go: taken at once
+    second = await StateStore.open(db_url, exclusive=True, wait_s=0.3)  # let go: taken at once
     await second.close()
+
+
+async def test_claims_cancels_and_listings_read_what_was_written(db_url: str) -> None:
+    store = await StateStore.open(db_url)
+    try:
+        records = [half_done(f"e{n}") for n in range(1, 5)]
+        for n, record in enumerate(records, start=1):
+            record.arrival = n
+            record.owner = "t_a" if n != 3 else "t_b"
+        records[1].status = EpisodeStatus.COMPLETED
+        for record in records:
+            await save(store, record)
+        store.put_claim("k1", "t_a", Claim("f1", ("e1", "e2")))
+        store.put_claim("k1", "t_a", Claim("f2", ("e4",)))  # the first claim of a key stays
+        await store.flush()
+        assert await store.claim("k1") == Claim("f1", ("e1", "e2"))
+        assert await store.claim("k2") is None
+
+        assert [s.id for s in await store.page(owner="t_a")] == ["e1", "e2", "e4"]
+        assert [s.id for s in await store.page(after=1, limit=2)] == ["e2", "e3"]
+        [done] = await store.page(status=EpisodeStatus.COMPLETED)
+        assert done.id == "e2" and done.premise.startswith("A lighthouse") and done.scenes == 3
+        assert await store.count_unfinished("t_a") == 2
+
+        assert await store.request_cancel("e1") is EpisodeStatus.RUNNING
+        assert await store.request_cancel("e2") is EpisodeStatus.COMPLETED  # over: not asked
+        assert await store.request_cancel("nobody") is None
+        assert set(await store.cancels_requested()) == {"e1"}
+        store.put_episode(records[0])  # the coordinator's row leaves the cancel alone
+        await store.flush()
+        assert set(await store.cancels_requested()) == {"e1"}
+        [summary] = await store.page(owner="t_a", limit=1)
+        assert summary.cancel_requested
+        store.forget_cancel("e1")  # run again: an earlier cancel does not stop it
+        await store.flush()
+        assert await store.cancels_requested() == {}
+    finally:
+        await store.close()
+
+
+async def test_what_is_discarded_before_its_commit_is_never_stored(db_url: str) -> None:
+    store = await StateStore.open(db_url)
+    try:
+        kept, dropped = half_done("kept"), half_done("dropped")
+        for record in (kept, dropped):
+            store.put_episode(record)
+            store.put_nodes(record, record.results)
+            store.put_event(record.id, record.events[0])
+        store.put_claim("k", "t_a", Claim("f", ("dropped",)))
+        store.discard(["dropped"])
+        await store.flush()
+        assert await store.statuses(["kept", "dropped"]) == {"kept": EpisodeStatus.RUNNING}
+        assert await store.claim("k") is None
+    finally:
+        await store.close()
+
+
+async def test_prune_removes_the_rows_of_what_finished_long_ago(db_url: str) -> None:
+    store = await StateStore.open(db_url)
+    try:
+        now = time.time()
+        for n, (episode_id, status, finished_at) in enumerate([
+                ("old2", EpisodeStatus.FAILED, now - 7200), ("new", EpisodeStatus.COMPLETED, now),
+                ("old1", EpisodeStatus.COMPLETED, now - 9000), ("open", EpisodeStatus.RUNNING,
+                                                                 None)], start=1):
+            record = half_done(episode_id)
+            record.arrival, record.status, record.finished_at = n, status, finished_at
+            await save(store, record)
+        assert await store.prune(now - 3600) == ["old2", "old1"]  # in arrival order
+        assert set(await store.statuses(["old1", "old2", "new", "open"])) == {"new", "open"}
+        assert await store.record("old1") is None
+        kept = await store.record("new")
+        assert kept is not None and kept.results and len(kept.events) == 2
+        assert await store.prune(now - 3600) == []
+    finally:
+        await store.close()
+
+
+async def test_text_either_database_refuses_is_stored_all_the_same(db_url: str) -> None:
+    # PostgreSQL refuses a NUL in text, and a refused row would fail every later commit.
+    store = await StateStore.open(db_url)
+    try:
+        record = half_done()
+        record.status, record.error = EpisodeStatus.FAILED, "the server said: bad\0byte"
+        record.request = record.request.model_copy(update={"premise": "A nul\0 in a premise"})
+        await save(store, record)
+        back = await store.record("e1")
+        assert back is not None and back.error == "the server said: bad\ufffdbyte"
+        assert back.request.premise == "A nul\0 in a premise"  # (JSON escapes it)
+    finally:
+        await store.close()
+
+
+async def test_a_new_store_opened_by_many_at_once_is_made_once(db_url: str) -> None:
+    # The coordinator and each provider open it as a run starts.
+    stores = await asyncio.gather(*(StateStore.open(db_url) for _ in range(4)))
+    try:
+        stores[0].put_episode(half_done())
+        await stores[0].flush()
+        assert [await s.last_arrival() for s in stores] == [7, 7, 7, 7]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+# -- PostgreSQL only: its errors and its lock ---------------------------------------------------
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+async def test_a_server_that_refuses_says_so_in_one_line_without_the_password(
+        postgres_server: PostgresServer, postgres_url: str, exclusive: bool) -> None:
+    database = make_url(postgres_url).database
+    assert database is not None
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    for wrong, why in ((postgres_server.url(database, password="hunter2-wrong"),
+                        "password authentication failed"),
+                       (postgres_server.url(database, port=closed), "Connect call failed")):
+        with pytest.raises(StateStoreError) as refused:
+            await StateStore.open(wrong, exclusive=exclusive, wait_s=0.3)
+        message = str(refused.value)
+        assert message.startswith("cannot open the state store postgresql+asyncpg://showrunner:"
+                                   "***@127.0.0.1:") and why in message, message
+        assert "\n" not in message and "hunter2" not in message
+        assert postgres_server.password not in message
+
+
+async def test_a_lost_lock_is_taken_again_while_no_other_coordinator_has_it(
+        postgres_server: PostgresServer, postgres_url: str) -> None:
+    database = make_url(postgres_url).database
+    assert database is not None
+
+    def holders() -> list[int]:
+        return [int(pid) for pid in postgres_server.sql(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = "
+            f"{COORDINATOR_KEY & 0xFFFF_FFFF}", database).split()]
+
+    sessions = f"SELECT pid FROM pg_stat_activity WHERE datname = '{database}'"
+    store = await StateStore.open(postgres_url, exclusive=True)
+    try:
+        await save(store, half_done("before"))
+        [before] = holders()
+        # Every session ends, as in a restart of the server: the lock's and the pool's.
+        postgres_server.sql(f"SELECT pg_terminate_backend(pid) FROM ({sessions}) AS s")
+        await wait_for_async(lambda: not postgres_server.sql(sessions), 10, "the sessions to end")
+        await save(store, half_done("after"))  # confirmed before the commit: taken again
+        [again] = holders()
+        assert again != before and store.failure is None
+
+        postgres_server.sql(f"SELECT pg_terminate_backend({again})")
+        await wait_for_async(lambda: not holders(), 10, "the ended session to let the lock go")
+        other = await StateStore.open(postgres_url, exclusive=True, wait_s=0.3)  # takes over
+        try:
+            with pytest.raises(StateStoreError) as fenced:
+                await save(store, half_done("late"))
+            message = str(fenced.value)
+            assert "took it over (pid" in message and "\n" not in message
+            assert set(await other.statuses(["before", "after", "late"])) == {"before", "after"}
+        finally:
+            await other.close()
+        with pytest.raises(StateStoreError, match="took it over"):  # for good, even once free
+            await save(store, half_done("later"))
+    finally:
+        await store.close()
+
+
+async def test_a_coordinator_whose_lock_connection_ended_still_closes_and_lets_go(
+        postgres_server: PostgresServer, postgres_url: str) -> None:
+    database = make_url(postgres_url).database
+    sessions = ("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'showrunner pid%' "
+                f"AND datname = '{database}'")
+    store = await StateStore.open(postgres_url, exclusive=True)
+    postgres_server.sql(f"SELECT pg_terminate_backend(pid) FROM ({sessions}) AS s")
+    await wait_for_async(lambda: not postgres_server.sql(sessions), 10, "the session to end")
+    await store.close()  # (its unlock and close meet a dead connection: nothing to say)
+    again = await StateStore.open(postgres_url, exclusive=True, wait_s=5)
+    await again.close()
