@@ -48,11 +48,12 @@ ROOT = Path(__file__).parents[2]
 VENV = Path(sys.prefix)
 MARKER = "DOCS_TEST_RUN"  # neither RAY_ (stripped) nor SHOWRUNNER_ (read as a setting)
 TESTED = {"one-machine-cluster", "real-provider-settings"}  # the names the tests below run
-# Left out of the copy: what git ignores and what is large or machine-made. The block's own
+# Left out of the copy: what .gitignore names, caches and git's own folder. The block's own
 # `.venv` is a link to this virtualenv instead of one it would take minutes to install.
 NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "out", "__pycache__", "*.egg-info",
-                                    ".pytest_cache", ".ruff_cache", ".hypothesis", ".mypy_cache")
-CLUSTER_TIMEOUT_S = 180.0  # about 30 s; the rest is for a machine busy with other tests
+                                    ".pytest_cache", ".ruff_cache", ".hypothesis", ".mypy_cache",
+                                    ".import_linter_cache", "build", "*.pyc")
+CLUSTER_TIMEOUT_S = 300.0  # 35-40 s; the rest is for a machine busy with other tests
 SETTINGS_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 30.0
 PORTS_FROM = 20000
@@ -167,10 +168,14 @@ def documented(name: str) -> str:
 
 
 def swap(script: str, literal: str, replacement: str) -> str:
-    """``literal`` (a whole word of the block: a port, a path) replaced everywhere."""
-    word = re.compile(rf"(?<![\w/.-]){re.escape(literal)}(?![\w/.-])")
+    """``literal`` (a port, a path) replaced everywhere in the block, and only where it stands
+    alone (not 6390 inside 16390); one left anywhere, say in a URL, fails here rather than as a
+    wait for the wrong port."""
+    word = re.compile(rf"(?<![\w.]){re.escape(literal)}(?!\w)")
     assert word.search(script), f"the block no longer has {literal!r}: update this test's swaps"
-    return word.sub(replacement, script)
+    swapped = word.sub(replacement, script)
+    assert literal not in swapped, f"{literal!r} is left in the block:\n{swapped}"
+    return swapped
 
 
 @pytest.fixture
