@@ -206,6 +206,8 @@ def test_the_one_machine_cluster_runs_a_job_with_token_authentication(
         ray_session: None, shell: Shell) -> None:
     """With the suite's session Ray up, as it is in a whole run (its node agent holds Ray's
     default agent port, 52365: the recipe must not need it)."""
+    if shutil.which("curl") is None:
+        unavailable("curl, which the recipe polls the head with", "apt-get install curl")
     script = documented("one-machine-cluster")
     port, dashboard = free_ports(2)
     script = swap(script, "6390", str(port))
