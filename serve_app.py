@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import ray
@@ -35,7 +34,13 @@ import uvicorn.config
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
@@ -59,12 +64,15 @@ from pipelines.access import (
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.episode_view import EpisodeView
 from pipelines.error_shape import JsonErrors, code_for, error_body, raw_response
+from pipelines.errors import storage_error
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.outages import Health, Outages
 from pipelines.request_numbers import NumberTooLong, exceeds, load_json, parse_counter
 from pipelines.settings import ProviderKind, Settings, load_settings
+from pipelines.storage import Storage
 from pipelines.tenancy import DailyBudgetSpent, IdempotencyConflict, QuotaExceeded
 from showrunner.launcher import Run, local_server_options, needs_local_server, start_run
+from showrunner.stored_files import stored_file
 
 log = logging.getLogger("showrunner.serve")
 
@@ -344,8 +352,9 @@ def is_loopback(host: str | None) -> bool:
 def start_service(settings: Settings, prefix: str) -> tuple[Run, Any]:
     """The shared actors (got if they exist): the bundled server if needed, the providers, the
     coordinator and the tenants' desk, all detached so that replicas can come and go."""
-    storage = settings.storage_path()
-    storage.mkdir(parents=True, exist_ok=True)
+    storage = settings.open_storage()
+    if storage.local:
+        storage.path("").mkdir(parents=True, exist_ok=True)
     local_url = None
     if needs_local_server(settings):
         server = bundled_server_actor(
@@ -383,8 +392,9 @@ class ShowrunnerAPI:
         ray.get(desk.ping.remote(), timeout=60)
         self.coordinator = ActorProxy(self.run.coordinator)
         self.desk = ActorProxy(desk)
-        # Episode files are served from where the coordinator writes them, as it resolved it.
-        self.folders = Path(ray.get(self.run.coordinator.episodes_root.remote()))
+        # Episode files are served from where the coordinator writes them, as it opened it: a
+        # replica on another node reads object storage, never a path of the coordinator's node.
+        self.files: Storage = ray.get(self.run.coordinator.episodes_storage.remote())
         # Every episode's latest view, kept current by following the coordinator's changes:
         # status polls, the most frequent request, are answered from here.
         self.views: dict[str, EpisodeView] = {}
@@ -635,22 +645,44 @@ class ShowrunnerAPI:
     @api.get("/v1/episodes/{episode_id}/artifacts/{name}",
              summary="Download a file: script, screenplay, subtitles, poster, video")
     @api.head("/v1/episodes/{episode_id}/artifacts/{name}", include_in_schema=False)
-    async def artifact(self, request: Request, episode_id: str, name: str) -> FileResponse:
+    async def artifact(self, request: Request, episode_id: str, name: str) -> Response:
         """`script.json`, `script.md`, `episode.srt`, `poster.png`, `episode.mp4` (Range
-        requests supported)."""
+        requests supported). With object storage and `presigned_urls_s` set, a redirect (307)
+        to a signed URL of the file instead."""
         tenant = self._admit(request)
         view = await self._view(tenant, episode_id)
         artifact = Artifact.named(name)  # looked up: a path is never built from the request
         if artifact is not None and artifact not in view.artifacts:  # made since last followed?
             view = await self._view(tenant, episode_id, fresh=True)
-        path = None
         if artifact is not None and artifact in view.artifacts:
-            path = EpisodeFolder(self.folders, episode_id).artifact(artifact)
-        if path is None or not path.is_file():
-            have = [a.value for a in view.artifacts] or "none yet"
-            raise ApiError(404, "not_found", f"episode {episode_id!r} has no artifact {name!r}; "
-                           f"it has {have}")
-        return FileResponse(path, media_type=Artifact(path.name).media_type)
+            key = EpisodeFolder(episode_id).artifact(artifact)
+            with contextlib.suppress(FileNotFoundError):
+                return await self._file(request, key, artifact.media_type)
+        have = [a.value for a in view.artifacts] or "none yet"
+        raise ApiError(404, "not_found", f"episode {episode_id!r} has no artifact {name!r}; "
+                       f"it has {have}")
+
+    async def _file(self, request: Request, key: str, media_type: str) -> Response:
+        files = self.files
+        if files.local:
+            path = files.path(key)
+            if not path.is_file():
+                raise FileNotFoundError(key)
+            return FileResponse(path, media_type=media_type)
+        seconds = self.settings.service.presigned_urls_s
+        if seconds is not None:
+            signed = await asyncio.to_thread(files.sign, key, seconds)
+            if signed is not None:
+                return RedirectResponse(signed, status_code=307)
+        try:
+            return await stored_file(files, key, media_type, request.headers.get("range"),
+                                     head=request.method == "HEAD")
+        except OSError as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ApiError(503, "storage_unavailable",
+                           f"the file could not be read from storage: {storage_error(err)}",
+                           headers={"Retry-After": "5"}) from None
 
     @api.get("/healthz", summary="The replica is up, and no actor it needs has been down long")
     async def healthz(self) -> JSONResponse:
@@ -719,8 +751,15 @@ def serve_forever(settings: Settings, keyed: bool) -> int:
 
 
 def build_app(settings: Settings | None = None, prefix: str = "showrunner") -> Any:
-    """The Serve application; without settings, each replica reads them from the environment."""
-    return ShowrunnerAPI.bind(settings, prefix)
+    """The Serve application. Given settings (``showrunner serve``), with their number of
+    replicas and placement; without (``serve run``, a Serve config file, where those are the
+    config's ``num_replicas`` and ``ray_actor_options``), each replica reads the environment."""
+    if settings is None:
+        return ShowrunnerAPI.bind(settings, prefix)
+    return ShowrunnerAPI.options(
+        num_replicas=settings.service.replicas,
+        ray_actor_options={"num_cpus": 0, "resources": dict(settings.placement.replicas)},
+    ).bind(settings, prefix)
 
 
 app = build_app()

@@ -26,17 +26,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from actors.call_results import Attempts, ChatResult, MediaResult
 from actors.state_store import PaidCall, StateStore
-from pipelines.files import write_atomic
 from pipelines.settings import ProviderKind
+from pipelines.storage import Storage
 
 log = logging.getLogger("showrunner.cache")
 
 CACHE_DEPLOYMENT = "cache"  # where a cached answer "landed", in its result and figures
+CACHE_FOLDER = "cache"  # under the storage's root: the cached files (speech, pictures, clips)
 
 
 def request_digest(kind: ProviderKind, body: Mapping[str, Any]) -> str:
@@ -65,11 +65,11 @@ class CallCache:
 
     def __init__(self, kind: ProviderKind, model: str,
                  open_store: Callable[[], Awaitable[StateStore | None]],
-                 files_root: Path | None) -> None:
+                 storage: Storage | None) -> None:
         self.kind = kind
         self.model = model
         self._open_store = open_store
-        self._files_root = files_root
+        self._storage = storage
         self._busy: dict[CallKey, tuple[asyncio.Lock, int]] = {}
         self._kept: set[int] | None = None  # hashes of the keys whose answers are kept
         self._loading = asyncio.Lock()
@@ -92,25 +92,32 @@ class CallCache:
             await self._write(store, key, episode_id, result, json.dumps(answer) if use else None)
             return result
 
-    async def media(self, key: CallKey, use: bool, episode_id: str, out_path: str,
+    async def media(self, key: CallKey, use: bool, episode_id: str, out: str,
                     call: Callable[[], Awaitable[MediaResult]]) -> MediaResult:
-        """A call that makes a file at ``out_path``, through the cache or around it."""
+        """A call that makes the file ``out`` (a storage key), through the cache or around
+        it. Files are copied within the storage: on S3 by the server, no bytes come here."""
         async with self._alone(key, use):
             store = await self._open_store()
-            if use and store is not None:
+            storage = self._storage
+            if use and store is not None and storage is not None:
                 hit = await self._hit(store, key)
-                data = self._cached_file(hit)
-                if hit is not None and data is not None:
-                    write_atomic(Path(out_path), data)
-                    return MediaResult(**vars(_from_cache(hit)), path=out_path,
-                                       size_bytes=len(data), units=hit.units, request_id=None)
+                kept = _kept_file(hit)
+                if hit is not None and kept is not None:
+                    try:
+                        await asyncio.to_thread(storage.copy, kept, out)
+                        size = await asyncio.to_thread(storage.size, out)
+                    except FileNotFoundError:  # pruned since: paid for again, below
+                        pass
+                    else:
+                        return MediaResult(**vars(_from_cache(hit)), key=out, size_bytes=size,
+                                           units=hit.units, request_id=None)
             result = await call()
-            kept = None
-            if use and self._files_root is not None and store is not None:
-                where = self._file_of(key)
-                write_atomic(where, Path(result.path).read_bytes())
-                kept = json.dumps({"file": str(where.relative_to(self._files_root))})
-            await self._write(store, key, episode_id, result, kept)
+            kept_as = None
+            if use and storage is not None and store is not None:
+                relative = self._file_of(key)
+                await asyncio.to_thread(storage.copy, out, f"{CACHE_FOLDER}/{relative}")
+                kept_as = json.dumps({"file": relative})
+            await self._write(store, key, episode_id, result, kept_as)
             return result
 
     # -- inside ----------------------------------------------------------------------------------
@@ -158,19 +165,20 @@ class CallCache:
         if answer is not None and self._kept is not None:
             self._kept.add(hash((key.owner, key.digest)))
 
-    def _file_of(self, key: CallKey) -> Path:
-        assert self._files_root is not None
+    def _file_of(self, key: CallKey) -> str:
+        """Where a call's file is kept, under the storage's ``cache/`` folder."""
         owner = hashlib.sha256(key.owner.encode()).hexdigest()[:16]
-        return self._files_root / owner / self.kind.value / key.digest[:2] / key.digest
+        return f"{owner}/{self.kind.value}/{key.digest[:2]}/{key.digest}"
 
-    def _cached_file(self, hit: PaidCall | None) -> bytes | None:
-        """A cached file's bytes; None when there is none (pruned, or never kept)."""
-        if hit is None or hit.answer is None or self._files_root is None:
-            return None
-        try:
-            return (self._files_root / json.loads(hit.answer)["file"]).read_bytes()
-        except (OSError, KeyError, ValueError):
-            return None
+
+def _kept_file(hit: PaidCall | None) -> str | None:
+    """The storage key of a cached call's file; None when none was kept."""
+    if hit is None or hit.answer is None:
+        return None
+    try:
+        return f"{CACHE_FOLDER}/{json.loads(hit.answer)['file']}"
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def _from_cache(hit: PaidCall) -> Attempts:

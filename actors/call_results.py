@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pipelines.settings import Prices, ProviderKind
@@ -49,16 +48,16 @@ class Attempts:
 
 @dataclass(frozen=True)
 class MediaResult(Attempts):
-    """A generated file, written to ``path``."""
+    """A generated file, written to the storage key ``key``."""
 
-    path: str
+    key: str
     size_bytes: int
     units: float  # speech characters, images, or video seconds
     request_id: str | None
 
     @classmethod
-    def of(cls, path: Path, data: bytes, answer: Answer[Any], how: Attempts) -> MediaResult:
-        return cls(**vars(how), path=str(path), size_bytes=len(data), units=answer.usage.units,
+    def of(cls, key: str, data: bytes, answer: Answer[Any], how: Attempts) -> MediaResult:
+        return cls(**vars(how), key=key, size_bytes=len(data), units=answer.usage.units,
                    request_id=answer.headers.get("x-request-id"))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import openai
@@ -21,9 +20,9 @@ from actors.call_results import Answer, Attempts, MediaResult, Usage
 from actors.clip_polling import JobDurations, remaining_s
 from actors.stats import ProviderStats
 from pipelines.errors import GenerationFailed, ProviderTimeout
-from pipelines.files import write_atomic
 from pipelines.media_stages import CLIP_SECONDS
 from pipelines.settings import ProviderKind, VideoSettings
+from pipelines.storage import Storage
 
 T = TypeVar("T")
 Attempt = Callable[[openai.AsyncOpenAI], Awaitable[Answer[T]]]
@@ -40,8 +39,10 @@ class ClipJobs:
     """Makes clips as provider jobs for every episode, within the provider's cap of jobs."""
 
     def __init__(self, settings: VideoSettings, send: Send, counters: ProviderStats,
-                 max_attempts: int) -> None:
+                 max_attempts: int, files: Callable[[], Storage]) -> None:
+        """``files``: the storage the clips are written to, and their pictures read from."""
         self.settings = settings
+        self._files = files
         self._send = send
         self._counters = counters
         self._max_attempts = max_attempts
@@ -49,16 +50,16 @@ class ClipJobs:
         self.durations = JobDurations()
 
     async def make(
-        self, prompt: str, *, out_path: str, image_path: str | None = None,
+        self, prompt: str, *, out: str, image: str | None = None,
         seconds: str = CLIP_SECONDS,
         size: str = "1280x720", episode_id: str = "",
     ) -> MediaResult:
-        """A clip of ``prompt`` (from the reference picture ``image_path``) in ``out_path``. A
+        """A clip of ``prompt`` (from the reference picture ``image``) in ``out`` (keys). A
         job that ends ``failed`` is started again while attempts remain; one that outlives
         ``clip_timeout_s`` has failed."""
         for job_attempt in range(1, self._max_attempts + 1):
             try:
-                return await self._one(prompt, out_path, image_path, seconds, size, episode_id)
+                return await self._one(prompt, out, image, seconds, size, episode_id)
             except GenerationFailed as err:
                 if job_attempt == self._max_attempts:
                     self._counters.gave_up(err.deployment)
@@ -66,9 +67,9 @@ class ClipJobs:
                 self._counters.retried(err.deployment)
         raise AssertionError("unreachable")
 
-    async def _one(self, prompt: str, out_path: str, image_path: str | None, seconds: str,
+    async def _one(self, prompt: str, out: str, image: str | None, seconds: str,
                    size: str, episode_id: str) -> MediaResult:
-        reference = Path(image_path).read_bytes() if image_path else None
+        reference = await asyncio.to_thread(self._files().read, image) if image else None
         params: dict[str, Any] = {"model": self.settings.model, "prompt": prompt,
                                   "seconds": seconds, "size": size}
         if reference is not None:
@@ -93,9 +94,8 @@ class ClipJobs:
             return Answer(clip, Usage(units=float(seconds)), raw.headers)
 
         answer, how = await self._send(episode_id, 0, download)
-        path = Path(out_path)
-        write_atomic(path, answer.value)
-        return MediaResult.of(path, answer.value, answer, how)
+        await asyncio.to_thread(self._files().write, out, answer.value)
+        return MediaResult.of(out, answer.value, answer, how)
 
     async def _run(self, create: Attempt[dict[str, Any]], episode_id: str
                    ) -> tuple[str, dict[str, Any], Attempts]:

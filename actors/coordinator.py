@@ -22,7 +22,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from actors.change_feed import ChangeFeed
 from actors.episode_calls import EpisodeCalls, Provider
@@ -43,6 +42,7 @@ from pipelines.models import EpisodeRequest, EpisodeStatus, with_seeds
 from pipelines.planner import STITCH_ID, NodeId, NodeKind, dialogue_id
 from pipelines.screenplay import write_script
 from pipelines.settings import ProviderKind, Settings
+from pipelines.storage import Storage
 from pipelines.tenancy import Claim, DailyBudget, fingerprint
 
 log = logging.getLogger("showrunner.coordinator")
@@ -65,18 +65,19 @@ class EpisodeCoordinator:
         settings: Settings,
         providers: Mapping[ProviderKind, Provider],
         *,
-        output_root: str | None = None,
+        storage: Storage | None = None,
         tasks: MediaTasks | None = None,
         metrics: CoordinatorMetrics = NO_METRICS,
         runners: Mapping[NodeKind, NodeRunner] = RUNNERS,
         state_url: str | None = None,
     ) -> None:
-        """``state_url``: the state store to keep episodes in and take them up from (none: in
-        memory only)."""
+        """``storage``: where episodes' files go (none: scripts stay in memory, and media is
+        refused); ``state_url``: the state store to keep episodes in and take them up from
+        (none: in memory only)."""
         self.settings = settings
         self.providers = dict(providers)
-        self.output_root = Path(output_root) if output_root is not None else None
-        self.tasks = tasks or ThreadMediaTasks(settings.encoding)
+        self.storage = storage
+        self.tasks = tasks or ThreadMediaTasks(storage or Storage("."), settings.encoding)
         self.metrics = metrics
         self.runners = runners
         self.records: dict[str, EpisodeRecord] = {}
@@ -96,6 +97,7 @@ class EpisodeCoordinator:
         self._queued_at: dict[str, float] = {}  # when each episode in memory was last queued
         self.spending = Spending(settings.service.daily_budget_usd, self._spent_since)
         self._pruning: asyncio.Task[None] | None = None
+        self._superseded: str | None = None  # why another coordinator runs the store now
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
@@ -110,6 +112,8 @@ class EpisodeCoordinator:
         same request and owner: one that runs goes on, a completed one is returned as it is, and a
         failed or cancelled one runs again from its done nodes (what a re-run command asks)."""
         await self.ready()
+        if self._superseded is not None:
+            raise StateStoreError(self._superseded)
         claim = Claim(fingerprint(requests), ()) if claim_key is not None else None
         requests = with_seeds(requests)  # the same request again draws the same seeds
         chosen = list(ids) if ids is not None else [uuid.uuid4().hex[:12] for _ in requests]
@@ -123,8 +127,8 @@ class EpisodeCoordinator:
             if episode_id in known and (known[episode_id].request != request
                                         or known[episode_id].owner != owner):
                 raise ValueError(f"episode {episode_id} exists with another request or owner")
-        if self.output_root is None and any(r.media for r in requests):
-            raise ValueError("media needs an output folder: start the coordinator with one")
+        if self.storage is None and any(r.media for r in requests):
+            raise ValueError("media needs a storage: start the coordinator with one")
         if len(known) < len(chosen):  # new episodes: not once the owner's day is spent
             today = await self.daily_budget(owner)
             if today is not None:
@@ -325,10 +329,10 @@ class EpisodeCoordinator:
         await self.ready()
         return "ok"
 
-    async def episodes_root(self) -> str | None:
-        """The folder every episode's folder is in (``EpisodeFolder(root, id)``), as this
-        coordinator resolved it: readers serve files from there."""
-        return str(self.output_root) if self.output_root is not None else None
+    async def episodes_storage(self) -> Storage | None:
+        """The storage every episode's files are in (``EpisodeFolder`` names them), as this
+        coordinator opened it: readers serve files from there."""
+        return self.storage
 
     # -- the state store ----------------------------------------------------------------------
 
@@ -369,7 +373,7 @@ class EpisodeCoordinator:
         while True:
             cutoff = time.time() - self.settings.retention_days * 86_400
             try:
-                removed = await prune(self.store, self.output_root, cutoff)
+                removed = await prune(self.store, self.storage, cutoff)
             except Exception:  # a store that cannot be written now: try again next time
                 log.warning("removing old episodes failed", exc_info=True)
             else:
@@ -385,6 +389,9 @@ class EpisodeCoordinator:
         assert self.store is not None
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
+            if self.store.superseded is not None:
+                self._stand_down(self.store.superseded)
+                return
             if not (self._tasks or self._queue):
                 continue
             try:
@@ -396,6 +403,16 @@ class EpisodeCoordinator:
                 # (not a cancel of an earlier run, read before its run again was stored)
                 if episode_id in self.records and when > self._queued_at.get(episode_id, 0.0):
                     await self.cancel(episode_id)
+
+    def _stand_down(self, reason: str) -> None:
+        """Another coordinator took this store over (this one's lock was lost with its
+        connection, and the other took it): its episodes are that one's now. Stop every call
+        this one has going and take nothing more, or the same calls would be paid twice."""
+        log.error("standing down: %s", reason)
+        self._superseded = reason
+        self._queue.clear()
+        for task in self._tasks.values():
+            task.cancel()
 
     def _queue_episode(self, record: EpisodeRecord, message: str) -> None:
         record.status = EpisodeStatus.QUEUED
@@ -468,8 +485,8 @@ class EpisodeCoordinator:
         engine = EpisodeEngine(plan, record.engine,
                                skip_failed_scenes=record.request.on_scene_failure == "skip",
                                max_window=self.settings.max_parallel_scenes)
-        folder = (EpisodeFolder(self.output_root, record.id)
-                  if self.output_root is not None and record.request.media else None)
+        folder = (EpisodeFolder(record.id)
+                  if self.storage is not None and record.request.media else None)
         cache = self.settings.cache and record.request.cache
         providers = {kind: EpisodeCalls(provider, self.settings.provider(kind).prices,
                                         episode_id=record.id, owner=record.owner, cache=cache,
@@ -521,11 +538,11 @@ class EpisodeCoordinator:
     def _keep_script(self, record: EpisodeRecord) -> str | None:
         """Write the episode's script as it stands, if it has one and a folder; say what went
         wrong if it could not be written."""
-        if self.output_root is None or not record.outline_drafts():
+        if self.storage is None or not record.outline_drafts():
             return None
         try:
-            record.artifacts = list(write_script(record, EpisodeFolder(self.output_root,
-                                                                       record.id)))
+            # In this thread, once per episode: a local write, or one PUT per file.
+            record.artifacts = list(write_script(record, self.storage, EpisodeFolder(record.id)))
         except OSError as err:
             log.warning("episode %s: script not written: %s", record.id, err)
             return f"the script could not be written: {storage_error(err)}"

@@ -24,7 +24,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -43,9 +42,9 @@ from actors.state_store import StateStore, StateStoreError
 from actors.stats import ProviderStats
 from actors.token_estimator import TokenEstimator
 from pipelines.errors import MalformedResponse, ProviderError, RateLimited
-from pipelines.files import write_atomic
 from pipelines.media_stages import CLIP_SECONDS
 from pipelines.settings import DeploymentSettings, ProviderKind, ProviderSettings, VideoSettings
+from pipelines.storage import Storage
 
 T = TypeVar("T")
 R = TypeVar("R", ChatResult, MediaResult)
@@ -127,18 +126,21 @@ class ProviderGateway:
         metrics: ProviderMetrics = NO_METRICS,
         start_empty: bool = False,
         state_url: str | None = None,
-        cache_root: str | None = None,
+        storage: Storage | None = None,
     ) -> None:
         """``start_empty``: the limiters start with empty buckets (see ``Limits``).
         ``state_url``: the state store whose ledger this provider's calls are written in (and
-        its call cache read from); ``cache_root`` the folder of cached files."""
+        its call cache read from); ``storage``: where its files go (media calls name them by
+        key) and its cached files are kept."""
         self.kind = kind
         self.settings = settings
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
         self.counters = ProviderStats(metrics=metrics)
         self.estimator = TokenEstimator()
         # A video provider's clips are jobs, with a cap of their own.
-        self.clips = (ClipJobs(settings, self.send, self.counters, settings.max_attempts)
+        self.storage = storage
+        self.clips = (ClipJobs(settings, self.send, self.counters, settings.max_attempts,
+                               self._files)
                       if isinstance(settings, VideoSettings) else None)
         self._clock = clock or LoopClock()
         self._rng = rng or random.Random()
@@ -146,8 +148,7 @@ class ProviderGateway:
         self._store: StateStore | None = None
         self._store_tried_at: float | None = None
         self._store_lock = asyncio.Lock()
-        self.cache = CallCache(kind, settings.model, self._open_store,
-                               Path(cache_root) if cache_root is not None else None)
+        self.cache = CallCache(kind, settings.model, self._open_store, storage)
         deployments = settings.resolved_deployments()
         if any(d.base_url is None for d in deployments) and local_base_url is None:
             raise ValueError(f"{kind}: no base_url set and no local server to fall back on")
@@ -215,10 +216,10 @@ class ProviderGateway:
         return self._counted(await self.cache.chat(key, cache, episode_id, paid))
 
     async def speech(
-        self, text: str, *, voice: str, out_path: str, episode_id: str = "", owner: str = "",
+        self, text: str, *, voice: str, out: str, episode_id: str = "", owner: str = "",
         cache: bool = False, response_format: str = "wav",
     ) -> MediaResult:
-        """Speak ``text`` into the file ``out_path``."""
+        """Speak ``text`` into the file ``out`` (a storage key)."""
         params = {"model": self.settings.model, "input": text, "voice": voice,
                   "response_format": response_format}
 
@@ -228,13 +229,13 @@ class ProviderGateway:
                                          raw.status_code)
             return Answer(spoken, Usage(units=len(text)), raw.headers)
 
-        return await self._media(params, out_path, episode_id, owner, cache, attempt)
+        return await self._media(params, out, episode_id, owner, cache, attempt)
 
     async def image(
-        self, prompt: str, *, out_path: str, size: str = "1536x1024", episode_id: str = "",
+        self, prompt: str, *, out: str, size: str = "1536x1024", episode_id: str = "",
         owner: str = "", cache: bool = False,
     ) -> MediaResult:
-        """Draw ``prompt`` into the PNG file ``out_path``."""
+        """Draw ``prompt`` into the PNG file ``out`` (a storage key)."""
         params = {"model": self.settings.model, "prompt": prompt, "size": size, "n": 1}
 
         async def attempt(client: openai.AsyncOpenAI) -> Answer[bytes]:
@@ -250,43 +251,49 @@ class ProviderGateway:
             answer_checks.image(picture, raw.headers, raw.status_code)
             return Answer(picture, Usage(units=1), raw.headers)
 
-        return await self._media(params, out_path, episode_id, owner, cache, attempt)
+        return await self._media(params, out, episode_id, owner, cache, attempt)
 
     async def clip(
-        self, prompt: str, *, out_path: str, image_path: str | None = None,
+        self, prompt: str, *, out: str, image: str | None = None,
         seconds: str = CLIP_SECONDS,
         size: str = "1280x720", episode_id: str = "", owner: str = "", cache: bool = False,
     ) -> MediaResult:
-        """A clip job (see ``ClipJobs.make``): only a video provider makes them."""
+        """A clip job (see ``ClipJobs.make``) from the picture ``image`` into ``out`` (storage
+        keys): only a video provider makes them."""
         clips = self.clips
         if clips is None:
             raise TypeError(f"the {self.kind} provider makes no clips")
 
         async def paid() -> MediaResult:
-            return await clips.make(prompt, out_path=out_path, image_path=image_path,
-                                    seconds=seconds, size=size, episode_id=episode_id)
+            return await clips.make(prompt, out=out, image=image, seconds=seconds, size=size,
+                                    episode_id=episode_id)
 
         if self._state_url is None:
             return await paid()
+        reference = await asyncio.to_thread(self._files().read, image) if image else None
         body = {"model": self.settings.model, "prompt": prompt, "seconds": seconds, "size": size,
-                "input_reference": Path(image_path).read_bytes() if image_path else None}
+                "input_reference": reference}
         key = CallKey(owner, request_digest(self.kind, body))
-        return self._counted(await self.cache.media(key, cache, episode_id, out_path, paid))
+        return self._counted(await self.cache.media(key, cache, episode_id, out, paid))
 
-    async def _media(self, params: dict[str, Any], out_path: str, episode_id: str, owner: str,
+    async def _media(self, params: dict[str, Any], out: str, episode_id: str, owner: str,
                      cache: bool, attempt: Callable[[openai.AsyncOpenAI], Awaitable[Answer[bytes]]]
                      ) -> MediaResult:
-        """A call whose answer is a file's bytes, written to ``out_path``."""
+        """A call whose answer is a file's bytes, written to the storage key ``out``."""
         async def paid() -> MediaResult:
             answer, how = await self.send(episode_id, 0, attempt)
-            path = Path(out_path)
-            write_atomic(path, answer.value)
-            return MediaResult.of(path, answer.value, answer, how)
+            await asyncio.to_thread(self._files().write, out, answer.value)
+            return MediaResult.of(out, answer.value, answer, how)
 
         if self._state_url is None:
             return await paid()
         key = CallKey(owner, request_digest(self.kind, params))
-        return self._counted(await self.cache.media(key, cache, episode_id, out_path, paid))
+        return self._counted(await self.cache.media(key, cache, episode_id, out, paid))
+
+    def _files(self) -> Storage:
+        if self.storage is None:
+            raise RuntimeError(f"the {self.kind} provider was given no storage for its files")
+        return self.storage
 
     def _counted(self, result: R) -> R:
         if result.cache_hit:

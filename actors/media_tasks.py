@@ -18,38 +18,43 @@ from pipelines.composition import (
 )
 from pipelines.episode_folder import EpisodeFolder
 from pipelines.settings import EncodingSettings
+from pipelines.storage import Storage
 
 R = TypeVar("R")
 
 
 class MediaTasks(Protocol):
-    async def pan(self, image: str, out_path: str) -> LocalWork: ...
+    """Media work on files named by storage keys: wherever it runs, it fetches its inputs into
+    its own scratch and uploads what it makes."""
 
-    async def compose(self, lines: list[Line], clip: str, out_path: str) -> ComposedScene: ...
+    async def pan(self, image: str, out: str) -> LocalWork: ...
+
+    async def compose(self, lines: list[Line], clip: str, out: str) -> ComposedScene: ...
 
     async def stitch(self, folder: EpisodeFolder, scenes: Sequence[tuple[int, ComposedScene]],
                      poster_scene: int | None) -> StitchedEpisode: ...
 
 
 class ThreadMediaTasks:
-    """Media CPU work in this process's threads, at the given encoding.
+    """Media CPU work in this process's threads, on ``storage``'s files, at the given encoding.
 
     ``run`` is the one place the work is started: ``RayMediaTasks`` starts it as Ray tasks
     instead and keeps the rest.
     """
 
-    def __init__(self, encoding: EncodingSettings | None = None) -> None:
+    def __init__(self, storage: Storage, encoding: EncodingSettings | None = None) -> None:
+        self.storage = storage
         self.encoding = encoding or EncodingSettings()
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.to_thread(fn, *args)
 
-    async def pan(self, image: str, out_path: str) -> LocalWork:
-        return await self.run(pan_clip, image, out_path, 4, self.encoding)
+    async def pan(self, image: str, out: str) -> LocalWork:
+        return await self.run(pan_clip, self.storage, image, out, 4, self.encoding)
 
-    async def compose(self, lines: list[Line], clip: str, out_path: str) -> ComposedScene:
-        return await self.run(compose_scene, lines, clip, out_path, self.encoding)
+    async def compose(self, lines: list[Line], clip: str, out: str) -> ComposedScene:
+        return await self.run(compose_scene, self.storage, lines, clip, out, self.encoding)
 
     async def stitch(self, folder: EpisodeFolder, scenes: Sequence[tuple[int, ComposedScene]],
                      poster_scene: int | None) -> StitchedEpisode:
-        return await self.run(stitch, folder, list(scenes), poster_scene)
+        return await self.run(stitch, self.storage, folder, list(scenes), poster_scene)

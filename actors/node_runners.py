@@ -3,7 +3,8 @@ it returns (which the executor stores under the node's id). Adding a kind adds a
 
 Runners read their inputs from the episode's record, which holds every earlier node's result,
 and never write to it; they add their calls' figures to the node's ``NodeRecord``. Files go where
-the episode's ``EpisodeFolder`` says; only paths travel between actors.
+the episode's ``EpisodeFolder`` says, in the run's storage; only keys travel between actors, never
+a path (no two nodes of a cluster share one).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class SpeechRunner:
         line = dialogue.lines[number - 1]
         result = await ctx.providers[ProviderKind.TTS].speech(
             line.text, voice=voice_for(ctx.record.request, line.speaker),
-            out_path=str(ctx.files().speech(scene, number)))
+            out=ctx.files().speech(scene, number))
         figures.account(result)
         return MediaFile(size_bytes=result.size_bytes)
 
@@ -141,7 +142,7 @@ class ImageRunner:
         assert content is not None  # an input of this node
         prompt = image_prompt(ctx.record.request, ctx.record.scene_outlines()[scene - 1], content)
         result = await ctx.providers[ProviderKind.IMAGE].image(
-            prompt, out_path=str(ctx.files().image(scene)))
+            prompt, out=ctx.files().image(scene))
         figures.account(result)
         return MediaFile(size_bytes=result.size_bytes)
 
@@ -155,14 +156,14 @@ class ClipRunner:
         video = ctx.providers.get(ProviderKind.VIDEO)
         if video is None:
             started = time.monotonic()
-            work = await ctx.tasks.pan(str(folder.image(scene)), str(folder.clip(scene)))
+            work = await ctx.tasks.pan(folder.image(scene), folder.clip(scene))
             figures.latency_s += time.monotonic() - started
             return MediaFile(cpu_s=work.cpu_s, run_s=work.run_s)
         content = ctx.record.content(scene)
         assert content is not None  # an input of this node, through the picture
         result = await video.clip(
             clip_prompt(ctx.record.scene_outlines()[scene - 1], content),
-            image_path=str(folder.image(scene)), out_path=str(folder.clip(scene)))
+            image=folder.image(scene), out=folder.clip(scene))
         figures.account(result)
         return MediaFile(size_bytes=result.size_bytes)
 
@@ -177,11 +178,10 @@ class ComposeRunner:
         scene, folder = node.id.index, ctx.files()
         dialogue = ctx.record.dialogue(scene)
         assert dialogue is not None  # an input of this node, through its speech
-        lines = [Line(line.speaker, line.text, str(folder.speech(scene, number)))
+        lines = [Line(line.speaker, line.text, folder.speech(scene, number))
                  for number, line in enumerate(dialogue.lines, start=1)]
         started = time.monotonic()
-        composed = await ctx.tasks.compose(lines, str(folder.clip(scene)),
-                                           str(folder.scene_video(scene)))
+        composed = await ctx.tasks.compose(lines, folder.clip(scene), folder.scene_video(scene))
         figures.latency_s += time.monotonic() - started
         return composed
 

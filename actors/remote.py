@@ -28,7 +28,8 @@ from actors.tenant_desk import TenantDesk
 from local_server.process import LocalServer
 from pipelines.composition import compose_scene, pan_clip, stitch
 from pipelines.errors import ProviderActorLost, WorkerLost
-from pipelines.settings import ProviderKind, ProviderSettings, Settings
+from pipelines.settings import EncodingSettings, ProviderKind, ProviderSettings, Settings
+from pipelines.storage import Storage
 
 NAMESPACE = "showrunner"
 # In-flight calls are coroutines in the actor, not threads or processes: thousands cost little.
@@ -39,7 +40,10 @@ def actor_name(role: str, prefix: str = "showrunner") -> str:
     return f"{prefix}:{role}"
 
 
-def _options(name: str, detached: bool) -> dict[str, Any]:
+def _options(name: str, detached: bool, resources: dict[str, float] | None = None
+             ) -> dict[str, Any]:
+    """``resources``: Ray custom resources that pin the actor to the nodes that have them
+    (``settings.placement``); a restart after its node is lost lands on another such node."""
     options: dict[str, Any] = {
         "name": name,
         "namespace": NAMESPACE,
@@ -54,6 +58,8 @@ def _options(name: str, detached: bool) -> dict[str, Any]:
     }
     if detached:
         options["lifetime"] = "detached"
+    if resources:
+        options["resources"] = dict(resources)
     return options
 
 
@@ -69,31 +75,35 @@ class ProviderActor(ProviderGateway):
 def provider_actor(kind: ProviderKind, settings: ProviderSettings, *,
                    local_base_url: str | None = None, name: str | None = None,
                    detached: bool = False, state_url: str | None = None,
-                   cache_root: str | None = None) -> Any:
+                   storage: Storage | None = None,
+                   resources: dict[str, float] | None = None) -> Any:
     """The provider's actor, created on first use and shared after (got-if-exists by name).
-    ``state_url``: the store of its ledger and call cache; ``cache_root``: its cached files."""
+    ``state_url``: the store of its ledger and call cache; ``storage``: where its files go,
+    cached ones too."""
     return (
         ray.remote(ProviderActor)
-        .options(**_options(name or actor_name(kind), detached))
+        .options(**_options(name or actor_name(kind), detached, resources))
         .remote(kind, settings, local_base_url=local_base_url,
                 metrics=RayProviderMetrics(kind.value), state_url=state_url,
-                cache_root=cache_root)
+                storage=storage)
     )
 
 
 def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
-                      output_root: str | None = None, state_url: str | None = None,
+                      storage: Storage | None = None, state_url: str | None = None,
                       name: str | None = None, detached: bool = False) -> Any:
     """The coordinator actor, given the provider actors' names; ``state_url`` is its state
     store (a coordinator Ray restarts takes up its episodes from there)."""
     return (
         ray.remote(EpisodeCoordinator)
-        .options(**_options(name or actor_name("coordinator"), detached))
+        .options(**_options(name or actor_name("coordinator"), detached,
+                            settings.placement.coordinator))
         .remote(
             settings,
             {kind: ProviderProxy(name, kind) for kind, name in providers.items()},
-            output_root=output_root,
-            tasks=RayMediaTasks(settings.encoding),
+            storage=storage,
+            tasks=RayMediaTasks(storage or Storage("."), settings.encoding,
+                                settings.placement.media),
             metrics=RayCoordinatorMetrics(),
             state_url=state_url,
         )
@@ -216,11 +226,19 @@ async def await_call(ref: Any) -> Any:
 
 
 class RayMediaTasks(ThreadMediaTasks):
-    """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster."""
+    """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster (on the
+    nodes with ``resources``, if given)."""
+
+    def __init__(self, storage: Storage, encoding: EncodingSettings | None = None,
+                 resources: dict[str, float] | None = None) -> None:
+        super().__init__(storage, encoding)
+        self.resources = dict(resources or {})
 
     async def run(self, fn: Any, *args: Any) -> Any:
         task = {compose_scene: compose_scene_task, stitch: stitch_task,
                 pan_clip: pan_clip_task}[fn]
+        if self.resources:
+            task = task.options(resources=self.resources)
         try:
             return await await_call(task.remote(*args))
         except (WorkerCrashedError, NodeDiedError, OutOfMemoryError) as err:

@@ -8,21 +8,21 @@ running coordinator every hour.
 from __future__ import annotations
 
 import asyncio
-import shutil
-from pathlib import Path
 
 from actors.state_store import StateStore
 from pipelines.episode_folder import EpisodeFolder
+from pipelines.storage import Storage
 
 
-async def prune(store: StateStore, root: Path | None, finished_before: float) -> list[str]:
+async def prune(store: StateStore, storage: Storage | None, finished_before: float
+                ) -> list[str]:
     """Remove every episode that finished before ``finished_before`` (epoch seconds); returns
     their ids."""
     removed = await store.prune(finished_before)
-    if root is not None:
+    if storage is not None:
         def remove_folders() -> None:
             for episode_id in removed:
-                shutil.rmtree(EpisodeFolder(root, episode_id).path, ignore_errors=True)
+                storage.remove(EpisodeFolder(episode_id).prefix)
 
         await asyncio.to_thread(remove_folders)
     return removed

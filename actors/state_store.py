@@ -383,10 +383,17 @@ class StateStore:
         self._progress = asyncio.Condition()
         self._writer: asyncio.Task[None] | None = None
         self.failure: str | None = None  # why the last commit failed, until one succeeds
+
         self._failures = 0  # commits failed so far
         self._lock: CoordinatorLock | None = None  # held by the coordinator running the store
         self._lookups: dict[tuple[str, str, str], asyncio.Future[PaidCall | None]] = {}
         self._looker: asyncio.Task[None] | None = None
+
+    @property
+    def superseded(self) -> str | None:
+        """Why this store's coordinator is no longer its coordinator (another took its lock
+        over after the connection holding it was lost); None while it is."""
+        return getattr(self._lock, "lost", None)
 
     @classmethod
     async def open(cls, url: str, *, exclusive: bool = False,

@@ -62,6 +62,7 @@ from pipelines.settings import (
     Settings,
     TTSSettings,
 )
+from pipelines.storage import Storage
 from showrunner import launcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,7 +382,8 @@ def in_process(name: str, args: argparse.Namespace, settings: Settings,
     outcome = Outcome(name, requests)
     with LocalServer(**MEDIA_SERVER, **server) as local, Watch(local) as watch, \
             tempfile.TemporaryDirectory(prefix="chaos-") as out:
-        run = launcher.start_run(settings, Path(out), local.base_url, prefix=f"chaos-{name}")
+        run = launcher.start_run(settings, Storage(str(out)), local.base_url,
+                                 prefix=f"chaos-{name}")
         run.wait_ready()
         stage = Stage(run, watch, expected_calls(requests), launcher.raylet_child(os.getpid()),
                       outcome)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -17,6 +16,7 @@ from pipelines.models import EpisodeRequest, SceneDialogue
 from pipelines.report import build_report
 from pipelines.settings import LLMSettings, Settings
 from pipelines.stages import StageCall, content_call, dialogue_call, outline_call
+from pipelines.storage import Storage
 from showrunner import launcher
 
 REAL_LATENCY_S, REAL_JITTER_S, REAL_RPM, REAL_TPM = 8.0, 2.0, 500, 200_000
@@ -81,7 +81,7 @@ def run_showrunner(requests: list[EpisodeRequest], base_url: str, rpm: float, tp
                               "max_parallel_scenes": 8, **(overrides or {})}
     settings = Settings(**fields)
     with tempfile.TemporaryDirectory() as out:
-        run = launcher.start_run(settings, Path(out), base_url, prefix=f"bench-{name}")
+        run = launcher.start_run(settings, Storage(str(out)), base_url, prefix=f"bench-{name}")
         # Actors are long-lived in use; their one-off process start is not part of a run.
         run.wait_ready()
         started = time.perf_counter()

@@ -57,6 +57,7 @@ from pipelines.models import EpisodeRequest
 from pipelines.planner import NodeKind
 from pipelines.report import SlotsBound, packed_s, slots_bound
 from pipelines.settings import EncodingSettings, ImageSettings, TTSSettings, VideoSettings
+from pipelines.storage import Storage
 
 TTS = (1.5, 0.5, 300)  # latency s, jitter s, RPM
 IMAGE = (6.0, 2.0, 50)
@@ -70,41 +71,39 @@ class Media:
 
     def __init__(self, client: openai.AsyncOpenAI, root: Path, poll_s: float,
                  encoding: EncodingSettings = PREVIEW) -> None:
-        self.client, self.root, self.poll_s = client, root, poll_s
+        self.client, self.poll_s = client, poll_s
+        self.storage = Storage(str(root))
         self.encoding = encoding
 
     def folder(self, ep: Episode) -> EpisodeFolder:
-        return EpisodeFolder(self.root, f"ep{ep.request.seed}")
+        return EpisodeFolder(f"ep{ep.request.seed}")
 
     async def speech(self, ep: Episode, scene: int, line: int) -> None:
         spoken = ep.dialogues[scene].lines[line - 1]
         audio = await self.client.audio.speech.create(
             model="tts", voice=voice_for(ep.request, spoken.speaker),  # type: ignore
             input=spoken.text, response_format="wav")
-        path = self.folder(ep).speech(scene, line)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(audio.content)
+        self.storage.write(self.folder(ep).speech(scene, line), audio.content)
 
     async def image(self, ep: Episode, scene: int) -> None:
         outline = ep.outline[0].scenes[scene - 1]
         result = await self.client.images.generate(
             model="img", prompt=image_prompt(ep.request, outline, ep.contents[scene]))
-        path = self.folder(ep).image(scene)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(result.data[0].b64_json or ""))
+        self.storage.write(self.folder(ep).image(scene),
+                           base64.b64decode(result.data[0].b64_json or ""))
 
     async def clip(self, ep: Episode, scene: int) -> None:
-        image = self.folder(ep).image(scene)
+        image = self.storage.read(self.folder(ep).image(scene))
         job = await self.client.videos.create(
             prompt=clip_prompt(ep.outline[0].scenes[scene - 1], ep.contents[scene]),
-            input_reference=("image.png", image.read_bytes(), "image/png"), seconds="4")
+            input_reference=("image.png", image, "image/png"), seconds="4")
         while job.status not in ("completed", "failed"):  # their sources poll every 2 s
             await asyncio.sleep(self.poll_s)
             job = await self.client.videos.retrieve(job.id)
         if job.status == "failed":
             raise RuntimeError(f"clip {job.id} failed")
         content = await self.client.videos.download_content(job.id)
-        self.folder(ep).clip(scene).write_bytes(content.content)
+        self.storage.write(self.folder(ep).clip(scene), content.content)
 
     async def visuals(self, ep: Episode, scene: int) -> None:
         await self.image(ep, scene)
@@ -116,15 +115,16 @@ class Media:
 
     async def compose(self, ep: Episode, scene: int) -> None:
         folder = self.folder(ep)
-        lines = [Line(x.speaker, x.text, str(folder.speech(scene, i)))
+        lines = [Line(x.speaker, x.text, folder.speech(scene, i))
                  for i, x in enumerate(ep.dialogues[scene].lines, start=1)]
         ep.scene_videos[scene] = await asyncio.to_thread(
-            compose_scene, lines, str(folder.clip(scene)), str(folder.scene_video(scene)),
+            compose_scene, self.storage, lines, folder.clip(scene), folder.scene_video(scene),
             self.encoding)
 
     async def stitch(self, ep: Episode) -> None:
         videos = ep.scene_videos
-        await asyncio.to_thread(stitch, self.folder(ep), sorted(videos.items()), 1)
+        await asyncio.to_thread(stitch, self.storage, self.folder(ep), sorted(videos.items()),
+                                1)
 
 
 async def script_in_order(client: openai.AsyncOpenAI, ep: Episode) -> None:

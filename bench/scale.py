@@ -17,7 +17,6 @@ import os
 import random
 import tempfile
 import time
-from pathlib import Path
 
 import ray
 
@@ -25,6 +24,7 @@ from bench.common import percentile
 from local_server.process import LocalServer
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import LLMSettings, Settings
+from pipelines.storage import Storage
 from showrunner import launcher
 
 ROUND = 1000
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[tuple[int, float, float]] = []
     polls_all: list[float] = []
     with LocalServer(latency_scale=0.0) as server, tempfile.TemporaryDirectory() as out:
-        run = launcher.start_run(settings, Path(out), server.base_url, prefix="bench-scale")
+        run = launcher.start_run(settings, Storage(str(out)), server.base_url, prefix="bench-scale")
         run.wait_ready()
         pid = ray.get(run.coordinator.__ray_call__.remote(lambda _: os.getpid()))
         made: list[str] = []

@@ -22,15 +22,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +38,9 @@ from pydantic import BaseModel, ConfigDict
 
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.errors import DiskFull, EncoderCrashed, MediaError, NodeFailed
-from pipelines.files import publish, write_atomic
+from pipelines.files import write_atomic
 from pipelines.settings import EncodingSettings
+from pipelines.storage import Storage
 
 GAP_S = 0.35  # silence between two lines
 DEFAULT_ENCODING = EncodingSettings()  # 1280x720, 24 fps, x264 veryfast
@@ -53,7 +52,7 @@ FONT_NAME = "Aileron"  # Pillow's embedded font, written out for libass: no syst
 class Line:
     speaker: str
     text: str
-    audio: str  # path of a WAV file
+    audio: str  # the storage key of a WAV file
 
 
 _RESULT = ConfigDict(frozen=True, extra="forbid")
@@ -213,16 +212,6 @@ def run_ffmpeg(args: Sequence[str]) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-@contextlib.contextmanager
-def scratch(parent: Path, prefix: str) -> Iterator[Path]:
-    """A scratch folder in ``parent``, removed after. Left-overs of earlier attempts (a killed
-    worker cleans nothing up) are removed first: one attempt of a node runs at a time."""
-    for stale in parent.glob(f"{prefix}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=prefix) as work:
-        yield Path(work)
-
-
 PREVIEW_PRESETS = ("ultrafast", "superfast")
 # One thread for every decoder, filter graph and encoder: each composition is a task holding one
 # CPU (``num_cpus=1`` in Ray), and ffmpeg's own threads would run on CPUs other tasks hold.
@@ -250,43 +239,41 @@ def pan_filter(width: int, height: int, seconds: float, fps: int) -> str:
             f"format=yuv420p")
 
 
-def pan_clip(image: str, out_path: str, seconds: int = 4,
+def pan_clip(storage: Storage, image: str, out: str, seconds: int = 4,
              encoding: EncodingSettings = DEFAULT_ENCODING) -> LocalWork:
-    """A clip made locally from a still: what a scene gets when no video provider is set."""
+    """A clip made here from the still ``image`` (a key), uploaded as ``out``: what a scene
+    gets when no video provider is set."""
     started = time.monotonic()
-    target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial.mp4")
-    try:
-        cpu_s = run_ffmpeg(["-filter_threads", "1", *ONE_THREAD, "-i", image, "-vf",
+    with storage.scratch(out, "pan") as work:
+        partial = work / "clip.mp4"
+        cpu_s = run_ffmpeg(["-filter_threads", "1", *ONE_THREAD, "-i",
+                            str(storage.fetch(image, work)), "-vf",
                             pan_filter(encoding.width, encoding.height, seconds, encoding.fps),
                             "-t", str(seconds), "-r", str(encoding.fps), *x264(encoding),
                             *ONE_THREAD, str(partial)])
-        publish(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+        storage.upload(partial, out)
     return LocalWork(cpu_s=round(cpu_s, 4), run_s=round(time.monotonic() - started, 4))
 
 
-def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
+def compose_scene(storage: Storage, lines: Sequence[Line], clip: str, out: str,
                   encoding: EncodingSettings = DEFAULT_ENCODING,
                   gap_s: float = GAP_S) -> ComposedScene:
-    """Write the scene's MP4; return its length, its subtitle cues and what it took."""
+    """Compose the scene's MP4 from its lines' speech and its clip (keys), uploaded as ``out``;
+    return its length, its subtitle cues and what it took."""
     started = time.monotonic()
     width, height, fps = encoding.width, encoding.height, encoding.fps
-    durations = [wav_seconds(line.audio) for line in lines]
-    length = scene_length(durations, gap_s)
-    target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with scratch(target.parent, ".compose-") as folder:
+    with storage.scratch(out, "compose") as folder:
+        audio = [str(storage.fetch(line.audio, folder)) for line in lines]
+        durations = [wav_seconds(path) for path in audio]
+        length = scene_length(durations, gap_s)
         subtitles = folder / "scene.srt"
         scene_cues = cues(lines, durations, gap_s)
         subtitles.write_text(srt(scene_cues), encoding="utf-8")
         inputs: list[str] = ["-filter_complex_threads", "1", "-stream_loop", "-1", *ONE_THREAD,
-                             "-i", clip]
+                             "-i", str(storage.fetch(clip, folder))]
         chains = []
-        for i, line in enumerate(lines, start=1):
-            inputs += [*ONE_THREAD, "-i", line.audio]
+        for i, path in enumerate(audio, start=1):
+            inputs += [*ONE_THREAD, "-i", path]
             chains.append(f"[{i}:a]aresample={AUDIO_RATE},aformat=channel_layouts=mono,"
                           f"apad=pad_dur={gap_s}[a{i}]")
         joined = "".join(f"[a{i}]" for i in range(1, len(lines) + 1))
@@ -301,33 +288,34 @@ def compose_scene(lines: Sequence[Line], clip: str, out_path: str,
         cpu_s = run_ffmpeg([*inputs, "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
                             "-t", f"{length:.3f}", *x264(encoding), *aac(encoding),
                             *ONE_THREAD, "-movflags", "+faststart", str(partial)])
-        publish(partial, target)
+        storage.upload(partial, out)
     return ComposedScene(length_s=length, cues=tuple(scene_cues), cpu_s=round(cpu_s, 4),
                          run_s=round(time.monotonic() - started, 4))
 
 
-def stitch(folder: EpisodeFolder, scenes: Sequence[tuple[int, ComposedScene]],
-           poster_scene: int | None) -> StitchedEpisode:
+def stitch(storage: Storage, folder: EpisodeFolder,
+           scenes: Sequence[tuple[int, ComposedScene]], poster_scene: int | None
+           ) -> StitchedEpisode:
     """The episode's video (its scenes in order), subtitles and poster (the picture of
     ``poster_scene``) in its folder."""
-    out = folder.path
-    with scratch(out, ".stitch-") as work:
+    video = folder.artifact(Artifact.VIDEO)
+    with storage.scratch(video, "stitch") as work:
         listing = work / "scenes.txt"
-        listing.write_text("".join(f"file '{folder.scene_video(s).resolve()}'\n"
-                                   for s, _ in scenes), encoding="utf-8")
+        parts = [storage.fetch(folder.scene_video(s), work).resolve() for s, _ in scenes]
+        listing.write_text("".join(f"file '{part}'\n" for part in parts), encoding="utf-8")
         partial = work / Artifact.VIDEO.value
         # Every scene was encoded alike, so the streams are joined without re-encoding.
         run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
                     "-movflags", "+faststart", str(partial)])
-        publish(partial, folder.artifact(Artifact.VIDEO))
+        storage.upload(partial, video)
     all_cues, offset = [], 0.0
     for _, scene in scenes:
         all_cues += [Cue(start_s=c.start_s + offset, end_s=c.end_s + offset, text=c.text)
                      for c in scene.cues]
         offset += scene.length_s
-    write_atomic(folder.artifact(Artifact.SUBTITLES), srt(all_cues))
+    storage.write(folder.artifact(Artifact.SUBTITLES), srt(all_cues))
     made = [Artifact.VIDEO, Artifact.SUBTITLES]
     if poster_scene is not None:
-        write_atomic(folder.artifact(Artifact.POSTER), folder.image(poster_scene).read_bytes())
+        storage.copy(folder.image(poster_scene), folder.artifact(Artifact.POSTER))
         made.append(Artifact.POSTER)
     return StitchedEpisode(artifacts=tuple(made))

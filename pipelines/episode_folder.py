@@ -1,13 +1,14 @@
-"""Where an episode's files live: the one place that spells out the folder's layout.
+"""Where an episode's files live: the one place that spells out the folder's layout, as storage
+keys (``pipelines.storage``: a name under the storage's root, never a path on some node).
 
-    <root>/<episode id>/
+    <episode id>/
         script.json, script.md               the script, once the episode is done
         episode.mp4, episode.srt, poster.png the stitched episode
         media/scene001/line01.wav …          each line's speech
                        image.png, clip.mp4   the scene's picture and clip
                        scene.mp4             the composed scene
 
-Everything else asks an ``EpisodeFolder`` for a path; nothing joins names by hand. Only
+Everything else asks an ``EpisodeFolder`` for a key; nothing joins names by hand. Only
 ``Artifact`` names are ever served to users.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 
 class Artifact(StrEnum):
@@ -53,29 +53,28 @@ SCRIPT_ARTIFACTS = (Artifact.SCRIPT_JSON, Artifact.SCRIPT_MD)
 
 @dataclass(frozen=True)
 class EpisodeFolder:
-    """The folder of one episode under ``root``."""
+    """The keys of one episode's files."""
 
-    root: Path
     episode_id: str
 
     @property
-    def path(self) -> Path:
-        return self.root / self.episode_id
+    def prefix(self) -> str:
+        return self.episode_id
 
-    def artifact(self, artifact: Artifact) -> Path:
-        return self.path / artifact.value
+    def artifact(self, artifact: Artifact) -> str:
+        return f"{self.episode_id}/{artifact.value}"
 
-    def scene(self, scene: int) -> Path:
-        return self.path / "media" / f"scene{scene:03d}"
+    def scene(self, scene: int) -> str:
+        return f"{self.episode_id}/media/scene{scene:03d}"
 
-    def speech(self, scene: int, line: int) -> Path:
-        return self.scene(scene) / f"line{line:02d}.wav"
+    def speech(self, scene: int, line: int) -> str:
+        return f"{self.scene(scene)}/line{line:02d}.wav"
 
-    def image(self, scene: int) -> Path:
-        return self.scene(scene) / "image.png"
+    def image(self, scene: int) -> str:
+        return f"{self.scene(scene)}/image.png"
 
-    def clip(self, scene: int) -> Path:
-        return self.scene(scene) / "clip.mp4"
+    def clip(self, scene: int) -> str:
+        return f"{self.scene(scene)}/clip.mp4"
 
-    def scene_video(self, scene: int) -> Path:
-        return self.scene(scene) / "scene.mp4"
+    def scene_video(self, scene: int) -> str:
+        return f"{self.scene(scene)}/scene.mp4"

@@ -24,7 +24,6 @@ import heapq
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipelines.episode_folder import Artifact, EpisodeFolder
@@ -32,16 +31,17 @@ from pipelines.episode_state import EpisodeRecord
 from pipelines.episode_view import EpisodeView
 from pipelines.planner import NodeKind
 from pipelines.settings import ProviderKind, Settings
+from pipelines.storage import Storage
 
 # The report's names for an episode's files.
 FILES = {"video": Artifact.VIDEO, "subtitles": Artifact.SUBTITLES, "poster": Artifact.POSTER}
 
 
-def episode_entry(view: EpisodeView, root: Path | None = None) -> dict[str, Any]:
-    """An episode's line in the report; with the output ``root``, where its files are."""
-    folder = EpisodeFolder(root, view.id) if root is not None else None
+def episode_entry(view: EpisodeView, storage: Storage | None = None) -> dict[str, Any]:
+    """An episode's line in the report; with its ``storage``, where its files are."""
+    folder = EpisodeFolder(view.id)
     figures = view.figures
-    written = folder is not None and Artifact.SCRIPT_JSON in view.artifacts
+    written = storage is not None and Artifact.SCRIPT_JSON in view.artifacts
     return {
         "id": view.id,
         "status": view.status.value,
@@ -53,9 +53,9 @@ def episode_entry(view: EpisodeView, root: Path | None = None) -> dict[str, Any]
         "cost_usd": figures.cost_usd,
         "saved_usd": figures.saved_usd,
         "cpu_s": figures.cpu_s,
-        "output_dir": str(folder.path) if written and folder is not None else None,
-        "files": {name: str(folder.artifact(a)) for name, a in FILES.items()
-                  if a in view.artifacts} if folder is not None else {},
+        "output_dir": storage.where(folder.prefix) if written and storage is not None else None,
+        "files": {name: storage.where(folder.artifact(a)) for name, a in FILES.items()
+                  if a in view.artifacts} if storage is not None else {},
         "error": view.error,
         "missing": [m.model_dump() for m in view.missing],
     }
@@ -143,16 +143,16 @@ def build_report(
     provider_stats: Mapping[ProviderKind, Mapping[str, Any]],
     settings: Settings,
     cpus: float | None = None,
-    root: Path | None = None,
+    storage: Storage | None = None,
     lost: Iterable[EpisodeView] = (),
 ) -> dict[str, Any]:
     """``cpus``: the CPUs the run's media tasks could use (a Ray cluster's ``CPU`` resource);
-    unset, this machine's, which is what a local Ray cluster has. ``root``: where the episodes'
-    folders are, for the entries' file paths. ``lost``: episodes whose records are gone (their
-    coordinator died), as last seen: listed, not counted in the figures."""
+    unset, this machine's, which is what a local Ray cluster has. ``storage``: where the
+    episodes' files are, for the entries' file names. ``lost``: episodes whose records are gone
+    (their coordinator died), as last seen: listed, not counted in the figures."""
     records = list(records)
     cpus = float(cpus or os.cpu_count() or 1)
-    episodes = [episode_entry(EpisodeView.of(r), root) for r in records]
+    episodes = [episode_entry(EpisodeView.of(r), storage) for r in records]
     started = [r.started_at for r in records if r.started_at is not None]
     finished = [r.finished_at for r in records if r.finished_at is not None]
     wall = (max(finished) - min(started)) if started and finished else 0.0
@@ -166,7 +166,7 @@ def build_report(
     bottleneck = max(candidates, key=lambda k: candidates[k])
     lower_bound = candidates[bottleneck]
     return {
-        "episodes": episodes + [episode_entry(view, root) for view in lost],
+        "episodes": episodes + [episode_entry(view, storage) for view in lost],
         "totals": {
             "wall_s": _round(wall),
             "sequential_s": _round(sequential),

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from pipelines.episode_folder import SCRIPT_ARTIFACTS, Artifact, EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
-from pipelines.files import write_atomic
 from pipelines.models import CharacterSketch, DialogueLine, SceneContent, SceneOutline
+from pipelines.storage import Storage
 
 
 class ScriptScene(BaseModel):
@@ -80,10 +80,11 @@ def render_markdown(script: Script) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_script(record: EpisodeRecord, folder: EpisodeFolder) -> tuple[Artifact, ...]:
+def write_script(record: EpisodeRecord, storage: Storage, folder: EpisodeFolder
+                 ) -> tuple[Artifact, ...]:
     """Write the episode's ``script.json`` and ``script.md`` into its folder."""
     script = Script.of(record)
-    write_atomic(folder.artifact(Artifact.SCRIPT_JSON),
-                 json.dumps(script.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n")
-    write_atomic(folder.artifact(Artifact.SCRIPT_MD), render_markdown(script))
+    storage.write(folder.artifact(Artifact.SCRIPT_JSON),
+                  json.dumps(script.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n")
+    storage.write(folder.artifact(Artifact.SCRIPT_MD), render_markdown(script))
     return SCRIPT_ARTIFACTS

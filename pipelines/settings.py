@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import (
     AnyHttpUrl,
@@ -43,6 +43,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipelines import storage
+
 
 class ProviderKind(StrEnum):
     """The kinds of model provider; each has its settings (``Settings.llm``, ...) and one actor."""
@@ -61,7 +63,6 @@ ENV_DELIMITER = "__"
 # The state store's drivers: SQLAlchemy's async ones, which the store is written against.
 STATE_URL_SCHEMES = ("sqlite+aiosqlite://", "postgresql+asyncpg://")
 STATE_DB_FILE = "showrunner.db"
-LOCAL_SCHEME = "file://"
 
 
 class SettingsError(Exception):
@@ -269,6 +270,62 @@ class ServiceSettings(BaseModel):
         description="Per tenant: USD its calls may cost in a UTC day (none: no limit). A call "
         "that could pass it is not sent; a submission once it is spent is answered 429.",
     )
+    replicas: PositiveInt = Field(
+        1, le=1000, description="Serve replicas of the HTTP API (`showrunner serve`).")
+    presigned_urls_s: int | None = Field(
+        None, ge=1, le=7 * 86_400,
+        description="With object storage that signs URLs (S3, GCS): a file download is "
+        "redirected (307) to a URL signed for this many seconds, so its bytes skip the service "
+        "(none: the service streams them, with Range).",
+    )
+
+
+Resources = dict[str, Annotated[float, Field(gt=0, le=1_000_000)]]
+
+
+class PlacementSettings(BaseModel):
+    """Where on a Ray cluster each part runs: the Ray custom resources its actors or tasks ask
+    for, so that they land only on nodes started with them (``ray start --resources``). Empty:
+    anywhere. E.g. the coordinator on on-demand nodes, compositions on CPU nodes."""
+
+    model_config = _STRICT
+
+    coordinator: Resources = Field(
+        default_factory=dict, description="The coordinator actor's resources (JSON object).")
+    providers: Resources = Field(
+        default_factory=dict, description="The provider actors' resources (JSON object).")
+    media: Resources = Field(
+        default_factory=dict, description="Each composition task's resources (JSON object).")
+    replicas: Resources = Field(
+        default_factory=dict, description="Each Serve replica's resources (JSON object).")
+
+
+class ObjectStoreSettings(BaseModel):
+    """An S3 or S3-compatible object store (MinIO, Ceph, Cloudflare R2) for `storage`.
+    Unset fields fall back to the AWS SDK's own chain: `AWS_*` variables, a profile, an
+    instance's or pod's IAM role (the way to go on AWS: no keys to keep)."""
+
+    model_config = _STRICT
+
+    endpoint_url: str | None = Field(
+        None, pattern=r"^https?://", description="An S3-compatible server's URL (unset: AWS)."
+    )
+    region: str | None = Field(None, max_length=64, description="The bucket's region.")
+    access_key_id: SecretStr | None = Field(None, description="A key id; a secret.")
+    secret_access_key: SecretStr | None = Field(None, description="Its secret; a secret.")
+
+    def options(self) -> dict[str, Any]:
+        """The fsspec (s3fs) options: credentials only where set, never logged."""
+        options: dict[str, Any] = {}
+        if self.endpoint_url is not None:
+            options["endpoint_url"] = self.endpoint_url
+        if self.region is not None:
+            options["client_kwargs"] = {"region_name": self.region}
+        if self.access_key_id is not None:
+            options["key"] = self.access_key_id.get_secret_value()
+        if self.secret_access_key is not None:
+            options["secret"] = self.secret_access_key.get_secret_value()
+        return options
 
 
 class Settings(BaseSettings):
@@ -294,12 +351,17 @@ class Settings(BaseSettings):
     storage: str = Field(
         "out", min_length=1,
         description="Root of episode folders and cached media: a local folder (relative to the "
-        "working directory) or a file:// URL; object storage (s3://) comes later.",
+        "working directory), or an fsspec URL: s3://bucket/prefix, gs://bucket/prefix.",
+    )
+    s3: ObjectStoreSettings = Field(
+        default_factory=ObjectStoreSettings,
+        description="The S3 (or S3-compatible) store of an s3:// storage.",
     )
     state_url: SecretStr | None = Field(
         None,
         description="The state store's database (sqlite+aiosqlite:// or postgresql+asyncpg://); "
-        f"a secret. Unset: SQLite, {STATE_DB_FILE} in the storage folder.",
+        f"a secret. Unset: SQLite, {STATE_DB_FILE} in the storage folder (which must then be a "
+        "local folder).",
     )
     retention_days: float | None = Field(
         None, gt=0, le=36_500,
@@ -313,6 +375,9 @@ class Settings(BaseSettings):
     encoding: EncodingSettings = Field(
         default_factory=EncodingSettings, description="Video encoding of scenes and episodes."
     )
+    placement: PlacementSettings = Field(
+        default_factory=PlacementSettings, description="Where each part runs on a Ray cluster."
+    )
     service: ServiceSettings = Field(
         default_factory=ServiceSettings, description="The HTTP service."
     )
@@ -325,17 +390,23 @@ class Settings(BaseSettings):
 
     @field_validator("storage")
     @classmethod
-    def _local_storage_only(cls, value: str) -> str:
-        # Episode folders and media are written with local file calls until storage goes
-        # through fsspec; accepting s3:// now would write to a folder named "s3:".
-        if "://" in value and not value.startswith(LOCAL_SCHEME):
-            raise PydanticCustomError(
-                "storage_scheme",
-                "object storage is not supported yet; use a local folder or a file:// URL",
-            )
-        if not value.removeprefix(LOCAL_SCHEME):
-            raise PydanticCustomError("storage_empty", "file:// names no folder")
+    def _storage_url(cls, value: str) -> str:
+        try:
+            storage.check_url(value)
+        except ValueError as err:
+            raise PydanticCustomError("storage_url", str(err)) from None
         return value
+
+    @model_validator(mode="after")
+    def _state_beside_object_storage(self) -> Settings:
+        # SQLite needs a local file: in a bucket it cannot be locked or written in place.
+        if self.state_url is None and not storage.is_local(self.storage):
+            raise PydanticCustomError(
+                "state_url_needed",
+                "with object storage, set SHOWRUNNER_STATE_URL too (postgresql+asyncpg://… on "
+                "a cluster, or sqlite+aiosqlite:////a/local/file.db on one machine)",
+            )
+        return self
 
     @field_validator("state_url")
     @classmethod
@@ -366,29 +437,39 @@ class Settings(BaseSettings):
     def provider(self, kind: ProviderKind) -> ProviderSettings:
         return getattr(self, kind.value)
 
-    def storage_path(self) -> Path:
-        """The storage folder as a local path (a ``file://`` URL's path), as given: relative
-        paths are resolved against the working directory of whoever uses it."""
-        return Path(self.storage.removeprefix(LOCAL_SCHEME))
+    def open_storage(self, url: str | None = None) -> storage.Storage:
+        """The storage (``url`` if given, as the CLI's ``--output``, else ``storage``), with
+        the object store's options where it is one. A local folder is made absolute here, in
+        the working directory of whoever opens it."""
+        where = url if url is not None else self.storage
+        options = self.s3.options() if where.startswith(("s3://", "s3a://")) else {}
+        return storage.Storage(where, options)
 
-    def state_database_url(self, storage_root: Path | None = None) -> str:
+    def state_database_url(self, files: storage.Storage | None = None) -> str:
         """The state store's SQLAlchemy URL: ``state_url``, else a SQLite file in the storage
-        folder (``storage_root`` if given, as the CLI's ``--output``), as an absolute path so
-        that every process finds the same file.
+        folder (``files`` if given, as the CLI's ``--output``), as an absolute path so that
+        every process finds the same file.
 
         The result may hold a password: hand it to the engine, never to a log.
         """
         if self.state_url is not None:
             return self.state_url.get_secret_value()
-        root = storage_root if storage_root is not None else self.storage_path()
-        return f"sqlite+aiosqlite:///{root.resolve() / STATE_DB_FILE}"
+        files = files if files is not None else self.open_storage()
+        if not files.local:
+            raise SettingsError(f"storage {files.where()} is object storage: set "
+                                "SHOWRUNNER_STATE_URL, SQLite cannot live in a bucket")
+        return f"sqlite+aiosqlite:///{files.path(STATE_DB_FILE)}"
 
 
 # ``SHOWRUNNER_*`` variables that something reads for itself, not as a setting, so the check below
-# lets them pass. None today: every ``SHOWRUNNER_*`` name the code reads is a field (tests mark
-# their own processes with other prefixes, e.g. ``TEST_RAY_JOB_CLUSTER``). A new one goes here,
-# with the module that reads it, or every entry point refuses to start while it is set.
-NOT_SETTINGS: frozenset[str] = frozenset()
+# lets them pass (tests mark their own processes with other prefixes, e.g.
+# ``TEST_RAY_JOB_CLUSTER``). A new one goes here, with the module that reads it, or every entry
+# point refuses to start while it is set.
+NOT_SETTINGS: frozenset[str] = frozenset({
+    # pipelines.storage, on each node where media work runs: that node's own scratch folder,
+    # set in the node's environment (a setting would be the driver's, the same for every node).
+    storage.SCRATCH_VARIABLE,
+})
 
 
 # Settings that were renamed: a deployment still setting the old name is stopped (as for any
@@ -425,9 +506,11 @@ def describe_validation_error(err: ValidationError) -> str:
     """One line naming every bad field and its value, with secrets masked."""
     parts = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "settings"
+        field = ".".join(str(p) for p in e["loc"])
         value = "***" if _is_secret(field) else _short(e.get("input"))
-        if e["type"] == "extra_forbidden":
+        if not field:  # a rule across fields: its input is every setting, secrets too
+            parts.append(f"invalid settings: {e['msg']}")
+        elif e["type"] == "extra_forbidden":
             parts.append(f"unknown setting {field!r}")
         elif e["type"] == "missing":
             parts.append(f"missing setting {field!r}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from pipelines.settings import (
     load_settings,
     settings_reference,
 )
+from pipelines.storage import Storage
 from showrunner import stored
 
 EXIT_USAGE = 2
@@ -56,13 +56,14 @@ def _settings_view(settings: Settings) -> dict:
     return data
 
 
-STORAGE_HELP = "the storage folder (default: settings, SHOWRUNNER_STORAGE, ./out)"
+STORAGE_HELP = ("the storage: a folder or s3://bucket/prefix (default: settings, "
+                "SHOWRUNNER_STORAGE, ./out)")
 LIST_LIMIT, MAX_LIST_LIMIT = 50, 100_000
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", metavar="DIR",
-                        help="where episodes and report.json go "
+    parser.add_argument("--output", metavar="DIR_OR_URL",
+                        help="where episodes and report.json go: a folder or s3://bucket/prefix "
                         "(default: settings, SHOWRUNNER_STORAGE, ./out)")
     parser.add_argument("--report", metavar="FILE", help="also write the run report here")
     parser.add_argument("--latency-scale", type=float, default=1.0, metavar="X",
@@ -73,7 +74,7 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_store_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", metavar="DIR", help=STORAGE_HELP)
+    parser.add_argument("--output", metavar="DIR_OR_URL", help=STORAGE_HELP)
     parser.add_argument("--limit", type=int, default=LIST_LIMIT, metavar="N",
                         help=f"the newest N episodes (default: {LIST_LIMIT})")
 
@@ -133,13 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser(
         "cancel", help="cancel an episode, whichever process runs it (or runs it next)")
     cancel.add_argument("id", metavar="ID", help="the episode")
-    cancel.add_argument("--output", metavar="DIR", help=STORAGE_HELP)
+    cancel.add_argument("--output", metavar="DIR_OR_URL", help=STORAGE_HELP)
 
     prune = commands.add_parser(
         "prune", help="remove the rows and files of episodes that finished long ago")
     prune.add_argument("--older-than", metavar="DAYS", type=float, required=True,
                        help="finished more than this many days ago (0: every finished one)")
-    prune.add_argument("--output", metavar="DIR", help=STORAGE_HELP)
+    prune.add_argument("--output", metavar="DIR_OR_URL", help=STORAGE_HELP)
 
     serve = commands.add_parser(
         "serve", help="run the HTTP API (Ray Serve) until Ctrl-C"
@@ -178,12 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(settings, args)
-    storage = Path(args.output) if args.output is not None else settings.storage_path()
+    try:
+        storage = settings.open_storage(args.output)
+    except ValueError as err:  # an --output that no storage takes
+        return _fail(f"--output {args.output}: {err}")
     try:
         if args.command in STORE_COMMANDS:
             return _store_command(args, settings, storage)
         return _run(args, settings, storage)
-    except (BadInput, StateStoreError, stored.UnknownEpisode, stored.NoStore) as err:
+    except (BadInput, StateStoreError, SettingsError, stored.UnknownEpisode,
+            stored.NoStore) as err:
         return _fail(str(err))
 
 
@@ -191,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 STORE_COMMANDS = ("status", "list", "cancel", "prune")
 
 
-def _store_command(args: argparse.Namespace, settings: Settings, storage: Path) -> int:
+def _store_command(args: argparse.Namespace, settings: Settings, storage: Storage) -> int:
     at = stored.StoreAt.of(settings, storage)
     if args.command == "cancel":
         return stored.cancel(at, args.id)
@@ -209,7 +214,7 @@ def _store_command(args: argparse.Namespace, settings: Settings, storage: Path) 
     return stored.status_of_all(at, args.limit, args.json)
 
 
-def _run(args: argparse.Namespace, settings: Settings, storage: Path) -> int:
+def _run(args: argparse.Namespace, settings: Settings, storage: Storage) -> int:
     """``run``, ``demo`` and ``resume``: each takes up the storage's unfinished episodes."""
     if not 0 <= args.latency_scale <= 100:
         raise BadInput(f"--latency-scale must be from 0 to 100, not {args.latency_scale}")
@@ -221,10 +226,10 @@ def _run(args: argparse.Namespace, settings: Settings, storage: Path) -> int:
         return 0
     if args.no_cache:
         settings = settings.model_copy(update={"cache": False})
-    output_dir = _output_dir(str(storage))  # last: nothing is created for bad input
+    _writable(storage)  # last: nothing is created for bad input
     from showrunner.console import run_and_show
 
-    return run_and_show(settings, requests, output_dir,
+    return run_and_show(settings, requests, storage,
                         Path(args.report) if args.report else None, args.latency_scale,
                         earlier)
 
@@ -289,15 +294,12 @@ def _read_premises(path: str) -> str:
         raise BadInput(f"premises file {path} is not UTF-8 text") from None
 
 
-def _output_dir(path: str) -> Path:
-    folder = Path(path)
+def _writable(storage: Storage) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        storage.probe()
     except OSError as err:
-        raise BadInput(f"cannot create output directory {path}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise BadInput(f"output directory {path} is not writable")
-    return folder
+        what = "create output directory" if storage.local else "write to the storage"
+        raise BadInput(f"cannot {what} {storage.where()}: {err.strerror or err}") from None
 
 
 def run() -> None:

@@ -16,6 +16,7 @@ from actors.state_store import EpisodeSummary
 from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import Settings
+from pipelines.storage import Storage
 from showrunner import launcher
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -25,7 +26,7 @@ log = logging.getLogger("showrunner")
 def run_and_show(
     settings: Settings,
     requests: list[EpisodeRequest],
-    output_dir: Path,
+    storage: Storage,
     report_file: Path | None,
     latency_scale: float,
     earlier: Sequence[EpisodeSummary] = (),
@@ -37,7 +38,7 @@ def run_and_show(
     console = Console(stderr=True)
     with launcher.local_server_if_needed(settings, latency_scale) as local_url:
         launcher.ensure_ray()
-        run = launcher.start_run(settings, output_dir, local_url)
+        run = launcher.start_run(settings, storage, local_url)
         seen = {view.id: view for view in launcher.queue(run, requests)} if requests else {}
         taken_up = [e.id for e in earlier if e.id not in seen]
         _say_what_goes_on(console, list(seen.values()), earlier, taken_up)
@@ -58,8 +59,8 @@ def run_and_show(
             except launcher.CoordinatorLost as err:
                 console.print(f"the run stopped: {err}")
         report = launcher.collect_report(run, ids, seen)
-    unwritten = launcher.write_report(report, output_dir, report_file)
-    _closing_table(console, report, output_dir)
+    unwritten = launcher.write_report(report, storage, report_file)
+    _closing_table(console, report, storage)
     if unwritten is not None:
         console.print(f"showrunner: error: {unwritten}", soft_wrap=True, highlight=False)
         return EXIT_FAILED
@@ -127,7 +128,7 @@ def _progress_view(console: Console, ids: list[str]
         yield update_bars
 
 
-def _closing_table(console: Console, report: dict[str, Any], output_dir: Path) -> None:
+def _closing_table(console: Console, report: dict[str, Any], storage: Storage) -> None:
     table = Table(title="Episodes")
     for column in ("episode", "status", "scenes", "wall s", "cost $", "files / reason"):
         table.add_column(column)
@@ -163,6 +164,6 @@ def _closing_table(console: Console, report: dict[str, Any], output_dir: Path) -
     for e in report["episodes"]:
         if e["output_dir"]:
             console.print(f"{e['id']}: {e['output_dir']}", soft_wrap=True, highlight=False)
-    console.print(f"Output: {output_dir.resolve()}", soft_wrap=True, highlight=False)
-    console.print(f"Report: {(output_dir / 'report.json').resolve()}", soft_wrap=True,
+    console.print(f"Output: {storage.where()}", soft_wrap=True, highlight=False)
+    console.print(f"Report: {storage.where(launcher.REPORT_FILE)}", soft_wrap=True,
                   highlight=False)

@@ -30,12 +30,13 @@ from pipelines.files import write_atomic
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.report import build_report
 from pipelines.settings import ProviderKind, Settings
+from pipelines.storage import Storage
 from showrunner.ids import episode_ids
 
 # Served by the bundled server when their base_url is unset; a video provider is used only when
 # one is configured (otherwise clips are made locally).
 BUNDLED = (ProviderKind.LLM, ProviderKind.TTS, ProviderKind.IMAGE)
-CACHE_FOLDER = "cache"  # under the storage folder: the call cache's files (speech, pictures, clips)
+REPORT_FILE = "report.json"  # in the storage's root: the last run's report
 POLL_S = 0.25
 STATS_TIMEOUT_S = 30.0
 
@@ -47,7 +48,7 @@ class Run:
     coordinator: Any
     providers: dict[ProviderKind, Any]
     settings: Settings
-    output_dir: Path
+    storage: Storage
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until every actor answers: a new actor's process starts after its handle exists,
@@ -129,7 +130,9 @@ def ensure_ray() -> None:
     if ray.is_initialized():
         return
     ray.init(
-        address=os.environ.get("RAY_ADDRESS"),
+        # "local", not None: None would join whatever cluster a `ray start` on this machine
+        # last recorded (even a dead one), not the one this run was asked to use.
+        address=os.environ.get("RAY_ADDRESS") or "local",
         include_dashboard=False,
         logging_level="WARNING",
         log_to_driver=False,
@@ -184,7 +187,7 @@ def start_keeper(raylet: int, agents: dict[int, str]) -> subprocess.Popen[bytes]
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
+def start_run(settings: Settings, storage: Storage, local_base_url: str | None,
               prefix: str = "showrunner", detached: bool = False) -> Run:
     """The provider actors and the coordinator (got if they exist: names are per prefix).
 
@@ -192,17 +195,17 @@ def start_run(settings: Settings, output_dir: Path, local_base_url: str | None,
     CLI's are not: owned by its driver, they end when it ends, however it ends (the cluster
     kills the actors of a job whose driver is gone)."""
     kinds = [*BUNDLED, *([ProviderKind.VIDEO] if settings.video.base_url is not None else [])]
-    state_url = settings.state_database_url(output_dir)
+    state_url = settings.state_database_url(storage)
     providers = {
         kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,
                              name=f"{prefix}:{kind}", detached=detached, state_url=state_url,
-                             cache_root=str(output_dir.resolve() / CACHE_FOLDER))
+                             storage=storage, resources=settings.placement.providers)
         for kind in kinds
     }
     coordinator = coordinator_actor(settings, {kind: f"{prefix}:{kind}" for kind in providers},
-                                    output_root=str(output_dir.resolve()), state_url=state_url,
+                                    storage=storage, state_url=state_url,
                                     name=f"{prefix}:coordinator", detached=detached)
-    return Run(coordinator, providers, settings, output_dir)
+    return Run(coordinator, providers, settings, storage)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -281,19 +284,21 @@ def collect_report(run: Run, ids: list[str],
         with contextlib.suppress(RayActorError, ray.exceptions.GetTimeoutError):
             stats[kind] = ray.get(actor.stats.remote(), timeout=STATS_TIMEOUT_S)
     cpus = ray.cluster_resources().get("CPU")  # media tasks run anywhere in the cluster
-    return build_report(records, stats, run.settings, cpus=cpus,
-                        root=run.output_dir.resolve(), lost=lost)
+    return build_report(records, stats, run.settings, cpus=cpus, storage=run.storage,
+                        lost=lost)
 
 
-def write_report(report: dict[str, Any], output_dir: Path, extra: Path | None) -> str | None:
-    """Write the report; returns why it could not be, if it could not (a full or read-only
-    disk: the run's figures are still shown)."""
+def write_report(report: dict[str, Any], storage: Storage, extra: Path | None) -> str | None:
+    """Write the report (``report.json`` in the storage, and ``extra`` on this machine);
+    returns why it could not be, if it could not (a full or read-only disk, a bucket out of
+    reach: the run's figures are still shown)."""
     text = json.dumps(report, indent=2) + "\n"
-    for path in (output_dir / "report.json", *([extra] if extra is not None else [])):
-        try:
-            write_atomic(path, text)
-        except OSError as err:
-            return f"the report was not written: {storage_error(err)}"
+    try:
+        storage.write(REPORT_FILE, text)
+        if extra is not None:
+            write_atomic(extra, text)
+    except OSError as err:
+        return f"the report was not written: {storage_error(err)}"
     return None
 
 

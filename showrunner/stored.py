@@ -29,6 +29,7 @@ from pipelines.episode_state import EpisodeRecord
 from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeStatus, SceneState
 from pipelines.settings import Settings
+from pipelines.storage import Storage
 
 PAGE = 500  # summaries read at a time while looking for the newest
 CANCEL_WAIT_S = 3.0  # a run going on the storage acts on a cancel within a second
@@ -55,9 +56,9 @@ class StoreAt:
     label: str  # the storage folder, or the URL without its password
 
     @classmethod
-    def of(cls, settings: Settings, storage: Path) -> StoreAt:
+    def of(cls, settings: Settings, storage: Storage) -> StoreAt:
         url = settings.state_database_url(storage)
-        label = (str(storage) if settings.state_url is None
+        label = (storage.where() if settings.state_url is None
                  else make_url(url).render_as_string(hide_password=True))
         return cls(url, label)
 
@@ -163,7 +164,7 @@ def status_of_all(at: StoreAt, limit: int, as_json: bool) -> int:
     return 0
 
 
-def status_of(at: StoreAt, root: Path, episode_id: str, as_json: bool) -> int:
+def status_of(at: StoreAt, storage: Storage, episode_id: str, as_json: bool) -> int:
     """``showrunner status ID``: the episode's view, where its files are, and (as JSON) its
     events."""
     async def read() -> EpisodeRecord | None:
@@ -173,7 +174,7 @@ def status_of(at: StoreAt, root: Path, episode_id: str, as_json: bool) -> int:
     record = asyncio.run(read())
     if record is None:
         raise UnknownEpisode(f"no episode {episode_id} in {at.label}")
-    details = episode_details(record, root)
+    details = episode_details(record, storage)
     if as_json:
         print(json.dumps(details, indent=2))
     else:
@@ -204,12 +205,13 @@ def cancel(at: StoreAt, episode_id: str) -> int:
     return 0
 
 
-def prune(at: StoreAt, root: Path, older_than_days: float) -> int:
+def prune(at: StoreAt, storage: Storage, older_than_days: float) -> int:
     """``showrunner prune --older-than DAYS``: the rows and folders of episodes that finished
     more than that long ago (``actors.retention``)."""
     async def remove() -> list[str]:
         async with opened(at) as store:
-            return await retention.prune(store, root, time.time() - older_than_days * 86_400)
+            return await retention.prune(store, storage,
+                                         time.time() - older_than_days * 86_400)
 
     removed = asyncio.run(remove())
     print(f"pruned {len(removed)} episode(s) finished over {older_than_days:g} day(s) ago")
@@ -268,19 +270,19 @@ def shorten(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def episode_details(record: EpisodeRecord, root: Path) -> dict[str, Any]:
+def episode_details(record: EpisodeRecord, storage: Storage) -> dict[str, Any]:
     """The episode's view, with what a person at this machine wants besides: the premise, the
     times, where its files are, and its events."""
     view = EpisodeView.of(record)
-    folder = EpisodeFolder(root.resolve(), record.id)
+    folder = EpisodeFolder(record.id)
     return {
         **view.model_dump(mode="json"),
         "premise": record.request.premise,
         "submitted_at": record.submitted_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
-        "output_dir": str(folder.path) if view.artifacts else None,
-        "files": {a.value: str(folder.artifact(a)) for a in view.artifacts},
+        "output_dir": storage.where(folder.prefix) if view.artifacts else None,
+        "files": {a.value: storage.where(folder.artifact(a)) for a in view.artifacts},
         "events": [e.model_dump(mode="json") for e in record.events],
     }
 

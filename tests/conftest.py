@@ -6,7 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipelines.storage import Storage
+from tests import s3
 from tests.postgres import PostgresServer, PostgresUnavailable, binaries
+from tests.s3 import S3Server
 from tests.support import unavailable
 
 POSTGRES = "a PostgreSQL server (Debian's postgresql)"
@@ -35,3 +38,15 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     """A ``postgresql+asyncpg://`` URL (with its password) of a new, empty database: each test
     sees only its own rows."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on loopback, started once (it stands in for S3 in tests only)."""
+    yield from s3.started()
+
+
+@pytest.fixture
+def s3_storage(s3_server: S3Server) -> Storage:
+    """A storage in a fresh bucket of the test S3 server."""
+    return s3_server.new_bucket()

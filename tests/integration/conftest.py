@@ -22,6 +22,7 @@ def ray_session() -> Iterator[None]:
     ``metrics_report_interval_ms`` (10 s by default); once a second keeps the metrics test short.
     """
     ray.init(
+        address="local",  # its own, never a cluster another test (or a `ray start`) left
         num_cpus=2,
         include_dashboard=False,
         logging_level="WARNING",

@@ -28,6 +28,7 @@ from pipelines.settings import (
     Settings,
     TTSSettings,
 )
+from pipelines.storage import Storage
 from pipelines.tenancy import DailyBudgetSpent
 from tests.support import wait_for_async
 
@@ -61,7 +62,7 @@ def build(server: LocalServer, root: Path, wrap: Callable[[Any], Any] | None = N
                                           prices=PRICES[ProviderKind.IMAGE]),
     }
     gateways = {kind: ProviderGateway(kind, c, local_base_url=server.base_url,
-                                      state_url=state_url, cache_root=str(root / "cache"))
+                                      state_url=state_url, storage=Storage(str(root)))
                 for kind, c in conf.items()}
     coordinator = EpisodeCoordinator(
         Settings(llm=conf[ProviderKind.LLM], tts=conf[ProviderKind.TTS],
@@ -69,7 +70,7 @@ def build(server: LocalServer, root: Path, wrap: Callable[[Any], Any] | None = N
                  encoding={"width": 320, "height": 180, "fps": 8, "x264_preset": "ultrafast"},
                  **settings),
         {**gateways, **({ProviderKind.LLM: wrap(gateways[ProviderKind.LLM])} if wrap else {})},
-        output_root=str(root), state_url=state_url)
+        storage=Storage(str(root)), state_url=state_url)
     OPEN.extend([*gateways.values(), coordinator])
     return coordinator, gateways
 

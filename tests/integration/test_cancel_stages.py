@@ -38,6 +38,7 @@ from pipelines.settings import (
     TTSSettings,
     VideoSettings,
 )
+from pipelines.storage import SCRATCH_FOLDER, Storage
 from showrunner import launcher
 from tests.support import cmdline_of, processes, stays, wait_for
 
@@ -104,17 +105,18 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stages]:
         )
         options = actors.remote._options
 
-        def with_encoder(name: str, detached: bool) -> dict[str, Any]:
+        def with_encoder(name: str, detached: bool, *rest: Any) -> dict[str, Any]:
             # The coordinator's media tasks inherit its runtime environment, so they (and only
             # they, of this run) find the slow encoder; the product's factory is used as it is.
-            made = options(name, detached)
+            made = options(name, detached, *rest)
             if name == f"{PREFIX}:coordinator":
                 made["runtime_env"] = {"env_vars": {"IMAGEIO_FFMPEG_EXE": str(encoder)}}
             return made
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(actors.remote, "_options", with_encoder)
-            run = launcher.start_run(settings, root / "out", server.base_url, prefix=PREFIX)
+            run = launcher.start_run(settings, Storage(str(root / "out")), server.base_url,
+                                     prefix=PREFIX)
         run.wait_ready()
         try:
             yield Stages(run, server, root / "out")
@@ -141,18 +143,21 @@ def _end_encoders(folder: Path) -> None:
 
 
 def _encoders(folder: Path) -> list[int]:
-    """Pids of the ffmpeg processes working on files of one episode's folder."""
-    mark = str(folder).encode()
+    """Pids of the ffmpeg processes working on files of one episode (its inputs are in its
+    folder, its output in a scratch folder named after it)."""
+    mark = folder.name.encode()
     return processes(lambda cmdline: b"ffmpeg" in cmdline and mark in cmdline)
 
 
 def _partial_files(folder: Path) -> list[str]:
-    """What a finished write never leaves: scratch folders (``.compose-*``, ``.stitch-*``),
-    temporary files (``.name.*.tmp``, ``.clip.mp4.partial.mp4``), files of no bytes."""
+    """What a finished write never leaves: the episode's scratch folders
+    (``.scratch/.compose-<its id>…``, ``.stitch-…``), temporary files (``.name.*.tmp``),
+    files of no bytes."""
+    scratch = [str(p) for p in (folder.parent / SCRATCH_FOLDER).glob(f".*-{folder.name}_*")]
     if not folder.exists():
-        return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.name.startswith(".") or (p.is_file() and p.stat().st_size == 0))
+        return scratch
+    return scratch + sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                            if p.name.startswith(".") or (p.is_file() and p.stat().st_size == 0))
 
 
 def _still_running(stages: Stages, episode: str) -> list[str]:

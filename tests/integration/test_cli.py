@@ -194,7 +194,7 @@ def test_bad_storage_stops_before_anything_runs(tmp_path: Path) -> None:
     result = showrunner(*run, env={"SHOWRUNNER_STORAGE": "s3://bucket/episodes"})
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert "storage = 's3://bucket/episodes': object storage is not supported yet" in line
+    assert "invalid settings: with object storage, set SHOWRUNNER_STATE_URL too" in line
     # Without --output, the run writes under the storage setting, so its errors name it.
     result = showrunner(*run, env={"SHOWRUNNER_STORAGE": str(a_file)})
     assert result.returncode == 2

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from actors.coordinator import CANCEL_POLL_S, EpisodeCoordinator
 from actors.gateway import ProviderGateway
-from actors.state_store import StateStore
+from actors.state_store import StateStore, StateStoreError
 from local_server.process import LocalServer
 from pipelines.engine import NodeState
 from pipelines.episode_folder import SCRIPT_ARTIFACTS
@@ -25,6 +27,7 @@ from pipelines.models import EpisodeRequest, EpisodeStatus, SceneState
 from pipelines.planner import NodeId, content_id, dialogue_id, outline_id, speech_id
 from pipelines.report import build_report
 from pipelines.settings import ImageSettings, LLMSettings, ProviderKind, Settings, TTSSettings
+from pipelines.storage import SCRATCH_FOLDER, Storage
 from tests.support import small_disk, wait_for_async
 
 Start = Callable[..., LocalServer]
@@ -61,7 +64,8 @@ def make(
     tts = TTSSettings(rpm=None, timeout_s=timeout_s, max_attempts=max(attempts, 5))
     image = ImageSettings(rpm=None, timeout_s=timeout_s, max_attempts=max(attempts, 5))
     gateways = {
-        kind: ProviderGateway(kind, conf, local_base_url=server.base_url)
+        kind: ProviderGateway(kind, conf, local_base_url=server.base_url,
+                              storage=Storage(str(tmp_path)))
         for kind, conf in ((ProviderKind.LLM, llm), (ProviderKind.TTS, tts),
                            (ProviderKind.IMAGE, image))
     }
@@ -70,8 +74,8 @@ def make(
     if wrap:
         providers[ProviderKind.LLM] = wrap(gateways[ProviderKind.LLM])
     coordinator = EpisodeCoordinator(
-        Settings(llm=llm, tts=tts, image=image, **settings), providers, output_root=str(tmp_path),
-        state_url=state_url,
+        Settings(llm=llm, tts=tts, image=image, **settings), providers,
+        storage=Storage(str(tmp_path)), state_url=state_url,
     )
     return coordinator, gateways[ProviderKind.LLM]
 
@@ -439,7 +443,7 @@ async def test_a_full_disk_at_the_stitch_keeps_the_script_and_says_so(
         assert len(json.loads((disk / eid / "script.json").read_text())["scenes"]) == 2
         assert len(list((disk / eid).glob("media/scene*/scene.mp4"))) == 2  # kept
         assert "No space left" in {m.what: m.why for m in view.missing}["episode.mp4"]
-        assert not list((disk / eid).glob(".stitch-*"))
+        assert not any((disk / SCRATCH_FOLDER).glob("*"))
 
 
 class RefuseImage:
@@ -449,11 +453,11 @@ class RefuseImage:
         self.gateway, self.scene = gateway, scene
 
     async def image(self, prompt: str, **kwargs: Any) -> Any:
-        out = Path(kwargs["out_path"])
-        if f"scene{self.scene:03d}" in str(out):
+        out = kwargs["out"]
+        if f"scene{self.scene:03d}" in out:
             # Late, once the whole script is written: what a failed episode keeps is then known.
-            await wait_for_async(lambda: (out.parents[2] / "script.json").exists(), 30,
-                                 "the script")
+            script = self.gateway.storage.path(out.split("/")[0]) / "script.json"
+            await wait_for_async(script.exists, 30, "the script")
             raise BadRequest("injected refusal", provider="image", status=400)
         return await self.gateway.image(prompt, **kwargs)
 
@@ -481,7 +485,7 @@ async def test_a_failed_or_cancelled_episode_keeps_what_it_paid_for(
     assert missing["scene 1"].startswith("not made: 1 node(s) failed: image:2")  # halted
     assert "image:2" in missing["episode.mp4"]
     entry = build_report([await coordinator.episode(failed)], {}, coordinator.settings,
-                         root=tmp_path)["episodes"][0]
+                         storage=Storage(str(tmp_path)))["episodes"][0]
     assert entry["missing"] == [m.model_dump() for m in view.missing]
 
     # Cancelled once its script is written (a speech call in flight): the script is kept.
@@ -603,3 +607,36 @@ async def test_finished_episodes_leave_memory_and_are_served_from_the_store(
         assert events[-1].kind is EventKind.COMPLETED
     assert await coordinator.statuses(let_go) == [EpisodeStatus.COMPLETED] * 3
     await coordinator.store.close()
+
+
+async def test_a_coordinator_whose_store_was_taken_over_stops_its_calls(
+    local_server: Start, tmp_path: Path, postgres_url: str
+) -> None:
+    """A coordinator cut off from PostgreSQL while another took its store over used to go on
+    paying for its episodes' calls, which the other, taking the episodes up, paid for again."""
+    server = local_server(latency_scale=0.5)
+    first, llm = make(server, tmp_path / "a", state_url=postgres_url)
+    await first.submit(script(premise="A ferry that never docks.", scenes=8))
+    await wait_for_async(lambda: llm.deployments[0].limiter.inflight, 30, "a call to go out")
+    # The connection holding its lock is cut, as a network partition would cut it, and
+    # another coordinator (restarted elsewhere) takes the store and its episodes over.
+    engine = create_async_engine(postgres_url)
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks "
+                                "WHERE locktype = 'advisory' AND granted"))
+    await engine.dispose()
+    second, _ = make(server, tmp_path / "b", state_url=postgres_url)
+    await second.ready()
+
+    def stood_down() -> bool:
+        return first.store.superseded is not None and llm.deployments[0].limiter.inflight == 0
+
+    await wait_for_async(stood_down, 30, "the first coordinator to stop its calls")
+    with pytest.raises(StateStoreError, match="took it over"):
+        await first.submit(script(premise="Another."))
+    try:
+        [view] = await second.wait()
+        assert view.status is EpisodeStatus.COMPLETED  # the second one finished the episode
+    finally:
+        await first.close()
+        await second.close()

@@ -15,6 +15,7 @@ from local_server.process import LocalServer
 from pipelines.episode_state import EventKind
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import EncodingSettings, LLMSettings, ProviderKind, Settings
+from pipelines.storage import Storage
 from showrunner import launcher
 from tests.support import parent_of, processes, wait_for, wait_for_async
 
@@ -26,7 +27,8 @@ async def test_events_stream_and_cancel_through_ray(
 ) -> None:
     server = local_server(latency_scale=1.5)
     settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None), max_parallel_scenes=4)
-    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-actor")
+    run = launcher.start_run(settings, Storage(str(tmp_path)), server.base_url,
+                             prefix="test-actor")
     [queued] = await run.coordinator.submit_many.remote(
         [EpisodeRequest(media=False, premise="A night ferry.", scenes=6, continuity="none")]
     )
@@ -73,7 +75,8 @@ async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
     server = local_server(latency_scale=10.0, llm_jitter=0.0)
     llm = LLMSettings(model="m", rpm=None, tpm=None, max_inflight=2000)
     settings = Settings(llm=llm, max_parallel_episodes=50, max_parallel_scenes=20)
-    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-thousand")
+    run = launcher.start_run(settings, Storage(str(tmp_path)), server.base_url,
+                             prefix="test-thousand")
     run.wait_ready()
     workers_before = _ray_worker_processes()
     requests = [EpisodeRequest(media=False, premise=f"Story {i}", scenes=20, lines_per_scene=1,
@@ -92,7 +95,8 @@ def test_a_run_is_ready_once_every_actor_answers(
     """What a Serve replica waits for before taking requests: every actor answering. A run
     whose coordinator is gone never comes up ready."""
     server = local_server()
-    run = launcher.start_run(Settings(), tmp_path, server.base_url, prefix="test-ready")
+    run = launcher.start_run(Settings(), Storage(str(tmp_path)), server.base_url,
+                             prefix="test-ready")
     run.wait_ready()
     assert ray.get(run.coordinator.views.remote([])) == []
     ray.kill(run.coordinator)
@@ -136,7 +140,8 @@ async def test_killed_workers_and_encoders_cost_a_rerun_not_the_episode(
     server = local_server()
     settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None),
                         encoding=EncodingSettings(width=640, height=360, fps=24))
-    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-kills")
+    run = launcher.start_run(settings, Storage(str(tmp_path)), server.base_url,
+                             prefix="test-kills")
     [queued] = await run.coordinator.submit_many.remote(
         [EpisodeRequest(premise="A lighthouse keeper's last night.", scenes=3,
                         continuity="none")])
@@ -163,7 +168,8 @@ async def test_a_killed_provider_actor_costs_its_calls_in_flight_not_the_episode
 ) -> None:
     server = local_server(latency_scale=0.5)
     settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None))
-    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-provider-kill")
+    run = launcher.start_run(settings, Storage(str(tmp_path)), server.base_url,
+                             prefix="test-provider-kill")
     ids = launcher.submit(run, [EpisodeRequest(media=False, premise=f"Ferry {n}.", scenes=4)
                                 for n in range(3)])
     llm = run.providers[ProviderKind.LLM]
@@ -189,7 +195,8 @@ async def test_a_killed_coordinator_takes_its_episodes_up_again_from_the_store(
     # At most 2 × 2 nodes in flight: what a kill may cost again, and no more.
     settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None), max_parallel_episodes=2,
                         max_parallel_scenes=2)
-    run = launcher.start_run(settings, tmp_path, server.base_url, prefix="test-coordinator-kill")
+    run = launcher.start_run(settings, Storage(str(tmp_path)), server.base_url,
+                             prefix="test-coordinator-kill")
     requests = [EpisodeRequest(media=False, premise=f"Harbour {n}.", scenes=5) for n in range(3)]
     ids = launcher.submit(run, requests)
 

@@ -18,6 +18,7 @@ from pipelines.errors import (
     ProviderUnavailable,
 )
 from pipelines.settings import ImageSettings, ProviderKind, TTSSettings, VideoSettings
+from pipelines.storage import Storage
 
 Start = Callable[..., LocalServer]
 Build = Callable[..., ProviderGateway]
@@ -26,12 +27,14 @@ KINDS = {ProviderKind.TTS: TTSSettings, ProviderKind.IMAGE: ImageSettings,
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[Build]:
+async def gateway(tmp_path: Path) -> AsyncIterator[Build]:
+    """Gateways writing their files into a storage at ``tmp_path`` (keys are paths under it)."""
     made: list[ProviderGateway] = []
 
     def build(kind: ProviderKind, base_url: str, **fields: Any) -> ProviderGateway:
         settings = KINDS[kind](**{"rpm": None, "timeout_s": 10.0, **fields})
-        made.append(ProviderGateway(kind, settings, local_base_url=base_url))
+        made.append(ProviderGateway(kind, settings, local_base_url=base_url,
+                                    storage=Storage(str(tmp_path))))
         return made[-1]
 
     yield build
@@ -44,11 +47,12 @@ async def test_speech_is_written_to_a_file_and_billed_per_character(
 ) -> None:
     gw = gateway(ProviderKind.TTS, local_server().base_url)
     text = "I kept the lantern lit for you."
-    result = await gw.speech(text, voice="nova", out_path=str(tmp_path / "a" / "line.wav"),
+    result = await gw.speech(text, voice="nova", out="a/line.wav",
                              episode_id="ep")
-    with wave.open(result.path) as file:
+    with wave.open(str(tmp_path / result.key)) as file:
         assert file.getnframes() / file.getframerate() > 0.5
-    assert result.units == len(text) and result.size_bytes == Path(result.path).stat().st_size
+    assert result.units == len(text)
+    assert result.size_bytes == (tmp_path / result.key).stat().st_size
     assert result.cost_usd == pytest.approx(len(text) * 15.0 / 1e6)
     assert gw.snapshot()["units"] == len(text)
 
@@ -56,9 +60,9 @@ async def test_speech_is_written_to_a_file_and_billed_per_character(
 async def test_images_are_written_as_png(local_server: Start, gateway: Build,
                                          tmp_path: Path) -> None:
     gw = gateway(ProviderKind.IMAGE, local_server().base_url)
-    result = await gw.image("A lighthouse at dawn.", out_path=str(tmp_path / "scene.png"),
+    result = await gw.image("A lighthouse at dawn.", out="scene.png",
                             size="1024x1024")
-    assert Path(result.path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / result.key).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.cost_usd == pytest.approx(0.04)
 
 
@@ -67,7 +71,7 @@ async def test_speech_faults_are_retried_then_reported(local_server: Start, gate
     server = local_server(fault_rate=1.0)
     gw = gateway(ProviderKind.TTS, server.base_url, max_attempts=2)
     with pytest.raises(ProviderUnavailable):
-        await gw.speech("x", voice="alloy", out_path=str(tmp_path / "x.wav"))
+        await gw.speech("x", voice="alloy", out="x.wav")
     assert server.stats()["speech"]["faults"]["server_error"] == 2
     assert not (tmp_path / "x.wav").exists()  # nothing half-written
 
@@ -77,11 +81,11 @@ async def test_a_clip_is_polled_to_completion_from_the_scene_image(
 ) -> None:
     server = local_server(latency_scale=0.03)
     image = await gateway(ProviderKind.IMAGE, server.base_url).image(
-        "The ferry.", out_path=str(tmp_path / "scene.png"), size="1024x1024")
+        "The ferry.", out="scene.png", size="1024x1024")
     gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.1, poll_max_s=0.3)
-    result = await gw.clip("The ferry leaves.", image_path=image.path, seconds="4",
-                           out_path=str(tmp_path / "clip.mp4"), episode_id="ep")
-    data = Path(result.path).read_bytes()
+    result = await gw.clip("The ferry leaves.", image=image.key, seconds="4",
+                           out="clip.mp4", episode_id="ep")
+    data = (tmp_path / result.key).read_bytes()
     assert data[4:8] == b"ftyp" and result.units == 4
     stats = gw.snapshot()
     assert stats["calls"] >= 3  # create, at least one poll, download: each through the limiter
@@ -95,7 +99,7 @@ async def test_a_failed_clip_job_is_started_again_then_reported(
     gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
                  max_attempts=2)
     with pytest.raises(GenerationFailed, match="on purpose"):
-        await gw.clip("x", out_path=str(tmp_path / "clip.mp4"))
+        await gw.clip("x", out="clip.mp4")
     stats = gw.snapshot()
     assert stats["errors"]["GenerationFailed"] == 2 and stats["retries"] >= 1
     assert not (tmp_path / "clip.mp4").exists()
@@ -111,7 +115,7 @@ async def test_a_clip_job_that_outlives_its_timeout_has_failed(
                  clip_timeout_s=0.5)
     started = time.monotonic()
     with pytest.raises(ProviderTimeout, match="clip timeout"):
-        await gw.clip("x", out_path=str(tmp_path / "clip.mp4"))
+        await gw.clip("x", out="clip.mp4")
     assert time.monotonic() - started < 5
 
 
@@ -128,8 +132,8 @@ async def test_clip_jobs_never_exceed_the_providers_job_cap(
     gw = gateway(ProviderKind.VIDEO, server.base_url, max_jobs=2, max_inflight=10,
                  poll_initial_s=0.02, poll_max_s=0.05)
     results = await asyncio.gather(*(
-        gw.clip(f"clip {i}", out_path=str(tmp_path / f"clip{i}.mp4")) for i in range(8)))
-    assert all(Path(r.path).read_bytes()[4:8] == b"ftyp" for r in results)
+        gw.clip(f"clip {i}", out=f"clip{i}.mp4") for i in range(8)))
+    assert all((tmp_path / r.key).read_bytes()[4:8] == b"ftyp" for r in results)
     assert gw.snapshot()["rate_limited"] == 0
     assert server.stats()["video"]["rate_limited"] == 0
     # Eight jobs measured (60 s ± 15 s at 1/100): they now time the first poll.
@@ -148,7 +152,7 @@ async def test_a_speech_answer_that_is_not_audio_is_malformed_retried_and_report
     gw = gateway(ProviderKind.TTS, server.base_url, max_attempts=2)
     out = tmp_path / "line.wav"
     with pytest.raises(MalformedResponse) as caught:
-        await gw.speech("The lamp is lit.", voice="nova", out_path=str(out))
+        await gw.speech("The lamp is lit.", voice="nova", out="line.wav")
     message = str(caught.value)
     assert "not WAV audio" in message and "bytes of application/json" in message
     assert "chatcmpl-broken" in message  # what came back, its first bytes
@@ -166,9 +170,9 @@ async def test_malformed_job_answers_are_retried_like_a_5xx_and_counted(
                           video_render_size="320x180", video_render_fps=8)
     gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
                  max_attempts=8)
-    results = [await gw.clip(f"clip {i}", out_path=str(tmp_path / f"clip{i}.mp4"))
+    results = [await gw.clip(f"clip {i}", out=f"clip{i}.mp4")
                for i in range(3)]
-    assert all(Path(r.path).read_bytes()[4:8] == b"ftyp" for r in results)
+    assert all((tmp_path / r.key).read_bytes()[4:8] == b"ftyp" for r in results)
     stats = gw.snapshot()
     malformed = server.stats()["video"]["faults"]["malformed"]
     assert malformed > 0 and stats["errors"]["MalformedResponse"] == malformed

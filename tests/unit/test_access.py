@@ -88,7 +88,8 @@ def test_artifacts_only_by_name_from_the_table(tmp_path: Path) -> None:
     assert Artifact.named("script.json") is Artifact.SCRIPT_JSON
     for name in ("../secret.txt", "media/scene001/image.png", "", "script.json/", "SCRIPT.JSON"):
         assert Artifact.named(name) is None
-    folder = EpisodeFolder(tmp_path, "e1")
-    assert folder.artifact(Artifact.VIDEO) == tmp_path / "e1" / "episode.mp4"
+    folder = EpisodeFolder("e1")  # keys in the storage, never a path of some node
+    assert folder.artifact(Artifact.VIDEO) == "e1/episode.mp4"
+    assert folder.speech(2, 3) == "e1/media/scene002/line03.wav"
     assert {a.media_type.split(";")[0] for a in Artifact} == {
         "application/json", "text/markdown", "application/x-subrip", "image/png", "video/mp4"}

@@ -29,6 +29,7 @@ from pipelines.premises import (
     parse_premises_file,
 )
 from pipelines.screenplay import write_script
+from pipelines.storage import Storage
 
 
 def test_premises_file_mixes_plain_lines_and_json_lines() -> None:
@@ -117,7 +118,7 @@ def _record() -> EpisodeRecord:
 
 
 def test_episode_files_are_a_script_and_a_readable_screenplay(tmp_path: Path) -> None:
-    written = write_script(_record(), EpisodeFolder(tmp_path, "ep1"))
+    written = write_script(_record(), Storage(str(tmp_path)), EpisodeFolder("ep1"))
     assert written == (Artifact.SCRIPT_JSON, Artifact.SCRIPT_MD)
     folder = tmp_path / "ep1"
     data = json.loads((folder / "script.json").read_text())

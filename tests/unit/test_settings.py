@@ -12,6 +12,7 @@ from pipelines.settings import (
     load_settings,
     settings_reference,
 )
+from pipelines.storage import Storage
 
 
 @pytest.fixture(autouse=True)
@@ -191,18 +192,48 @@ def test_storage_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SHOWRUNNER_STORAGE", "/mnt/showrunner/output")
     s = load_settings()
     assert s.storage == "/mnt/showrunner/output"
-    assert s.storage_path() == Path("/mnt/showrunner/output")
+    assert s.open_storage().path("") == Path("/mnt/showrunner/output")
     # A file:// URL is the same local folder.
-    assert load_settings(storage="file:///srv/out").storage_path() == Path("/srv/out")
+    assert load_settings(storage="file:///srv/out").open_storage().path("") == Path("/srv/out")
 
 
-@pytest.mark.parametrize("storage", ["s3://bucket/episodes", "gs://bucket/episodes"])
-def test_object_storage_is_refused_for_now(storage: str) -> None:
+def test_object_storage_takes_its_endpoint_and_keys_as_secrets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOWRUNNER_STORAGE", "s3://bucket/episodes")
+    monkeypatch.setenv("SHOWRUNNER_STATE_URL", "postgresql+asyncpg://u:pw@db/showrunner")
+    monkeypatch.setenv("SHOWRUNNER_S3__ENDPOINT_URL", "http://minio.internal:9000")
+    monkeypatch.setenv("SHOWRUNNER_S3__ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("SHOWRUNNER_S3__SECRET_ACCESS_KEY", "very-secret")
+    s = load_settings()
+    storage = s.open_storage()
+    assert not storage.local and storage.where("ep/episode.mp4") == "s3://bucket/episodes/ep/episode.mp4"
+    assert storage.options == {"endpoint_url": "http://minio.internal:9000",
+                               "key": "AKIAEXAMPLE", "secret": "very-secret"}
+    # Secrets are never shown: not in the settings' dump, nor the storage's repr.
+    shown = repr(s) + str(s.model_dump()) + repr(storage)
+    assert "very-secret" not in shown and "AKIAEXAMPLE" not in shown
+
+
+def test_object_storage_without_keys_leaves_them_to_the_aws_chain() -> None:
+    """An IAM role (a cluster's nodes, a pod's service account) needs no keys set here."""
+    s = load_settings(storage="s3://bucket", state_url="postgresql+asyncpg://db/x")
+    assert s.open_storage().options == {}
+
+
+def test_object_storage_needs_a_state_store_that_is_not_a_file_in_it() -> None:
+    with pytest.raises(SettingsError, match="with object storage, set SHOWRUNNER_STATE_URL"):
+        load_settings(storage="s3://bucket/episodes")
+
+
+@pytest.mark.parametrize(("storage", "message"), [
+    ("nosuch://bucket/x", "no storage backend takes nosuch://"),
+    ("s3://", "s3:// names no bucket"),
+    ("file://", "file:// names no folder"),
+])
+def test_a_storage_no_backend_takes_is_refused_naming_why(storage: str, message: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings(storage=storage)
-    assert str(caught.value) == (
-        f"invalid setting storage = {storage!r}: object storage is not supported yet; "
-        "use a local folder or a file:// URL")
+        load_settings(storage=storage, state_url="postgresql+asyncpg://db/x")
+    assert message in str(caught.value) and "invalid setting storage" in str(caught.value)
 
 
 def test_the_state_database_is_sqlite_in_the_absolute_storage_folder(
@@ -214,7 +245,7 @@ def test_the_state_database_is_sqlite_in_the_absolute_storage_folder(
     # Absolute: the coordinator and the CLI must open the same file whatever their directories.
     assert s.state_database_url() == f"sqlite+aiosqlite:///{tmp_path.resolve()}/out/showrunner.db"
     elsewhere = tmp_path / "elsewhere"  # the CLI's --output
-    assert (s.state_database_url(elsewhere)
+    assert (s.state_database_url(Storage(str(elsewhere)))
             == f"sqlite+aiosqlite:///{elsewhere.resolve()}/showrunner.db")
 
 
@@ -222,7 +253,7 @@ def test_a_state_url_wins_over_the_storage_folder(monkeypatch: pytest.MonkeyPatc
     url = "postgresql+asyncpg://showrunner:pw@db.internal:5432/showrunner"
     monkeypatch.setenv("SHOWRUNNER_STATE_URL", url)
     s = load_settings()
-    assert s.state_database_url() == url and s.state_database_url(Path("/other")) == url
+    assert s.state_database_url() == url and s.state_database_url(Storage("/other")) == url
 
 
 @pytest.mark.parametrize(
