@@ -1,5 +1,5 @@
 """What a provider call returns to its caller, and what it costs. Small, so cheap to send
-between actors: a media file's bytes stay on disk and only its path travels."""
+between actors: a media file's bytes stay in storage and only its key travels."""
 
 from __future__ import annotations
 
