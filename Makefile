@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http bench-scale bench-chaos serve clean
+.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http bench-scale bench-chaos bench-cluster serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-scale: $(STAMP)
 
 bench-chaos: $(STAMP)
 	$(PY) -m bench.chaos
+
+bench-cluster: $(STAMP)
+	$(PY) -m bench.cluster
 
 bench: bench-provider bench-strategies bench-media bench-http
 
