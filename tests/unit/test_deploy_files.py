@@ -8,6 +8,7 @@ longer has, fails only when someone deploys; here it fails in ``make test``.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -52,6 +53,12 @@ def pyproject_ray() -> Requirement:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     [ray] = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "ray"]
     return ray
+
+
+def checkout_mount(cluster: dict[str, Any]) -> str:
+    """Where on the nodes ``file_mounts`` put this checkout (its local side is ``.``)."""
+    [remote] = [remote for remote, local in cluster["file_mounts"].items() if local == "."]
+    return remote
 
 
 def cluster_ray_pin(cluster: dict[str, Any]) -> Version:
@@ -101,12 +108,28 @@ def test_cluster_pins_the_ray_release_pyproject_asks_for(cluster: dict[str, Any]
 
 
 def test_cluster_installs_the_synced_checkout(cluster: dict[str, Any]) -> None:
-    [(remote, local)] = cluster["file_mounts"].items()
-    assert local == "."  # `ray up` runs from the repository root
+    remote = checkout_mount(cluster)  # `ray up` runs from the repository root
     remote_home = remote.replace("/home/ubuntu", "~")
     assert any(f"-e {remote_home}" in c or f"-e {remote}" in c
                for c in cluster["setup_commands"]), "setup_commands do not pip install -e it"
     assert ".venv" in cluster["rsync_exclude"]  # hundreds of MB, and built for another machine
+
+
+def test_cluster_reaches_s3_through_instance_roles_and_shares_no_filesystem(
+        cluster: dict[str, Any]) -> None:
+    for name, spec in cluster["available_node_types"].items():
+        profile = spec["node_config"].get("IamInstanceProfile", {})
+        assert profile.get("Name") or profile.get("Arn"), f"{name}: no IAM instance profile"
+    setup = " ".join(cluster["setup_commands"])
+    assert "nfs" not in setup and "mount " not in setup, "episodes no longer need shared storage"
+    # The settings file the start commands export is one that file_mounts put on every node
+    # (a worker the autoscaler adds gets the head's copy), not a path only the head has.
+    starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+    sourced = {m for c in starts for m in re.findall(r"\. (\S+showrunner\.env);", c)}
+    assert len(sourced) == 1, sourced
+    env_file = sourced.pop().replace("~", "/home/ubuntu", 1)
+    assert any(env_file.startswith(remote.rstrip("/") + "/") for remote, local in
+               cluster["file_mounts"].items() if local != "."), f"{env_file} is on no mount"
 
 
 def key_lines_without_comment(text: str) -> list[str]:
@@ -196,10 +219,41 @@ def test_serve_environment_names_real_settings_and_no_secrets(
                     assert not name.endswith(("API_KEY", "API_KEYS")), f"{name}: a secret"
                 else:
                     assert name == "PYTHONPATH", name
-    # On the launcher's cluster, serve_app.py is found in the checkout cluster.yaml syncs.
-    [remote] = cluster["file_mounts"]
+    # On the launcher's cluster, serve_app.py is found in the checkout cluster.yaml syncs, and
+    # the keys file in the folder it copies to every node (a replica may start on any of them).
     assert {a["runtime_env"]["env_vars"]["PYTHONPATH"]
-            for a in serve_config["applications"]} == {remote}
+            for a in serve_config["applications"]} == {checkout_mount(cluster)}
+    mounted = [remote.rstrip("/") + "/" for remote, local in cluster["file_mounts"].items()
+               if local != "."]
+    for app in serve_config["applications"]:
+        keys_file = app["runtime_env"]["env_vars"].get("SHOWRUNNER_API_KEYS_FILE")
+        assert keys_file is None or keys_file.startswith(tuple(mounted)), keys_file
+
+
+# A storage or state URL: a bucket's name and a database's password belong in the nodes'
+# environment (a Secret, showrunner.env), not in a config the dashboard shows.
+STORAGE_OR_STATE_URL = re.compile(r"\b(s3a?|gs|gcs|file|postgres(ql)?(\+\w+)?|sqlite(\+\w+)?)://")
+
+
+def strings(value: Any) -> list[str]:
+    """Every string in a parsed YAML document, keys and values."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*strings(k), *strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_serve_configs_write_no_storage_or_state_url(serve_config: dict[str, Any],
+                                                     rayservice: dict[str, Any]) -> None:
+    configs = {SERVE_CONFIG.name: serve_config,
+               "serveConfigV2": yaml.safe_load(rayservice["spec"]["serveConfigV2"])}
+    for where, config in configs.items():
+        for app in config["applications"]:
+            env = app["runtime_env"]["env_vars"]
+            assert not {"SHOWRUNNER_STORAGE", "SHOWRUNNER_STATE_URL"} & set(env), where
+        urls = [s for s in strings(config) if STORAGE_OR_STATE_URL.search(s)]
+        assert not urls, f"{where} writes a storage or state URL: {len(urls)} of them"
 
 
 def test_rayservice_has_head_and_workers_with_resources_and_secret_keys(
@@ -218,31 +272,50 @@ def test_rayservice_has_head_and_workers_with_resources_and_secret_keys(
         images.add(container["image"])
         assert container["resources"]["requests"] and container["resources"]["limits"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["SHOWRUNNER_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"]
+        for secret in ("SHOWRUNNER_API_KEYS", "SHOWRUNNER_STORAGE", "SHOWRUNNER_STATE_URL"):
+            assert env[secret]["valueFrom"]["secretKeyRef"]["name"], secret
         for name, entry in env.items():
-            if "API_KEY" in name:
+            if name.startswith("SHOWRUNNER_"):
+                assert settings_field(name), f"{name} is not a setting"
+            if "API_KEY" in name or name in {"SHOWRUNNER_STORAGE", "SHOWRUNNER_STATE_URL"}:
                 assert "value" not in entry, f"{name} must come from a Secret"
     assert len(images) == 1  # one image: the same code and Ray everywhere
 
 
-def test_rayservice_writes_episodes_to_a_shared_volume(rayservice: dict[str, Any]) -> None:
-    documents = list(yaml.safe_load_all(RAYSERVICE.read_text(encoding="utf-8")))
-    claims = {d["metadata"]["name"]: d for d in documents
-              if d and d.get("kind") == "PersistentVolumeClaim"}
-    in_kuberay = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    [storage] = {a["runtime_env"]["env_vars"]["SHOWRUNNER_STORAGE"]
-                 for a in in_kuberay["applications"]}
+def offered_resources(group: dict[str, Any]) -> set[str]:
+    """The custom resources a KubeRay group's ``rayStartParams`` give its nodes, written as
+    KubeRay wants them: a JSON object inside a quoted string, ``'"{\\"on_demand\\": 1}"'``."""
+    text = group.get("rayStartParams", {}).get("resources")
+    return set(json.loads(json.loads(text))) if text else set()
+
+
+def test_rayservice_places_parts_on_resources_its_nodes_offer(
+        rayservice: dict[str, Any]) -> None:
     spec = rayservice["spec"]["rayClusterConfig"]
-    pods = [spec["headGroupSpec"]["template"]["spec"],
-            *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
-    for pod in pods:
-        [container] = pod["containers"]
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        mounted = [m for m in container["volumeMounts"]
-                   if storage.startswith(m["mountPath"].rstrip("/") + "/")]
-        assert mounted, f"{storage} is on no volume"
-        claim = volumes[mounted[0]["name"]]["persistentVolumeClaim"]["claimName"]
-        assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    offered = set().union(*(offered_resources(g) for g in groups))
+    for group in groups:
+        [container] = group["template"]["spec"]["containers"]
+        for entry in container["env"]:
+            if entry["name"].startswith("SHOWRUNNER_PLACEMENT__"):
+                asked = set(json.loads(entry["value"]))
+                assert asked <= offered, f"{entry['name']} asks for {asked - offered}: no node"
+
+
+def test_rayservice_keeps_no_episodes_on_a_volume_and_its_gcs_in_redis(
+        rayservice: dict[str, Any]) -> None:
+    documents = list(yaml.safe_load_all(RAYSERVICE.read_text(encoding="utf-8")))
+    assert not [d for d in documents if d and d.get("kind") == "PersistentVolumeClaim"]
+    spec = rayservice["spec"]["rayClusterConfig"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        assert not pod.get("volumes"), "episodes go to object storage, not a shared volume"
+    # GCS fault tolerance, KubeRay >= 1.3's way: the field, with the password from a Secret
+    # (the older ray.io/ft-enabled annotation cannot be combined with it).
+    ft = spec["gcsFaultToleranceOptions"]
+    assert re.fullmatch(r"(redis://)?[\w.-]+:\d+", ft["redisAddress"]), ft["redisAddress"]
+    assert ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"]
+    assert "ray.io/ft-enabled" not in rayservice["metadata"].get("annotations", {})
 
 
 def test_every_node_s_proxy_answers_errors_as_json(rayservice: dict[str, Any],
