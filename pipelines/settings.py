@@ -520,8 +520,9 @@ def describe_validation_error(err: ValidationError) -> str:
 
 
 def _is_secret(field: str) -> bool:
-    # state_url is a database URL, which may carry a password.
-    return "api_key" in field or field == "state_url"
+    # state_url is a database URL, which may carry a password; s3's keys are credentials.
+    return "api_key" in field or field == "state_url" or field.startswith(
+        ("s3.access_key_id", "s3.secret_access_key"))
 
 
 def _short(value: object, limit: int = 80) -> str:

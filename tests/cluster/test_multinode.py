@@ -4,12 +4,17 @@ node's resources put it, two Serve replicas on two nodes, and nodes lost mid-run
 
 Losing the coordinator's node restarts the coordinator on another node, which takes its
 episodes up again from PostgreSQL: every episode completes, and no paid call is made again but
-those in flight at the loss. Losing a composition node costs its tasks a rerun elsewhere."""
+those in flight at the loss. Losing a composition node costs its tasks a rerun elsewhere. The
+CLI, anywhere, lists and shows those episodes from the same PostgreSQL store."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ import pytest
 import ray
 import requests
 from ray import serve
+from sqlalchemy import make_url
 
 import serve_app
 from actors.remote import NAMESPACE
@@ -175,3 +181,25 @@ def test_episodes_survive_losing_the_coordinators_node_and_a_composition_node(
                               headers={"Range": "bytes=0-99"}, timeout=60)
         assert video.status_code == 206 and video.content[4:8] == b"ftyp"
         assert video.headers["content-range"].startswith("bytes 0-99/")
+    # The CLI on any machine reads the same store, with no Ray: what a person runs to look.
+    listed = showrunner(settings, "list", "--json")
+    assert {row["id"]: row["status"] for row in json.loads(listed.stdout)} == dict.fromkeys(
+        ids, "completed")
+    status = showrunner(settings, "status", ids[0])
+    assert f"episode   {ids[0]}: completed, 100.0%" in status.stdout
+    assert f"file      {storage.where(EpisodeFolder(ids[0]).artifact(Artifact.VIDEO))}" in (
+        status.stdout)
+    password = make_url(settings.state_url.get_secret_value()).password
+    assert password and password not in listed.stdout + status.stdout + status.stderr
+
+
+def showrunner(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own, given only the storage and the state store."""
+    assert settings.state_url is not None
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "showrunner", *args], capture_output=True, text=True,
+        env={**clean, "SHOWRUNNER_STORAGE": settings.storage,
+             "SHOWRUNNER_STATE_URL": settings.state_url.get_secret_value()}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result
