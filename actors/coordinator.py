@@ -479,6 +479,8 @@ class EpisodeCoordinator:
             self._tasks.pop(record.id, None)
             self._runs.pop(record.id, None)
             self._admit()
+            # (its ending event reported the gauges while it still counted as running)
+            self._report_gauges()
 
     def _executor(self, record: EpisodeRecord, budgets: list[Budget]) -> EpisodeExecutor:
         plan = record.plan()
@@ -591,9 +593,12 @@ class EpisodeCoordinator:
         # episodes is O(episodes), too much for every node's start and end.
         if node is None or now - self._gauges_at >= GAUGE_INTERVAL_S:
             self._gauges_at = now
-            self.metrics.episodes(queued=len(self._queue), running=len(self._tasks),
-                                  nodes_in_flight=sum(len(r.engine.running)
-                                                      for r in self._runs.values()))
+            self._report_gauges()
+
+    def _report_gauges(self) -> None:
+        self.metrics.episodes(queued=len(self._queue), running=len(self._tasks),
+                              nodes_in_flight=sum(len(r.engine.running)
+                                                  for r in self._runs.values()))
 
 
 def _to_run_again(record: EpisodeRecord) -> EpisodeRecord:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from actors.coordinator import CANCEL_POLL_S, EpisodeCoordinator
 from actors.gateway import ProviderGateway
+from actors.metrics import NoMetrics
 from actors.state_store import StateStore, StateStoreError
 from local_server.process import LocalServer
 from pipelines.engine import NodeState
@@ -640,3 +641,25 @@ async def test_a_coordinator_whose_store_was_taken_over_stops_its_calls(
     finally:
         await first.close()
         await second.close()
+
+
+class Gauges(NoMetrics):
+    """The coordinator's gauges as last reported."""
+
+    def __init__(self) -> None:
+        self.last: tuple[int, int, int] | None = None
+
+    def episodes(self, queued: int, running: int, nodes_in_flight: int) -> None:
+        self.last = (queued, running, nodes_in_flight)
+
+
+async def test_the_gauges_fall_back_to_nothing_running_once_every_episode_ended(
+    local_server: Start, tmp_path: Path
+) -> None:
+    """The running gauge used to stay at 1 after the last episode: it was reported while the
+    episode still counted as running, and not again after."""
+    coordinator, _ = make(local_server(), tmp_path)
+    coordinator.metrics = gauges = Gauges()
+    ids = [await coordinator.submit(script(premise=f"p{n}", scenes=2)) for n in range(2)]
+    await coordinator.wait(ids)
+    assert gauges.last == (0, 0, 0)
