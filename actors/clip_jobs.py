@@ -40,7 +40,7 @@ class ClipJobs:
 
     def __init__(self, settings: VideoSettings, send: Send, counters: ProviderStats,
                  max_attempts: int, files: Callable[[], Storage]) -> None:
-        """``files``: the storage the clips are written to, and their pictures read from."""
+        """``files``: the storage the clips are written to."""
         self.settings = settings
         self._files = files
         self._send = send
@@ -50,16 +50,16 @@ class ClipJobs:
         self.durations = JobDurations()
 
     async def make(
-        self, prompt: str, *, out: str, image: str | None = None,
+        self, prompt: str, *, out: str, reference: bytes | None = None,
         seconds: str = CLIP_SECONDS,
         size: str = "1280x720", episode_id: str = "",
     ) -> MediaResult:
-        """A clip of ``prompt`` (from the reference picture ``image``) in ``out`` (keys). A
+        """A clip of ``prompt`` (from the PNG ``reference``) in the storage key ``out``. A
         job that ends ``failed`` is started again while attempts remain; one that outlives
         ``clip_timeout_s`` has failed."""
         for job_attempt in range(1, self._max_attempts + 1):
             try:
-                return await self._one(prompt, out, image, seconds, size, episode_id)
+                return await self._one(prompt, out, reference, seconds, size, episode_id)
             except GenerationFailed as err:
                 if job_attempt == self._max_attempts:
                     self._counters.gave_up(err.deployment)
@@ -67,9 +67,8 @@ class ClipJobs:
                 self._counters.retried(err.deployment)
         raise AssertionError("unreachable")
 
-    async def _one(self, prompt: str, out: str, image: str | None, seconds: str,
+    async def _one(self, prompt: str, out: str, reference: bytes | None, seconds: str,
                    size: str, episode_id: str) -> MediaResult:
-        reference = await asyncio.to_thread(self._files().read, image) if image else None
         params: dict[str, Any] = {"model": self.settings.model, "prompt": prompt,
                                   "seconds": seconds, "size": size}
         if reference is not None:

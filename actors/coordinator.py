@@ -77,7 +77,7 @@ class EpisodeCoordinator:
         self.settings = settings
         self.providers = dict(providers)
         self.storage = storage
-        self.tasks = tasks or ThreadMediaTasks(storage or Storage("."), settings.encoding)
+        self.tasks = tasks or ThreadMediaTasks(storage, settings.encoding)
         self.metrics = metrics
         self.runners = runners
         self.records: dict[str, EpisodeRecord] = {}

@@ -264,13 +264,15 @@ class ProviderGateway:
         if clips is None:
             raise TypeError(f"the {self.kind} provider makes no clips")
 
+        # Read once: it is sent with every job attempt, and keys the call cache.
+        reference = await asyncio.to_thread(self._files().read, image) if image else None
+
         async def paid() -> MediaResult:
-            return await clips.make(prompt, out=out, image=image, seconds=seconds, size=size,
-                                    episode_id=episode_id)
+            return await clips.make(prompt, out=out, reference=reference, seconds=seconds,
+                                    size=size, episode_id=episode_id)
 
         if self._state_url is None:
             return await paid()
-        reference = await asyncio.to_thread(self._files().read, image) if image else None
         body = {"model": self.settings.model, "prompt": prompt, "seconds": seconds, "size": size,
                 "input_reference": reference}
         key = CallKey(owner, request_digest(self.kind, body))

@@ -42,9 +42,17 @@ class ThreadMediaTasks:
     instead and keeps the rest.
     """
 
-    def __init__(self, storage: Storage, encoding: EncodingSettings | None = None) -> None:
-        self.storage = storage
+    def __init__(self, storage: Storage | None, encoding: EncodingSettings | None = None
+                 ) -> None:
+        """``storage``: none for a coordinator that runs scripts only (it refuses media)."""
+        self._storage = storage
         self.encoding = encoding or EncodingSettings()
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise RuntimeError("media work was asked of tasks given no storage")
+        return self._storage
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.to_thread(fn, *args)

@@ -102,7 +102,7 @@ def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
             settings,
             {kind: ProviderProxy(name, kind) for kind, name in providers.items()},
             storage=storage,
-            tasks=RayMediaTasks(storage or Storage("."), settings.encoding,
+            tasks=RayMediaTasks(storage, settings.encoding,
                                 settings.placement.media),
             metrics=RayCoordinatorMetrics(),
             state_url=state_url,
@@ -229,7 +229,7 @@ class RayMediaTasks(ThreadMediaTasks):
     """The coordinator's CPU work as Ray tasks, one CPU each, anywhere in the cluster (on the
     nodes with ``resources``, if given)."""
 
-    def __init__(self, storage: Storage, encoding: EncodingSettings | None = None,
+    def __init__(self, storage: Storage | None, encoding: EncodingSettings | None = None,
                  resources: dict[str, float] | None = None) -> None:
         super().__init__(storage, encoding)
         self.resources = dict(resources or {})

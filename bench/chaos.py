@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import free_port
 from local_server.process import LocalServer
 from pipelines.episode_view import EpisodeView
 from pipelines.models import EpisodeRequest, EpisodeStatus
@@ -598,11 +598,6 @@ def cli(args: argparse.Namespace) -> Outcome:
             done.settle(watch)
     return outcome
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None

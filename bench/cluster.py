@@ -51,7 +51,6 @@ import json
 import os
 import re
 import signal
-import socket
 import tempfile
 import time
 from collections import Counter
@@ -69,6 +68,7 @@ from rich.table import Table
 
 import serve_app
 from actors.remote import NAMESPACE
+from bench.common import free_port
 from local_server.process import LocalServer
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import Settings, load_settings
@@ -99,11 +99,6 @@ ROLES: list[dict[str, float]] = [
 def node_name(index: int) -> str:
     return f"node-{index}"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the cluster --------------------------------------------------------------------------------

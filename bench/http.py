@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import tempfile
 import time
 from typing import Any
@@ -30,17 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 import serve_app
-from bench.common import percentile
+from bench.common import free_port, percentile
 from pipelines.settings import load_settings
 
 KEY = "bench-http-0123456789abcdef"
 PREFIX = "bench-http"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Results:

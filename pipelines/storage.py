@@ -85,13 +85,6 @@ class Storage:
     def __repr__(self) -> str:  # the options hold credentials
         return f"Storage({self.url!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Storage) and (self.url, self.options) == (other.url,
-                                                                            other.options)
-
-    def __hash__(self) -> int:
-        return hash(self.url)
-
     @property
     def local(self) -> bool:
         return is_local(self.url)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -107,6 +108,34 @@ def descendants(pid: int) -> list[int]:
         found += below
         frontier = below
     return found
+
+
+def marked_processes(marker: str, session: int | None = None) -> list[int]:
+    """Live processes whose environment holds ``marker`` (``NAME=value``, set on whatever a
+    test starts, so its children carry it too), or in process session ``session``."""
+    needle = marker.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after the name
+            if fields[0] == "Z":
+                continue  # exited; only its parent's wait is missing
+            in_session = session is not None and int(fields[4]) == session
+            marked = needle in (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        if in_session or marked:
+            found.append(int(entry.name))
+    return found
+
+
+def free_port() -> int:
+    """A loopback port free now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cmdline_of(pid: int) -> bytes:

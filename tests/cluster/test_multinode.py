@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from pipelines.settings import Settings, load_settings
 from pipelines.storage import Storage
 from tests.cluster.conftest import Nodes
 from tests.s3 import S3Server
-from tests.support import processes, wait_for
+from tests.support import free_port, processes, wait_for
 
 KEY = "key-cluster-0123456789"
 PREFIX = "cluster"
@@ -42,11 +41,6 @@ MEDIA_SERVER = {  # slow enough that nodes are lost mid-run, fast enough for the
     "image_jitter": 0,
 }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

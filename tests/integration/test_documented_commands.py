@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from tests.markdown_blocks import AWAITING_MARKERS, RUN_IN_TESTS, classify, documented_blocks
-from tests.support import unavailable, wait_for
+from tests.support import marked_processes, unavailable, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -120,24 +120,7 @@ class Shell:
         return ran
 
     def pids(self) -> list[int]:
-        return marked_pids(self.marker)
-
-
-def marked_pids(marker: str) -> list[int]:
-    """Live processes whose environment carries this run's marker."""
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue  # exited; only its parent's wait is missing
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except (OSError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-    return found
+        return marked_processes(f"{MARKER}={self.marker}")
 
 
 def free_ports(count: int) -> list[int]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import marked_processes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,26 +57,6 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("", 0))
             ports.append(sock.getsockname()[1])
         return ports
-
-
-def cluster_pids(marker: str, session: int) -> list[int]:
-    """Live processes in the session of ``ray start`` or carrying its marker."""
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after the name
-            if fields[0] == "Z":
-                continue  # exited; only its parent's wait is missing
-            in_session = int(fields[4]) == session
-            marked = needle in (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile, or not ours to read
-        if in_session or marked:
-            found.append(int(entry.name))
-    return found
 
 
 def cluster_env(marker: str, auth_token: str) -> dict[str, str]:
@@ -108,7 +88,7 @@ class Head:
     log: Path
 
     def pids(self) -> list[int]:
-        return cluster_pids(self.marker, self.proc.pid)
+        return marked_processes(f"{MARKER}={self.marker}", self.proc.pid)
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]

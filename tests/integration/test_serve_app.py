@@ -5,7 +5,6 @@ requests, submit → events → completed, cancel, artifacts with Range, idempot
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from ray import serve
 import serve_app
 from pipelines.episode_folder import Artifact
 from pipelines.settings import load_settings
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +27,6 @@ PROVIDER_SECRET = "sk-provider-secret-never-shown"
 RPM = 400
 PREFIX = "serve-test"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.integration.test_cli import ROOT, showrunner
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +48,7 @@ def test_bad_serve_input_is_one_line_and_exit_2(args: list[str], env: dict[str, 
 @contextlib.contextmanager
 def serving(tmp_path: Path, **env: str) -> Iterator[tuple[str, list[str], subprocess.Popen]]:
     """``showrunner serve`` on a free port until it says where; killed if a test fails."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "showrunner", "serve", "--port", str(port), "--latency-scale", "0"],

@@ -12,8 +12,8 @@ from ray import serve
 
 import serve_app
 from pipelines.settings import load_settings
-from tests.integration.test_serve_app import client, events, free_port, script
-from tests.support import wait_for
+from tests.integration.test_serve_app import client, events, script
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
