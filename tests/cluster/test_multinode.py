@@ -135,13 +135,12 @@ def test_episodes_survive_losing_the_coordinators_node_and_a_composition_node(
     nodes.add("coordinator-2", 0, {"coordinator": 1, "replica": 1})
     nodes.add("media-2", 1, {"media": 1})
 
-    def calls_out() -> int:  # with some calls paid for, and others at the server right now
-        stats = server.stats().values()
-        paid = sum(s["paid"] for s in stats)
-        return sum(s["inflight"] for s in stats) if paid >= 4 else 0
-
-    in_flight = wait_for(calls_out, 60, lambda: "calls in flight after some were paid for: "
-                         f"{statuses(base_url, ids)}, {server.stats()}", interval=0.02)
+    # Mid-run: some calls paid for. Whatever is in flight now is all a loss may pay again
+    # (on a loaded machine the calls may all be answered by then, and the loss meets the
+    # compositions instead: nothing may then be paid again).
+    wait_for(lambda: sum(s["paid"] for s in server.stats().values()) >= 4, 60,
+             "some calls to be paid for", interval=0.02)
+    in_flight = sum(s["inflight"] for s in server.stats().values())
     nodes.remove("coordinator")  # its raylet and workers killed: the coordinator and a replica
     wait_for(lambda: actor_nodes(f"{PREFIX}:coordinator").get(f"{PREFIX}:coordinator")
              == nodes.node_id("coordinator-2"), 60, "the coordinator back on the spare node")
