@@ -92,7 +92,9 @@ class EpisodeCoordinator:
         self.store: StateStore | None = None
         self._loaded: asyncio.Task[None] | None = None
         self._cancel_watch: asyncio.Task[None] | None = None
-        self._finished: dict[str, None] = {}  # finished episodes in memory, oldest first
+        # Finished episodes in memory, oldest first, each with the store's write of its ending.
+        self._finished: dict[str, int] = {}
+        self._letting_go: asyncio.Task[None] | None = None
         self._claims: dict[str, Claim] = {}  # idempotency keys' claims, when there is no store
         self._queued_at: dict[str, float] = {}  # when each episode in memory was last queued
         self.spending = Spending(settings.service.daily_budget_usd, self._spent_since)
@@ -303,6 +305,7 @@ class EpisodeCoordinator:
             while not record.status.finished:
                 await self.feed.listen_for_change(self.feed.version_of(episode_id), 5.0,
                                                   key=episode_id)
+                record = await self._get(episode_id)  # (from the store, once let go)
         await self._stored()  # ended, and its ending stored
         return [EpisodeView.of(await self._get(i)) for i in ids]
 
@@ -318,7 +321,8 @@ class EpisodeCoordinator:
     async def close(self) -> None:
         """Stop watching for cancels and pruning, and let the store go (what runs is not
         stopped: a coordinator closed mid-run is taken up again from the store)."""
-        background = [t for t in (self._cancel_watch, self._pruning) if t is not None]
+        background = [t for t in (self._cancel_watch, self._pruning, self._letting_go)
+                      if t is not None]
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -521,13 +525,24 @@ class EpisodeCoordinator:
         self._let_go(record.id)
 
     def _let_go(self, episode_id: str) -> None:
-        """Keep the newest finished episodes in memory; let the oldest go, once the store has
-        what they say (not while it cannot be written)."""
+        """Keep the newest finished episodes in memory; let the oldest go once the store has
+        their endings. One let go earlier would be read back from the store as still running,
+        and whoever waits for it would wait forever."""
         if self.store is None:
             return
-        self._finished[episode_id] = None
-        while len(self._finished) > KEEP_FINISHED and self.store.failure is None:
-            self._forget(next(iter(self._finished)))
+        self._finished[episode_id] = self.store.queued
+        if self._letting_go is None or self._letting_go.done():
+            self._letting_go = asyncio.create_task(self._let_go_once_stored())
+
+    async def _let_go_once_stored(self) -> None:
+        assert self.store is not None
+        while len(self._finished) > KEEP_FINISHED:
+            await self._stored()
+            if self.store.failure is not None:
+                return  # kept in memory while the store cannot be written; the next end retries
+            while (len(self._finished) > KEEP_FINISHED
+                   and next(iter(self._finished.values())) <= self.store.committed):
+                self._forget(next(iter(self._finished)))
 
     def _forget(self, episode_id: str) -> None:
         """A finished episode leaves memory (the store has it, or it was removed)."""

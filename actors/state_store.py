@@ -527,6 +527,15 @@ class StateStore:
         self._claims = [row for row in self._claims if not gone & set(json.loads(row["ids"]))]
         self._uncancel -= gone
 
+    @property
+    def queued(self) -> int:
+        """The number of the newest write queued: once ``committed`` reaches it, it is stored."""
+        return self._queued
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
     async def flush(self) -> None:
         """Return once everything queued so far is committed; raise ``StateStoreError`` if a
         commit tried meanwhile fails (what is queued is kept, and tried again)."""

@@ -598,7 +598,8 @@ async def test_finished_episodes_leave_memory_and_are_served_from_the_store(
     ids = [v.id for v in made]
     views = await coordinator.wait(ids)
     assert [v.status for v in views] == [EpisodeStatus.COMPLETED] * 5
-    assert len(coordinator.records) == 2  # the newest finished only
+    # The newest finished only, once the store has the others' endings.
+    await wait_for_async(lambda: len(coordinator.records) == 2, 10, "the oldest let go")
     let_go = [i for i in ids if i not in coordinator.records]
     assert len(let_go) == 3
     for episode_id in let_go:  # still answered, whole, from the store
@@ -607,6 +608,30 @@ async def test_finished_episodes_leave_memory_and_are_served_from_the_store(
         events = await coordinator.events(episode_id)
         assert events[-1].kind is EventKind.COMPLETED
     assert await coordinator.statuses(let_go) == [EpisodeStatus.COMPLETED] * 3
+    await coordinator.store.close()
+
+
+async def test_an_episode_let_go_before_its_ending_is_committed_is_still_waited_for(
+    local_server: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With slow commits, an episode let go of memory as it finished used to be read back from
+    the store as still running, and ``wait`` waited for it forever (CI timed out on it)."""
+    monkeypatch.setattr("actors.coordinator.KEEP_FINISHED", 0)
+    commit = StateStore._commit
+
+    async def slow_commit(self: StateStore, *args: Any) -> None:
+        await asyncio.sleep(0.3)
+        await commit(self, *args)
+
+    monkeypatch.setattr(StateStore, "_commit", slow_commit)
+    server = local_server(latency_scale=0.0)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'showrunner.db'}"
+    coordinator, _ = make(server, tmp_path, state_url=url, max_parallel_episodes=3)
+    made = await coordinator.submit_many([script(premise=f"Dock {n}.", scenes=1)
+                                          for n in range(3)])
+    views = await asyncio.wait_for(coordinator.wait([v.id for v in made]), 60)
+    assert [v.status for v in views] == [EpisodeStatus.COMPLETED] * 3
+    await wait_for_async(lambda: not coordinator.records, 10, "all let go once stored")
     await coordinator.store.close()
 
 
