@@ -1,7 +1,8 @@
 """``POST /v1/chat/completions``: the body checked as OpenAI checks it, the answer made at once.
 
 The answer is written before admission because its length is the token charge (prompt plus
-completion tokens, as OpenAI counts them); it is cheap, and the latency is slept afterwards.
+completion tokens, as OpenAI counts them); it is cheap, and the latency is slept afterwards. The
+request's ``service_tier`` (``local_server.tiers``) sets how it is served and billed.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from local_server.endpoint import Admission
+from local_server.config import ServerConfig
+from local_server.endpoint import Admission, Call
 from local_server.errors import ApiError, bad_request
 from local_server.textgen import SchemaError, answer
+from local_server.tiers import tier_of
 
 FORMATS = ("text", "json_object", "json_schema")
 
@@ -71,20 +74,21 @@ def _check_format(fmt: Any) -> None:
                           param="response_format.json_schema.schema")
 
 
-def chat_admission(raw: Any, request_id: str, seed: int) -> Admission:
-    """The checked request's token charge and its ready completion."""
+def chat_admission(raw: Any, call: Call, config: ServerConfig) -> Admission:
+    """The checked request's token charge, tier and ready completion."""
     body = check_chat_body(raw)
+    tier = tier_of(body, config.flex_models)
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
     fmt = body.get("response_format")
     try:
-        made = answer(body["messages"], fmt, cap, seed, request_seed=body.get("seed"))
+        made = answer(body["messages"], fmt, cap, config.seed, request_seed=body.get("seed"))
     except SchemaError as err:
         name = fmt["json_schema"]["name"]
         raise ApiError(400, f"Invalid schema for response_format '{name}': {err}",
                        param="response_format", code="invalid_json_schema",
                        counter="bad_request") from None
     completion = {
-        "id": f"chatcmpl-{request_id[4:]}",
+        "id": f"chatcmpl-{call.id[4:]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body["model"],
@@ -99,6 +103,7 @@ def chat_admission(raw: Any, request_id: str, seed: int) -> Admission:
             "completion_tokens": made.completion_tokens,
             "total_tokens": made.total_tokens,
         },
+        "service_tier": str(tier),
         "system_fingerprint": "fp_local",
     }
-    return Admission(tokens=made.total_tokens, body=completion)
+    return Admission(tokens=made.total_tokens, body=completion, tier=tier)

@@ -14,7 +14,14 @@ import signal
 import sys
 from collections.abc import Callable
 
-from local_server.config import EndpointConfig, ServerConfig, default_endpoints, parse_size
+from local_server.config import (
+    IMAGE_ANSWERS,
+    SPEECH_FORMATS,
+    EndpointConfig,
+    ServerConfig,
+    default_endpoints,
+    parse_size,
+)
 
 HOST = "127.0.0.1"  # loopback only: this server has no authentication worth the name
 DEFAULT_PORT = 8000
@@ -74,6 +81,17 @@ def _size(text: str) -> str:
     return text
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated names, at least one (``a,b`` → ``("a", "b")``)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"must name at least one model, not {text!r}")
+    return names
+
+
+_names.__name__ = "names"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server's flags to ``parser`` (its own, or a subcommand's)."""
     parser.add_argument("--port", type=_count(0, 65535), default=DEFAULT_PORT,
@@ -118,6 +136,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for benchmarks (default: the job's size)")
     parser.add_argument("--video-render-fps", type=_count(1, 60), default=24, metavar="N",
                         help="frames per second of rendered clips (default 24)")
+    parser.add_argument("--flex-latency-factor", type=_positive, default=3.0, metavar="X",
+                        help="multiplies the latency of service_tier=flex chat (default 3)")
+    parser.add_argument("--flex-unavailable-rate", type=_fraction, default=0.0, metavar="F",
+                        help="share of flex chat requests answered 429 resource_unavailable")
+    parser.add_argument("--flex-models", type=_names, default=None, metavar="A,B",
+                        help="the models that take service_tier=flex; others: 400 "
+                             "(default: every model)")
+    parser.add_argument("--image-answer", choices=IMAGE_ANSWERS, default="b64_json",
+                        help="what an image request naming no response_format gets "
+                             "(default b64_json)")
+    parser.add_argument("--speech-format", choices=SPEECH_FORMATS, default=None,
+                        help="answer all speech in this format, whatever the request asks "
+                             "(default: the format asked)")
+    parser.add_argument("--models", type=_names, default=None, metavar="A,B",
+                        help="the models that exist; any other is a 404 model_not_found "
+                             "(default: any model name is served)")
 
 
 def config_from_args(args: argparse.Namespace,
@@ -145,6 +179,10 @@ def config_from_args(args: argparse.Namespace,
             video_job_s=args.video_job_s, video_max_jobs=args.video_max_jobs,
             video_fail_rate=args.video_fail_rate, video_render_size=args.video_render_size,
             video_render_fps=args.video_render_fps,
+            flex_latency_factor=args.flex_latency_factor,
+            flex_unavailable_rate=args.flex_unavailable_rate, flex_models=args.flex_models,
+            image_answer=args.image_answer, speech_format=args.speech_format,
+            models=args.models,
         )
     except ValueError as err:
         if parser is not None:

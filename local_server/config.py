@@ -9,7 +9,12 @@ a rate of 1.5 or a negative latency would otherwise only show up as odd behaviou
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# What a speech answer can be encoded as (OpenAI's ``response_format`` values).
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+IMAGE_ANSWERS = ("b64_json", "url")
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,42 @@ class ServerConfig:
     # clips for benchmarks on a small machine. None: the size the job asks for.
     video_render_size: str | None = None
     video_render_fps: int = 24
+    # Service tiers (chat): a flex answer's latency is multiplied by this, and this share of flex
+    # requests is refused 429 resource_unavailable. ``flex_models``: the models that take flex
+    # (others: 400); None: every model.
+    flex_latency_factor: float = 3.0
+    flex_unavailable_rate: float = 0.0
+    flex_models: Sequence[str] | None = None
+    # What an image request naming no response_format gets: "b64_json" (OpenAI's) or "url"
+    # (some local servers' default).
+    image_answer: str = "b64_json"
+    # Every speech answer in this format, whatever the request asked: a provider that answers
+    # another format than the one asked. None: the format asked.
+    speech_format: str | None = None
+    # The models that exist: a request naming another is a 404 model_not_found. None: any name.
+    models: Sequence[str] | None = None
     endpoints: dict[str, EndpointConfig] = field(default_factory=default_endpoints)
 
     def __post_init__(self) -> None:
-        for name in ("fault_rate", "hang_rate", "malformed_rate", "video_fail_rate"):
+        # Kept as tuples: a config is a value, compared and never changed.
+        for name in ("flex_models", "models"):
+            names = getattr(self, name)
+            if names is None:
+                continue
+            _check(not isinstance(names, str), f"{name} must be a list of names, not {names!r}")
+            object.__setattr__(self, name, tuple(names))
+            _check(bool(names) and all(isinstance(n, str) and n for n in names),
+                   f"{name} must name at least one model, not {names!r}")
+        _check(self.flex_latency_factor > 0, f"flex_latency_factor must be above 0, not "
+                                             f"{self.flex_latency_factor}")
+        _check(self.image_answer in IMAGE_ANSWERS, f"image_answer must be one of "
+                                                   f"{', '.join(IMAGE_ANSWERS)}, not "
+                                                   f"{self.image_answer!r}")
+        _check(self.speech_format is None or self.speech_format in SPEECH_FORMATS,
+               f"speech_format must be one of {', '.join(SPEECH_FORMATS)}, not "
+               f"{self.speech_format!r}")
+        for name in ("fault_rate", "hang_rate", "malformed_rate", "video_fail_rate",
+                     "flex_unavailable_rate"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{name} must be from 0 to 1, not {value}")
         _check(self.fault_rate + self.hang_rate + self.malformed_rate <= 1.0 + 1e-9,

@@ -20,13 +20,24 @@ from aiohttp import web
 from local_server.billing import Refund, body_digest, form_digest
 from local_server.errors import ApiError, bad_request
 from local_server.state import ServerState
+from local_server.tiers import Tier
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What an admitted request is answered: JSON-ready data, or a ready response (for bytes).
 Reply = dict[str, Any] | web.StreamResponse
 # An endpoint's own part: check the body (raise ``ApiError``), say what it costs and answers.
-Work = Callable[[Any, str], "Admission"]
+Work = Callable[[Any, "Call"], "Admission"]
 MALFORMED_BODY = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"ind'
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What an endpoint's work knows of its request besides the body."""
+
+    id: str  # the x-request-id
+    # ``http://host:port`` of the socket the request came in on: where links in an answer point
+    # (the server's own address, not the Host header a client chose).
+    origin: str
 
 
 @dataclass(slots=True)
@@ -34,12 +45,13 @@ class Admission:
     """What a checked request costs and answers: ``body`` when the answer is ready, else
     ``make``, run only once the request is admitted and during its latency. ``billed``, when
     given, is handed what takes the bill back, once the answer is billed (a video job refunds
-    itself if it fails)."""
+    itself if it fails). ``tier``: the service tier it is served and billed at (chat)."""
 
     tokens: int = 0
     body: Reply | None = None
     make: Callable[[], Awaitable[Reply]] | None = None
     billed: Callable[[Refund], None] | None = None
+    tier: Tier | None = None
 
 
 def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool = False
@@ -55,13 +67,15 @@ def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool 
         try:
             state.check_auth(request.headers)
             raw, digest = await read_body(request, form)
-            admission = work(raw, request_id)
-            headers = state.admit(endpoint, admission.tokens)
+            state.check_model(raw)
+            admission = work(raw, Call(request_id, origin(request)))
+            tier = admission.tier
+            headers = state.admit(endpoint, admission.tokens, tier)
             headers["x-request-id"] = request_id
             fault = state.draw_fault()
             if fault == "server_error":
                 raise state.server_error()
-            delay = state.latency(endpoint)
+            delay = state.latency(endpoint, tier)
             if fault == "hang":
                 stats.count("hang")
                 delay += hang_s
@@ -71,9 +85,9 @@ def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool 
                 return web.Response(body=MALFORMED_BODY, content_type="application/json",
                                     headers=headers)
             reply = await _reply_during(admission, delay)
-            stats.accepted += 1
+            stats.answered(tier)
             if fault is None:  # a hang's answer comes after its client gave up: not billed
-                refund = stats.ledger.bill(digest)
+                refund = stats.bill(digest, tier)
                 if admission.billed is not None:
                     admission.billed(refund)
             if isinstance(reply, web.StreamResponse):
@@ -87,6 +101,16 @@ def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool 
             stats.leave()
 
     return handle
+
+
+def origin(request: web.Request) -> str:
+    """``http://host:port`` of the socket ``request`` came in on."""
+    transport = request.transport
+    address = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(address, tuple):  # a Unix socket, or a closed transport
+        return f"http://{request.host}"
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def read_body(request: web.Request, form: bool) -> tuple[Any, bytes]:

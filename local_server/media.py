@@ -2,7 +2,8 @@
 
 Each checks its body as OpenAI does and makes its bytes in a low-priority worker thread once
 admitted (``local_server.background``), so the event loop keeps serving chat while a picture is
-drawn.
+drawn. Two options make them answer as some other providers do: ``speech_format`` (speech in one
+format whatever was asked) and ``image_answer`` (pictures as links when no format is asked).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
+from local_server.audio import CONTENT_TYPES
 from local_server.background import in_background
 from local_server.billing import Refund
-from local_server.endpoint import MALFORMED_BODY, Admission
+from local_server.config import IMAGE_ANSWERS, SPEECH_FORMATS
+from local_server.endpoint import MALFORMED_BODY, Admission, Call
 from local_server.errors import ApiError, bad_request
+from local_server.files import ImageFiles
 from local_server.images import DEFAULT_SIZE, SIZES, scene_card
 from local_server.speech import VOICES, speaker
 from local_server.state import ServerState
@@ -40,8 +44,9 @@ def _prompt(raw: Any) -> str:
     return prompt
 
 
-def speech_admission(raw: Any, request_id: str) -> Admission:
-    """``POST /v1/audio/speech``: WAV or raw PCM of the input, spoken."""
+def speech_admission(raw: Any, call: Call, speech_format: str | None = None) -> Admission:
+    """``POST /v1/audio/speech``: the input, spoken, encoded as asked (WAV when nothing is asked,
+    as this server always did); or as ``speech_format`` whatever was asked, when set."""
     if not isinstance(raw, dict):
         raise bad_request("The request body must be a JSON object.")
     _model(raw)
@@ -53,45 +58,55 @@ def speech_admission(raw: Any, request_id: str) -> Admission:
         raise bad_request(f"Unknown voice {voice!r}; use one of {', '.join(sorted(VOICES))}.",
                           param="voice")
     fmt = raw.get("response_format", "wav")
-    if fmt not in ("wav", "pcm"):
-        raise bad_request("The local server speaks 'wav' or 'pcm' only.",
-                          param="response_format")
+    if fmt not in SPEECH_FORMATS:
+        raise bad_request(f"Invalid value: {fmt!r}. Supported values are: "
+                          f"{', '.join(map(repr, SPEECH_FORMATS))}.", param="response_format")
+    fmt = speech_format or fmt
     speed = raw.get("speed", 1.0)
     if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0.25 <= speed <= 4:
         raise bad_request("'speed' must be from 0.25 to 4.", param="speed")
 
     async def make() -> web.Response:
         voice_of = await in_background(speaker)  # loaded on first use
-        say = voice_of.pcm if fmt == "pcm" else voice_of.wav
-        audio = await in_background(say, text, voice, speed)
-        return web.Response(body=audio, content_type=f"audio/{fmt}")
+        audio = await in_background(voice_of.speak, text, voice, speed, fmt)
+        return web.Response(body=audio, content_type=CONTENT_TYPES[fmt])
 
     return Admission(make=make)
 
 
-def image_admission(raw: Any, request_id: str) -> Admission:
-    """``POST /v1/images/generations``: one PNG scene card, as ``b64_json``."""
-    if not isinstance(raw, dict):
-        raise bad_request("The request body must be a JSON object.")
-    prompt = _prompt(raw)
-    if raw.get("n", 1) != 1:
-        raise bad_request("The local server makes one image per request.", param="n")
-    size = raw.get("size", DEFAULT_SIZE)
-    size = DEFAULT_SIZE if size == "auto" else size
-    if size not in SIZES:
-        raise bad_request(f"Unsupported size {size!r}; use one of {', '.join(SIZES)}.",
-                          param="size")
-    if raw.get("response_format", "b64_json") != "b64_json":
-        raise bad_request("The local server returns images as b64_json only.",
-                          param="response_format")
+class Images:
+    """``POST /v1/images/generations``: one PNG scene card, as ``b64_json`` or as a link to it
+    (``response_format="url"``, or ``image_answer`` when the request asks no format)."""
 
-    async def make() -> dict[str, Any]:
-        png = await in_background(scene_card, prompt, size)
-        return {"created": int(time.time()),
-                "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
-                          "revised_prompt": prompt}]}
+    def __init__(self, files: ImageFiles, image_answer: str = "b64_json") -> None:
+        self.files = files
+        self.image_answer = image_answer
 
-    return Admission(make=make)
+    def admission(self, raw: Any, call: Call) -> Admission:
+        if not isinstance(raw, dict):
+            raise bad_request("The request body must be a JSON object.")
+        prompt = _prompt(raw)
+        if raw.get("n", 1) != 1:
+            raise bad_request("The local server makes one image per request.", param="n")
+        size = raw.get("size", DEFAULT_SIZE)
+        size = DEFAULT_SIZE if size == "auto" else size
+        if size not in SIZES:
+            raise bad_request(f"Unsupported size {size!r}; use one of {', '.join(SIZES)}.",
+                              param="size")
+        answer = raw.get("response_format") or self.image_answer
+        if answer not in IMAGE_ANSWERS:
+            raise bad_request(f"Invalid value: {answer!r}. Supported values are: 'b64_json' "
+                              "and 'url'.", param="response_format")
+
+        async def make() -> dict[str, Any]:
+            png = await in_background(scene_card, prompt, size)
+            if answer == "url":
+                image = {"url": self.files.url(call.origin, await self.files.add(png))}
+            else:
+                image = {"b64_json": base64.b64encode(png).decode("ascii")}
+            return {"created": int(time.time()), "data": [{**image, "revised_prompt": prompt}]}
+
+        return Admission(make=make)
 
 
 JOB_CAP_RETRY_S = 1.0  # the wait a 429 for too many jobs asks for, before latency_scale
@@ -106,7 +121,7 @@ class Videos:
         self.jobs = VideoJobs(random.Random(config.seed + 1), config.video_fail_rate,
                               config.video_render_size, config.video_render_fps)
 
-    def admission(self, raw: Any, request_id: str) -> Admission:
+    def admission(self, raw: Any, call: Call) -> Admission:
         config = self.state.config
         prompt = _prompt(raw)
         seconds = str(raw.get("seconds", "4"))

@@ -49,13 +49,19 @@ def _known_flags() -> set[str]:
 
 def flags_of(options: dict[str, Any]) -> list[str]:
     """Keyword options as command-line flags: ``llm_rpm=600`` → ``--llm-rpm 600``; ``True`` is
-    a bare switch; ``None`` and ``False`` are left out."""
+    a bare switch; a list or tuple is comma-separated (``models=["a", "b"]`` → ``--models a,b``);
+    ``None`` and ``False`` are left out."""
     args: list[str] = []
     for name, value in options.items():
         if value is None or value is False:
             continue
         flag = "--" + name.replace("_", "-")
-        args += [flag] if value is True else [flag, str(value)]
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, list | tuple):
+            args += [flag, ",".join(map(str, value))]
+        else:
+            args += [flag, str(value)]
     return args
 
 

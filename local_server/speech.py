@@ -8,12 +8,12 @@ thread by the caller, off the server's event loop.
 from __future__ import annotations
 
 import ctypes
-import io
 import threading
-import wave
 from dataclasses import dataclass
 
 import espeakng_loader
+
+from local_server.audio import encode
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -95,10 +95,8 @@ class Speaker:
             return b"".join(self._chunks)
 
     def wav(self, text: str, voice: str, speed: float = 1.0) -> bytes:
-        out = io.BytesIO()
-        with wave.open(out, "wb") as file:
-            file.setnchannels(1)
-            file.setsampwidth(2)
-            file.setframerate(self.sample_rate)
-            file.writeframes(self.pcm(text, voice, speed))
-        return out.getvalue()
+        return self.speak(text, voice, speed, "wav")
+
+    def speak(self, text: str, voice: str, speed: float = 1.0, fmt: str = "wav") -> bytes:
+        """The speech encoded as ``fmt``, one of ``audio.CONTENT_TYPES``."""
+        return encode(self.pcm(text, voice, speed), self.sample_rate, fmt)

@@ -1,7 +1,8 @@
 """The state of one running server and the checks every model endpoint shares.
 
-In the order a provider applies them: auth (401) → [the endpoint checks the body: 400] → quota
-(429 ``insufficient_quota``) → rate limits (429 ``rate_limit_exceeded``) → an injected fault →
+In the order a provider applies them: auth (401) → the model (404 ``model_not_found``) → [the
+endpoint checks the body: 400] → quota (429 ``insufficient_quota``) → flex capacity (429
+``resource_unavailable``) → rate limits (429 ``rate_limit_exceeded``) → an injected fault →
 latency. Fault draws and latencies come from one ``random.Random(seed)``, so a run replays.
 """
 
@@ -13,11 +14,13 @@ import random
 import secrets
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from local_server.config import ServerConfig
 from local_server.errors import ApiError
 from local_server.ratelimit import Clock, EndpointLimits, format_duration
 from local_server.stats import EndpointStats
+from local_server.tiers import TIERED_ENDPOINTS, Tier, resource_unavailable
 
 QUOTA_MESSAGE = ("You exceeded your current quota, please check your plan and billing details. "
                  "For more information on this error, read the docs: "
@@ -37,7 +40,9 @@ class ServerState:
             name: EndpointLimits(e.rpm, e.tpm, config.burst_s, clock)
             for name, e in config.endpoints.items()
         }
-        self.stats = {name: EndpointStats() for name in config.endpoints}
+        self.stats = {name: EndpointStats(Tier if name in TIERED_ENDPOINTS else ())
+                      for name in config.endpoints}
+        self._models = None if config.models is None else frozenset(config.models)
         # Unique across servers and runs (unlike the seeded answers), cheap per request.
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
@@ -61,11 +66,28 @@ class ServerState:
                        "find your API key at https://platform.openai.com/account/api-keys.",
                        code="invalid_api_key", counter="unauthorized")
 
-    def admit(self, endpoint: str, tokens: int) -> dict[str, str]:
-        """Quota, then rate limits; charges the request and returns its rate-limit headers."""
+    def check_model(self, raw: Any) -> None:
+        """404 ``model_not_found`` when the body names a model the server does not have (with
+        ``models`` set). A missing or mistyped model is left to the body check's 400."""
+        if self._models is None or not isinstance(raw, Mapping):
+            return
+        model = raw.get("model")
+        if isinstance(model, str) and model and model not in self._models:
+            raise ApiError(404, f"The model `{model}` does not exist or you do not have access "
+                           "to it.", code="model_not_found", counter="model_not_found")
+
+    def admit(self, endpoint: str, tokens: int, tier: Tier | None = None) -> dict[str, str]:
+        """Quota, then flex capacity, then rate limits; charges the request and returns its
+        rate-limit headers. A flex request refused for want of capacity is refused before the
+        buckets are looked at: it costs the key nothing and says nothing of its limits."""
         if self.config.quota_exhausted:
             raise ApiError(429, QUOTA_MESSAGE, type="insufficient_quota",
                            code="insufficient_quota", counter="quota_rejected")
+        # No draw unless flex can be refused, so runs without it replay as before.
+        rate = self.config.flex_unavailable_rate
+        if tier is Tier.FLEX and rate and self.random.random() < rate:
+            self.stats[endpoint].by_tier[tier].unavailable += 1
+            raise resource_unavailable()
         limits = self.limits[endpoint]
         decision = limits.admit(tokens)
         headers = limits.headers()
@@ -102,13 +124,15 @@ class ServerState:
         status = self.random.choice(FAULT_STATUSES)
         return ApiError(status, SERVER_ERROR_MESSAGE, type="server_error", counter="server_error")
 
-    def latency(self, endpoint: str) -> float:
-        """This request's latency: uniform around the mean, clipped at 0, scaled."""
+    def latency(self, endpoint: str, tier: Tier | None = None) -> float:
+        """This request's latency: uniform around the mean, clipped at 0, scaled; a flex
+        request's multiplied by ``flex_latency_factor``."""
         e = self.config.endpoints[endpoint]
         if self.config.latency_scale == 0:
             return 0.0
         sample = e.latency_s + self.random.uniform(-e.jitter_s, e.jitter_s)
-        return max(0.0, sample) * self.config.latency_scale
+        factor = self.config.flex_latency_factor if tier is Tier.FLEX else 1.0
+        return max(0.0, sample) * self.config.latency_scale * factor
 
     def reset_stats(self) -> None:
         for stats in self.stats.values():
