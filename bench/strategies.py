@@ -1,6 +1,6 @@
 """The prior strategies side by side with Showrunner, in one run, on one workload.
 
-    python -m bench.strategies [--episodes 12] [--scenes 10] [--scale 40]
+    python -m bench.strategies [--episodes 12] [--scenes 10] [--scale 40] [--no-flex]
 
 The workload is modelled on a real provider — LLM latency 8 s ± 2 s, 500 RPM, 200,000 TPM — and
 run time-scaled by ``--scale`` on the bundled local server (at 40: 200 ms ± 50 ms, 20,000 RPM,
@@ -13,6 +13,13 @@ unless the source says otherwise. Each is also run with every episode at once. T
 design parallelises *media* calls within an episode (speech, images); its script is written in
 order, so in this text-only workload its in-episode pool has nothing to do. Showrunner runs the
 real thing: provider actor, coordinator actor, the episode graph, every episode admitted at once.
+
+Showrunner then runs the chain workload once more with every episode on the flex tier (OpenAI's
+Flex processing: half price, slower, at times busy), against a server whose flex answers take its
+default 3x as long and ``FLEX_BUSY_RATE`` of which are 429 ``resource_unavailable``, waited out.
+Both runs are billed at ``LLMSettings``' list prices, so the table beside them compares wall time
+with cost. The busy answers' back-off (0.5-1 s at first) is not time-scaled: at ``--scale`` 40
+one weighs as much as 20-40 s of real waiting. ``--no-flex`` leaves the flex run out.
 
 Prints a table, then one JSON line. Not a test: these machines are shared and noisy.
 """
@@ -49,6 +56,8 @@ from bench.common import (
 from local_server.process import LocalServer
 from pipelines.models import Continuity, EpisodeRequest
 from pipelines.planner import plan_episode
+
+FLEX_BUSY_RATE = 0.05  # share of flex requests the server answers "no capacity now"
 
 # -- what every prior strategy does for one episode, call by call ------------------------------
 
@@ -188,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the one-episode-at-a-time runs of the slowest designs")
     parser.add_argument("--media", action="store_true",
                         help="with speech, pictures, clips and MP4s (see bench/media.py)")
+    parser.add_argument("--no-flex", action="store_true",
+                        help="leave out Showrunner's run of the chain workload on the flex tier")
     raw = list(sys.argv[1:] if argv is None else argv)
     if "--media" in raw:  # the media run has its own flags and smaller defaults
         from bench import media
@@ -246,13 +257,29 @@ def main(argv: list[str] | None = None) -> None:
                     return seconds
 
                 measure(f"Showrunner ({mode})", mode, f"all {n}", showrunner, prior=False)
+        flex = None if args.no_flex else run_flex(requests, server_flags, rpm, tpm, reports)
     finally:
         ray.shutdown()
-    print(json.dumps(summarise(rows, reports, args, latency)), flush=True)
+    print(json.dumps(summarise(rows, reports, args, latency, flex)), flush=True)
+
+
+def run_flex(requests: list[EpisodeRequest], server_flags: dict[str, Any], rpm: float,
+             tpm: float, reports: dict[str, dict[str, Any]]) -> Row:
+    """Showrunner's chain run again, every episode on flex, on a server whose flex tier is at
+    times busy; its report goes to ``reports["flex"]``."""
+    flex_requests = [r.model_copy(update={"continuity": "chain", "tier": "flex"})
+                     for r in requests]
+    with LocalServer(**server_flags, flex_unavailable_rate=FLEX_BUSY_RATE) as server:
+        seconds, reports["flex"] = run_showrunner(flex_requests, server.base_url, rpm, tpm,
+                                                  "flex")
+        row = Row("Showrunner, flex", "chain", seconds, server.stats()["chat"]["rate_limited"],
+                  f"all {len(requests)}", prior=False)
+    Console(stderr=True).print(f"  {row.name} ({row.episodes_at_once}): {seconds:.2f} s")
+    return row
 
 
 def summarise(rows: list[Row], reports: dict[str, dict[str, Any]], args: argparse.Namespace,
-              latency: float) -> dict[str, Any]:
+              latency: float, flex: Row | None = None) -> dict[str, Any]:
     showrunner = next(r for r in rows if r.name == "Showrunner (chain)")
     bound = reports["chain"]["totals"]["lower_bound_s"]
     as_written = [r for r in rows if r.prior and not r.episodes_at_once.startswith("all")]
@@ -270,12 +297,47 @@ def summarise(rows: list[Row], reports: dict[str, dict[str, Any]], args: argpars
         faster = f"{r.seconds / rival.seconds:.1f}x" if rival and r.prior else ""
         table.add_row(r.name, r.episodes_at_once, r.continuity, f"{r.seconds:.2f}",
                       f"{r.seconds / own_bound:.2f}", faster, str(r.server_429))
+    if flex:  # slower by design: no nominal bound of its own, nothing to be faster than
+        table.add_row(flex.name, flex.episodes_at_once, flex.continuity, f"{flex.seconds:.2f}",
+                      "", "", str(flex.server_429))
     Console(stderr=True, width=150).print(table)
     Console(stderr=True).print(
         f"Lower bound of the chain run (measured critical path vs. rate limits): {bound:.2f} s, "
         f"set by {reports['chain']['totals']['bottleneck']}. '÷ its bound' uses the nominal "
         f"latency and each row's own continuity.")
-    return result_line(showrunner, bound, best, rows)
+    line = result_line(showrunner, bound, best, rows)
+    line["standard_cost_usd"] = reports["chain"]["totals"]["cost_usd"]
+    line.update(flex_line(showrunner, reports["chain"], flex, reports.get("flex")))
+    return line
+
+
+def flex_line(standard: Row, standard_report: dict[str, Any], flex: Row | None,
+              flex_report: dict[str, Any] | None) -> dict[str, Any]:
+    """Standard beside flex on the chain workload, printed; the flex keys of the JSON line
+    (None when the flex run was left out)."""
+    if flex is None or flex_report is None:
+        return dict.fromkeys(("flex_wall_s", "flex_cost_usd", "flex_saved_usd",
+                              "flex_wall_ratio", "flex_busy", "flex_fell_back"))
+    table = Table(title="Showrunner (chain), standard vs flex")
+    for column in ("tier", "wall s", "cost USD", "flex saved USD", "busy answers",
+                   "fell back to standard"):
+        table.add_column(column, justify="left" if column == "tier" else "right")
+    for tier, row, report in (("standard", standard, standard_report),
+                              ("flex", flex, flex_report)):
+        totals, llm = report["totals"], report["totals"]["providers"]["llm"]
+        table.add_row(tier, f"{row.seconds:.2f}", f"{totals['cost_usd']:.6f}",
+                      f"{totals['flex_saved_usd']:.6f}", str(llm["flex_busy"]),
+                      str(llm["flex_fell_back"]))
+    Console(stderr=True, width=150).print(table)
+    totals, llm = flex_report["totals"], flex_report["totals"]["providers"]["llm"]
+    return {
+        "flex_wall_s": round(flex.seconds, 3),
+        "flex_cost_usd": totals["cost_usd"],
+        "flex_saved_usd": totals["flex_saved_usd"],
+        "flex_wall_ratio": round(flex.seconds / standard.seconds, 3),
+        "flex_busy": llm["flex_busy"],
+        "flex_fell_back": llm["flex_fell_back"],
+    }
 
 
 if __name__ == "__main__":
