@@ -18,15 +18,15 @@ demo: $(STAMP)
 	$(PY) -m showrunner demo
 
 # Two lanes at once. The unit tier needs no Ray and takes half a minute of CPU; the Ray tiers
-# (the multi-node cluster, then the one-node tier) mostly wait, on latency and start-ups, so the
-# unit tier runs beside them: the suite takes as long as the Ray lane. (The two Ray tiers at once
-# would not be faster for long: their timing-bound tests meet each other's load.) The unit lane's
-# output follows the Ray lane's.
+# (the multi-node cluster, the one-node tier, then the commands, each starting a Ray of its own)
+# mostly wait, on latency and start-ups, so the unit tier runs beside them: the suite takes as
+# long as the Ray lane. (Ray tiers at once are not faster: Ray start-ups take the two cores, and
+# timing-bound tests meet each other's load.) The unit lane's output follows the Ray lane's.
 test: $(STAMP) lint
 	@lane=$$(mktemp); \
 	$(PY) -m pytest tests/unit > $$lane 2>&1 & unit=$$!; \
 	trap 'kill $$unit 2>/dev/null; rm -f $$lane' EXIT; \
-	$(PY) -m pytest tests/cluster tests/integration; ray=$$?; \
+	$(PY) -m pytest tests/cluster tests/integration tests/commands; ray=$$?; \
 	wait $$unit; units=$$?; cat $$lane; \
 	exit $$(( ray || units ))
 
@@ -39,7 +39,7 @@ unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
 integration: $(STAMP)
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest tests/integration tests/commands
 
 bench-provider: $(STAMP)
 	$(PY) -m bench.provider

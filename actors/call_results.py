@@ -44,6 +44,10 @@ class Attempts:
     # Answered by the call cache: nothing sent, nothing paid, ``saved_usd`` not spent again.
     cache_hit: bool = field(default=False, kw_only=True)
     saved_usd: float = field(default=0.0, kw_only=True)
+    # The processing tier that answered (a flex call may have fallen back to standard), and
+    # what answering on flex saved against the standard price.
+    tier: str = field(default="standard", kw_only=True)
+    flex_saved_usd: float = field(default=0.0, kw_only=True)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from actors.change_feed import ChangeFeed
 from actors.episode_calls import EpisodeCalls, Provider
@@ -496,7 +497,9 @@ class EpisodeCoordinator:
         cache = self.settings.cache and record.request.cache
         providers = {kind: EpisodeCalls(provider, self.settings.provider(kind).prices,
                                         episode_id=record.id, owner=record.owner, cache=cache,
-                                        budgets=budgets)
+                                        budgets=budgets,
+                                        tier=self._tier(record) if kind is ProviderKind.LLM
+                                        else None)
                      for kind, provider in self.providers.items()}
         ctx = EpisodeContext(record, plan, folder, providers, self.tasks)
         executor = EpisodeExecutor(
@@ -505,6 +508,15 @@ class EpisodeCoordinator:
             started=self._started[record.id], metrics=self.metrics)
         self._runs[record.id] = executor
         return executor
+
+    def _tier(self, record: EpisodeRecord) -> dict[str, Any] | None:
+        """How the episode's chat calls go: on flex, with its own wait and fallback if it names
+        them (else the provider's settings'); None at standard."""
+        request = record.request
+        if (request.tier or self.settings.llm.tier) != "flex":
+            return None
+        return {"tier": "flex", "flex_wait_s": request.flex_wait_s,
+                "flex_fallback": request.flex_fallback}
 
     def _finish(self, record: EpisodeRecord, status: EpisodeStatus, reason: str | None) -> None:
         """End an episode, keeping what it paid for whatever the ending: the script so far (its

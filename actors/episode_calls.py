@@ -9,7 +9,7 @@ pass a budget is not sent: it raises ``BudgetExceeded``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from actors.call_results import Attempts, ChatResult, MediaResult
@@ -37,16 +37,20 @@ class EpisodeCalls:
     """One provider, for one episode: ``Provider``'s methods, whose, cached and paid for."""
 
     def __init__(self, provider: Provider, prices: Prices, *, episode_id: str, owner: str,
-                 cache: bool, budgets: Sequence[Budget] = ()) -> None:
+                 cache: bool, budgets: Sequence[Budget] = (),
+                 tier: Mapping[str, Any] | None = None) -> None:
+        """``tier``: how the episode's chat calls go (``tier``, ``flex_wait_s``,
+        ``flex_fallback``; see ``ProviderGateway.chat``); none: at standard."""
         self.provider = provider
-        self.prices = prices
+        self.prices = prices  # (standard prices: a flex call may go on at standard)
         self.budgets = budgets
         self.whose = {"episode_id": episode_id, "owner": owner, "cache": cache}
+        self.tier = dict(tier or {})
 
     async def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResult:
         ceiling = budget.chat_ceiling(self.prices, messages, kwargs.get("max_tokens"))
         return await self._paid(ceiling, lambda: self.provider.chat(messages, **self.whose,
-                                                                    **kwargs))
+                                                                    **self.tier, **kwargs))
 
     async def speech(self, text: str, **kwargs: Any) -> MediaResult:
         return await self._paid(budget.speech_ceiling(self.prices, text),

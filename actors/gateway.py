@@ -30,20 +30,35 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
-from actors import answer_checks
+from actors import answer_checks, answer_download, audio_formats
 from actors.call_cache import CallCache, CallKey, request_digest
 from actors.call_results import Answer, Attempts, ChatResult, MediaResult, Usage, cost_usd
 from actors.clip_jobs import ClipJobs
 from actors.limiter import Clock, Limits, LoopClock, Permit, RateLimiter
 from actors.metrics import NO_METRICS, ProviderMetrics
-from actors.retry import RateLimitHeaders, RetryPolicy, backoff_s, pause_for, should_retry
+from actors.retry import (
+    FlexLane,
+    RateLimitHeaders,
+    RetryPolicy,
+    backoff_s,
+    pause_for,
+    should_retry,
+)
 from actors.sdk_errors import provider_errors
 from actors.state_store import StateStore, StateStoreError
 from actors.stats import ProviderStats
 from actors.token_estimator import TokenEstimator
-from pipelines.errors import MalformedResponse, ProviderError, RateLimited
+from pipelines.errors import FlexBusy, MalformedResponse, ProviderError, RateLimited
 from pipelines.media_stages import CLIP_SECONDS
-from pipelines.settings import DeploymentSettings, ProviderKind, ProviderSettings, VideoSettings
+from pipelines.settings import (
+    DeploymentSettings,
+    LLMSettings,
+    Prices,
+    ProviderKind,
+    ProviderSettings,
+    Tier,
+    VideoSettings,
+)
 from pipelines.storage import Storage
 
 T = TypeVar("T")
@@ -59,6 +74,8 @@ DEFAULT_OUTPUT_TOKENS = 512
 # order (connections differ in speed), and at the limit the server's bucket is nearly empty.
 ARRIVAL_RESERVE = 0.1
 STORE_RETRY_S = 10.0  # a state store that could not be opened is tried again after this long
+# The largest picture downloaded from a URL answer: a 4K PNG is about 25 MB.
+MAX_PICTURE_BYTES = 64 << 20
 
 
 def deployment_label(base_url: str) -> str:
@@ -134,6 +151,10 @@ class ProviderGateway:
         key) and its cached files are kept."""
         self.kind = kind
         self.settings = settings
+        # A chat model's answer cap's field name, and its reasoning effort (if it is sent).
+        chat = settings if isinstance(settings, LLMSettings) else None
+        self._cap_field = chat.max_tokens_field if chat else "max_completion_tokens"
+        self._effort = chat.reasoning_effort if chat else None
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
         self.counters = ProviderStats(metrics=metrics)
         self.estimator = TokenEstimator()
@@ -173,32 +194,44 @@ class ProviderGateway:
         max_tokens: int | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        tier: Tier = "standard",
+        flex_wait_s: float | None = None,
+        flex_fallback: bool | None = None,
     ) -> ChatResult:
         """One chat completion. ``episode_id`` is the caller's turn key in the limiter;
         ``owner`` whose call it is (the ledger's, the cache's scope); ``cache``: answer it from
-        the owner's earlier identical call, if there was one."""
+        the owner's earlier identical call, if there was one. ``tier`` ``flex`` sends it on the
+        flex tier, trying it for up to ``flex_wait_s`` while it is busy, then at standard if
+        ``flex_fallback`` (unset: the settings')."""
         params: dict[str, Any] = {"model": self.settings.model, "messages": messages}
         for name, value in (
-            ("response_format", response_format), ("max_tokens", max_tokens),
-            ("temperature", temperature), ("seed", seed),
+            ("response_format", response_format), (self._cap_field, max_tokens),
+            ("temperature", temperature), ("seed", seed), ("reasoning_effort", self._effort),
         ):
             if value is not None:
                 params[name] = value
         max_output = max_tokens or DEFAULT_OUTPUT_TOKENS
         estimate = self.estimator.estimate(messages, max_output)
+        lane = self._flex_lane(tier, flex_wait_s, flex_fallback)
+        flex_body = {**params, "service_tier": "flex"}
+        flex_options: Any = {"timeout": getattr(self.settings, "flex_timeout_s", None)}
 
         async def attempt(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
             # The SDK's generic ``post`` (its documented route to any endpoint) rather than
             # ``chat.completions.create``: the same auth, timeouts and typed errors, without
             # re-walking the messages through the SDK's TypedDict transform and building a
             # pydantic model of the answer — a third of the CPU of a call, on the hot path.
-            response = await client.post("/chat/completions", body=params,
-                                         cast_to=httpx2.Response)
+            if lane is not None and lane.tier == "flex":
+                response = await client.post("/chat/completions", body=flex_body,
+                                             cast_to=httpx2.Response, options=flex_options)
+            else:
+                response = await client.post("/chat/completions", body=params,
+                                             cast_to=httpx2.Response)
             completion = _parse_chat(response)
             return Answer(completion, _chat_usage(completion), response.headers)
 
         async def paid() -> ChatResult:
-            answer, how = await self.send(episode_id, estimate, attempt)
+            answer, how = await self.send(episode_id, estimate, attempt, lane)
             self.estimator.learn(messages, max_output, answer.usage)
             choice = answer.value["choices"][0]
             return ChatResult(
@@ -225,8 +258,10 @@ class ProviderGateway:
 
         async def attempt(client: openai.AsyncOpenAI) -> Answer[bytes]:
             raw = await client.audio.speech.with_raw_response.create(**params)
-            spoken = answer_checks.audio(raw.content, response_format, raw.headers,
-                                         raw.status_code)
+            # Some servers answer another format than the one asked: convert it (off the loop).
+            spoken = await asyncio.to_thread(audio_formats.convert, raw.content, response_format,
+                                             raw.headers, raw.status_code)
+            answer_checks.audio(spoken, response_format, raw.headers, raw.status_code)
             return Answer(spoken, Usage(units=len(text)), raw.headers)
 
         return await self._media(params, out, episode_id, owner, cache, attempt)
@@ -241,13 +276,23 @@ class ProviderGateway:
         async def attempt(client: openai.AsyncOpenAI) -> Answer[bytes]:
             raw = await client.images.with_raw_response.generate(**params)
             try:
-                picture = base64.b64decode(json.loads(raw.content)["data"][0]["b64_json"])
-            except (ValueError, KeyError, IndexError, TypeError) as err:
+                drawn = json.loads(raw.content)["data"][0]
+                encoded, url = drawn.get("b64_json"), drawn.get("url")
+                if not isinstance(encoded, str) and not isinstance(url, str):
+                    raise KeyError("b64_json")
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
                 raise MalformedResponse(
-                    "the answer holds no b64_json image (a provider that only returns URLs is "
-                    "not supported): " + answer_checks.described(raw.content, raw.headers),
+                    "the answer holds no image (neither b64_json nor url): "
+                    + answer_checks.described(raw.content, raw.headers),
                     status=raw.status_code, request_id=raw.headers.get("x-request-id"),
                 ) from err
+            if isinstance(encoded, str):
+                picture = base64.b64decode(encoded)
+            else:  # DALL·E's default, and some local servers': fetched with the permit held
+                fetched = await answer_download.download(
+                    url, provider_base_url=str(client.base_url),
+                    timeout_s=self.settings.timeout_s, max_bytes=MAX_PICTURE_BYTES)
+                picture = fetched.content
             answer_checks.image(picture, raw.headers, raw.status_code)
             return Answer(picture, Usage(units=1), raw.headers)
 
@@ -351,10 +396,11 @@ class ProviderGateway:
         episode_id: str,
         estimate: int,
         attempt_fn: Callable[[openai.AsyncOpenAI], Awaitable[Answer[T]]],
+        lane: FlexLane | None = None,
     ) -> tuple[Answer[T], Attempts]:
         """Make one call: ``attempt_fn`` against a deployment, through its limiter, until it
         succeeds or cannot. ``episode_id`` is the caller's turn key in the limiter; ``estimate``
-        the call's tokens."""
+        the call's tokens; ``lane``, a flex call's way through the flex tier's busy answers."""
         self.counters.started()
         wait_s = 0.0
         attempt = rate_limited = 0
@@ -371,6 +417,10 @@ class ProviderGateway:
                     sent = time.perf_counter()
                     outcome = await self._attempt(deployment, permit, attempt_fn)
             except ProviderError as err:  # the permit is back: now pause, if it was a 429
+                if isinstance(err, FlexBusy) and lane is not None and lane.tier == "flex":
+                    attempt -= 1  # this call's alone: no pause, no cool-down, no attempt used
+                    await self._flex_busy(deployment, lane, err)
+                    continue
                 last = deployment
                 self._failed(deployment, permit, err)
                 rate_limited += isinstance(err, RateLimited)
@@ -382,14 +432,49 @@ class ProviderGateway:
                     await asyncio.sleep(backoff_s(attempt, self.policy, self._rng.random()))
                 continue
             latency = time.perf_counter() - sent
-            cost = cost_usd(self.settings.prices, outcome.usage, self.kind)
+            tier: Tier = "flex" if lane is not None and lane.tier == "flex" else "standard"
+            cost = cost_usd(self._prices(tier), outcome.usage, self.kind)
+            # What the call would have cost at standard, less what it did.
+            cheaper = (cost_usd(self.settings.prices, outcome.usage, self.kind) - cost
+                       if tier == "flex" else 0.0)
             self.counters.succeeded(
                 deployment.label, latency_s=latency, tokens_in=outcome.usage.tokens_in,
                 tokens_out=outcome.usage.tokens_out, units=outcome.usage.units, cost_usd=cost,
+                tier=tier, flex_saved_usd=cheaper,
             )
             return outcome, Attempts(
-                deployment.label, attempt, rate_limited, latency, wait_s, cost
+                deployment.label, attempt, rate_limited, latency, wait_s, cost, tier=tier,
+                flex_saved_usd=cheaper,
             )
+
+    async def _flex_busy(self, deployment: Deployment, lane: FlexLane, err: FlexBusy) -> None:
+        """The flex tier had no room for the call: back off and try flex again, or go on at
+        standard once the lane's wait is over, or raise ``err`` if it may not."""
+        self.counters.attempt_failed(deployment.label, type(err).__name__)
+        pause = lane.on_busy(self._clock.now(), self._rng.random())
+        if pause is None and not lane.fell_back:
+            self.counters.gave_up(deployment.label)
+            err.message += (f"; flex was tried for {lane.wait_s:g} s and the episode allows no "
+                            f"fallback to standard (flex_fallback)")
+            raise err
+        self.counters.flex_busy(fell_back=pause is None)
+        if pause is not None:
+            await asyncio.sleep(pause)
+
+    def _prices(self, tier: Tier) -> Prices:
+        if isinstance(self.settings, LLMSettings):
+            return self.settings.tier_prices(tier)
+        return self.settings.prices
+
+    def _flex_lane(self, tier: Tier, wait_s: float | None, fallback: bool | None
+                   ) -> FlexLane | None:
+        """A flex call's lane (None for a standard one); only chat models have a flex tier."""
+        if tier != "flex":
+            return None
+        if not isinstance(self.settings, LLMSettings):
+            raise TypeError(f"the {self.kind} provider has no flex tier")
+        return FlexLane(self.settings.flex_wait_s if wait_s is None else wait_s,
+                        self.settings.flex_fallback if fallback is None else fallback)
 
     async def _attempt(self, deployment: Deployment, permit: Permit,
                        attempt_fn: Callable[[openai.AsyncOpenAI], Awaitable[Answer[T]]]
@@ -399,8 +484,10 @@ class ProviderGateway:
             with provider_errors(self.kind, deployment.label):
                 outcome = await attempt_fn(deployment.client)
         except ProviderError as err:
-            # A 429 or a request that never arrived was not counted by the server.
-            permit.failed(counted=err.status is not None and err.status != 429)
+            # A 429, a busy flex tier's answer, or a request that never arrived was not counted
+            # by the server.
+            permit.failed(counted=err.status is not None and err.status != 429
+                          and not isinstance(err, FlexBusy))
             raise
         used = outcome.usage.tokens_in + outcome.usage.tokens_out
         self._observe(deployment, permit, outcome.headers)

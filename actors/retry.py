@@ -90,3 +90,41 @@ class RateLimitHeaders:
             remaining_tokens=number("x-ratelimit-remaining-tokens"),
             reset_tokens_s=duration("x-ratelimit-reset-tokens"),
         )
+
+
+# A busy flex tier is waited out longer than a failing server: capacity comes back in seconds
+# to minutes, and nothing is charged meanwhile.
+FLEX_BACKOFF = RetryPolicy(base_s=1.0, cap_s=30.0)
+
+
+@dataclass
+class FlexLane:
+    """One call's way through the flex tier: it tries flex while it has no capacity, backing
+    off, for up to ``wait_s``; then it goes on at standard (``fallback``) or fails.
+
+    Its busy answers are this call's alone: they pause no one else's calls on the key (a 429
+    would), cool no deployment down, and use none of the call's ``max_attempts``."""
+
+    wait_s: float
+    fallback: bool
+    tier: str = "flex"  # the tier the next attempt goes on
+    busy: int = 0  # busy answers so far
+    busy_since: float | None = None
+
+    def on_busy(self, now: float, jitter: float) -> float | None:
+        """Flex had no capacity at ``now``: seconds to back off before trying flex again, or
+        None once the wait is over (then ``tier`` says whether the call goes on at standard).
+        ``jitter`` is a number in [0, 1) from the caller's random source."""
+        self.busy += 1
+        if self.busy_since is None:
+            self.busy_since = now
+        left = self.busy_since + self.wait_s - now
+        if left <= 0:
+            if self.fallback:
+                self.tier = "standard"
+            return None
+        return min(backoff_s(self.busy, FLEX_BACKOFF, jitter), left)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.tier == "standard"

@@ -14,7 +14,9 @@ import openai
 from pipelines.errors import (
     AuthFailed,
     BadRequest,
+    FlexBusy,
     MalformedResponse,
+    ModelNotFound,
     OutputRejected,
     ProviderError,
     ProviderTimeout,
@@ -22,6 +24,9 @@ from pipelines.errors import (
     QuotaExhausted,
     RateLimited,
 )
+
+# What a flex tier answers when it has no room: OpenAI's 429 code, Groq's 498 code.
+FLEX_BUSY_CODES = frozenset({"resource_unavailable", "capacity_exceeded"})
 
 
 def _env(provider: str, field: str) -> str:
@@ -44,6 +49,16 @@ def _status_error(err: openai.APIStatusError, provider: str, deployment: str) ->
             f"another key ({_env(provider, 'API_KEY')}). Retrying cannot help.",
             **fields,
         )
+    if code in FLEX_BUSY_CODES or status == 498:
+        # Nothing was charged and the key's limits were not hit: back off this call only.
+        return FlexBusy(f"the flex tier has no capacity now ({detail})", **fields)
+    if code == "model_not_found" or status == 404:
+        return ModelNotFound(
+            f"model not found ({detail}): set {_env(provider, 'MODEL')} to a model this "
+            f"provider serves (docs/providers.md lists today's), or check "
+            f"{_env(provider, 'BASE_URL')}. Retrying cannot help.",
+            **fields,
+        )
     if status == 429:
         return RateLimited(f"rate limited ({detail})", retry_after_s=retry_after_s(err), **fields)
     if status in (401, 403):
@@ -52,12 +67,6 @@ def _status_error(err: openai.APIStatusError, provider: str, deployment: str) ->
         )
     if status in (408, 409) or status >= 500:
         return ProviderUnavailable(f"server error ({detail})", **fields)
-    if status == 404:
-        return BadRequest(
-            f"not found ({detail}): check {_env(provider, 'MODEL')} and "
-            f"{_env(provider, 'BASE_URL')}.",
-            **fields,
-        )
     return BadRequest(f"request rejected ({detail})", **fields)
 
 

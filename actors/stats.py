@@ -58,6 +58,19 @@ class Histogram:
 
 
 @dataclass
+class TierFigures:
+    """One processing tier's answered calls, their cost, and (flex) what they saved."""
+
+    calls: int = 0
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"calls": self.calls, "cost_usd": round(self.cost_usd, 6),
+                "saved_usd": round(self.saved_usd, 6)}
+
+
+@dataclass
 class ProviderStats:
     """What one provider actor did. ``errors`` counts failed attempts by error class.
 
@@ -81,6 +94,11 @@ class ProviderStats:
     # the last poll that found it not yet over: what its cap of jobs at once surely cost a run
     # (the report's lower bound), whatever the provider's progress figures mean.
     job_s: float = 0.0
+    # Answered calls and their cost per processing tier, what flex saved against standard,
+    # flex's busy answers, and the calls that went on at standard after waiting them out.
+    tiers: dict[str, TierFigures] = field(default_factory=dict)
+    flex_busy_answers: int = 0
+    flex_fell_back: int = 0
     latency: Histogram = field(default_factory=Histogram)
     metrics: ProviderMetrics = field(default=NO_METRICS, repr=False, compare=False)
 
@@ -111,8 +129,18 @@ class ProviderStats:
         self.failed += 1
         self.metrics.gave_up(deployment)
 
+    def flex_busy(self, *, fell_back: bool) -> None:
+        """The flex tier had no capacity for a call; it waits, or goes on at standard."""
+        self.flex_busy_answers += 1
+        self.flex_fell_back += fell_back
+
     def succeeded(self, deployment: str, *, latency_s: float, tokens_in: int, tokens_out: int,
-                  units: float, cost_usd: float) -> None:
+                  units: float, cost_usd: float, tier: str = "standard",
+                  flex_saved_usd: float = 0.0) -> None:
+        figures = self.tiers.setdefault(tier, TierFigures())
+        figures.calls += 1
+        figures.cost_usd += cost_usd
+        figures.saved_usd += flex_saved_usd
         self.ok += 1
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
@@ -148,5 +176,8 @@ class ProviderStats:
             "cache_hits": self.cache_hits,
             "saved_usd": round(self.saved_usd, 6),
             "job_s": round(self.job_s, 6),
+            "tiers": {tier: f.snapshot() for tier, f in self.tiers.items()},
+            "flex_busy": self.flex_busy_answers,
+            "flex_fell_back": self.flex_fell_back,
             "latency": self.latency.snapshot(),
         }

@@ -1,6 +1,6 @@
 """Provider benchmark: how close one provider actor runs to a strict limit, and what it costs.
 
-    python -m bench.provider [--calls 2000] [--rpm 6000] [--latency-ms 50]
+    python -m bench.provider [--calls 2000] [--rpm 6000] [--latency-ms 50] [--contention N]
 
 1. Limited: one LLM provider actor makes ``--calls`` calls to the bundled local server set to a
    strict limit (the server enforces it like OpenAI: one second of burst, 429 over it). The
@@ -10,6 +10,9 @@
    from the driver at the same concurrency; then calls one at a time, to read the actor's own
    overhead per call (round trip at the caller minus the HTTP call measured inside the actor).
 
+``--contention N`` runs N busy processes at normal priority beside it all, as a cluster node's
+cores are shared with compositions, replicas and other actors.
+
 Prints a table and, last, one JSON line. Not a test: these machines are shared and noisy.
 """
 
@@ -17,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -129,7 +135,8 @@ def _server_count(stats: dict[str, Any], field: str) -> int:
 
 
 def report(limited: dict[str, Any], unlimited: dict[str, Any], args: argparse.Namespace) -> dict:
-    table = Table(title=f"Provider actor, {args.calls} calls")
+    beside = f", {args.contention} busy processes beside" if args.contention else ""
+    table = Table(title=f"Provider actor, {args.calls} calls{beside}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("goal", justify="right")
@@ -158,6 +165,25 @@ def report(limited: dict[str, Any], unlimited: dict[str, Any], args: argparse.Na
     }
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def contention(processes: int) -> Iterator[None]:
+    """``processes`` busy loops at normal priority, for as long as the block runs."""
+    busy = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(processes)]
+    for process in busy:
+        process.start()
+    try:
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.join()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.provider", description=__doc__.split(
         "\n")[0])
@@ -165,14 +191,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpm", type=float, default=6000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--sequential-calls", type=int, default=300)
+    parser.add_argument("--contention", type=int, default=0, metavar="N",
+                        help="busy processes at normal priority beside the benchmark")
     args = parser.parse_args(argv)
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        limited = asyncio.run(limited_run(args.calls, args.rpm, args.latency_ms))
-        unlimited = asyncio.run(unlimited_run(args.calls, args.sequential_calls))
+        with contention(args.contention):
+            limited = asyncio.run(limited_run(args.calls, args.rpm, args.latency_ms))
+            unlimited = asyncio.run(unlimited_run(args.calls, args.sequential_calls))
     finally:
         ray.shutdown()
-    print(json.dumps(report(limited, unlimited, args)), flush=True)
+    print(json.dumps({**report(limited, unlimited, args), "contention": args.contention}),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     ├── ProviderError             a provider call failed: provider, deployment, status, request id
     │   ├── RetryableError        another attempt may succeed
     │   │   ├── RateLimited       429: wait out the shared pause, then retry
+    │   │   ├── FlexBusy          the flex tier had no capacity (429 resource_unavailable, 498):
+    │   │   │                     back off this call only, or send it at standard
     │   │   ├── ProviderTimeout   no answer within the request timeout
     │   │   ├── ProviderUnavailable  connection refused or reset, 408, 409, 5xx
     │   │   ├── MalformedResponse a 2xx whose body could not be read
@@ -12,6 +14,7 @@
     │       ├── QuotaExhausted    429 with code insufficient_quota: the account has no credit
     │       ├── AuthFailed        401, 403: the key is wrong or lacks access
     │       ├── BadRequest        400, 404, 422 and other 4xx: the request or model is wrong
+    │       │   └── ModelNotFound 404 or code model_not_found: the model setting names none
     │       └── OutputRejected    the answer was cut off or filtered
     ├── StageOutputError          the model's answer did not validate, even after a corrective retry
     ├── MediaError                ffmpeg could not make a file, or a scene has nothing to compose
@@ -143,6 +146,12 @@ class RateLimited(RetryableError):
     """429: every caller of the key pauses for ``retry_after_s``, then retries."""
 
 
+class FlexBusy(RetryableError):
+    """The flex tier had no capacity for the call (OpenAI: 429 ``resource_unavailable``; Groq:
+    498 ``capacity_exceeded``). Not a rate limit: the key's other traffic goes on unpaused, and
+    nothing was charged."""
+
+
 class ProviderTimeout(RetryableError):
     """No answer within the request timeout."""
 
@@ -173,6 +182,11 @@ class AuthFailed(FatalError):
 
 class BadRequest(FatalError):
     """A 4xx other than 401, 403, 408, 409 and 429: the request itself is wrong."""
+
+
+class ModelNotFound(BadRequest):
+    """The provider serves no model of that name (404, or ``model_not_found`` with any status):
+    the model setting is wrong or retired."""
 
 
 class OutputRejected(FatalError):

@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipelines.settings import Tier
+
 MAX_SCENES = 200
 MAX_LINES_PER_SCENE = 40
 
@@ -111,6 +113,19 @@ class EpisodeRequest(BaseModel):
     cache: bool = Field(
         True, description="Answer a call from your identical earlier call, paying once (false: "
         "send every call). Without a seed, the same request draws the same seeds."
+    )
+
+    tier: Tier | None = Field(
+        None, description="Processing tier of its chat calls: standard, or flex (half price, "
+        "slower, at times no capacity). Default: the settings' (`SHOWRUNNER_LLM__TIER`)."
+    )
+    flex_wait_s: float | None = Field(
+        None, ge=0, le=86_400, description="On flex: how long a call keeps trying flex while it "
+        "has no capacity, seconds. Default: the settings'."
+    )
+    flex_fallback: bool | None = Field(
+        None, description="On flex: once that wait is over, send the call at standard (false: "
+        "it fails, and the episode with it). Default: the settings'."
     )
 
     @field_validator("continuity")

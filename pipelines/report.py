@@ -179,6 +179,8 @@ def build_report(
             "cpus": cpus,
             "cost_usd": round(sum(e["cost_usd"] for e in episodes), 6),
             "saved_usd": round(sum(e["saved_usd"] for e in episodes), 6),
+            "flex_saved_usd": round(sum(t.get("saved_usd", 0.0) for s in provider_stats.values()
+                                        for t in s.get("tiers", {}).values()), 6),
             "stage_busy_s": _stage_busy(records),
             "providers": {
                 kind: _provider_entry(stats) for kind, stats in provider_stats.items()
@@ -200,6 +202,10 @@ def _provider_entry(stats: Mapping[str, Any]) -> dict[str, Any]:
         "cache_hits": stats.get("cache_hits", 0),
         "saved_usd": stats.get("saved_usd", 0.0),
         "limiter_wait_s": stats["limiter_wait_s"],
+        # Per processing tier: answered calls, their cost, and what flex saved on them.
+        "tiers": stats.get("tiers", {}),
+        "flex_busy": stats.get("flex_busy", 0),
+        "flex_fell_back": stats.get("flex_fell_back", 0),
     }
 
 

@@ -69,6 +69,11 @@ class SettingsError(Exception):
     """Settings that cannot be used; the message is one line, safe to print (no secrets)."""
 
 
+# Processing tiers of chat calls: OpenAI's default one, and Flex processing (``service_tier``).
+Tier = Literal["standard", "flex"]
+FLEX_PRICE_SHARE = 0.5  # flex is billed at Batch prices: half the standard ones
+
+
 class Prices(BaseModel):
     """What a provider charges, so the report can say where the money went."""
 
@@ -166,12 +171,58 @@ class ProviderSettings(BaseModel):
 class LLMSettings(ProviderSettings):
     """The text model: outlines, scenes, dialogue."""
 
-    model: str = Field("gpt-4o-mini", min_length=1, max_length=200, description="Chat model.")
+    # OpenAI's cheapest current chat model (checked 2026-12-03; gpt-4o-mini is deprecated and
+    # shuts down on 2027-01-14). docs/providers.md says where these names and prices come from.
+    model: str = Field("gpt-6-luna", min_length=1, max_length=200, description="Chat model.")
     rpm: PositiveFloat | None = Field(500, description="Requests per minute the key allows.")
     tpm: PositiveFloat | None = Field(200_000, description="Tokens per minute the key allows.")
+    max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = Field(
+        "max_completion_tokens",
+        description="The request field that caps an answer's length: OpenAI's GPT-5 and later "
+        "refuse `max_tokens`; some older servers know only it.",
+    )
+    reasoning_effort: str | None = Field(
+        "none", max_length=20,
+        description="Sent as `reasoning_effort`: `none` keeps a reasoning model's output tokens "
+        "for the answer. Empty: not sent (models that do not reason refuse it).",
+    )
+    tier: Tier = Field(
+        "standard",
+        description="Processing tier of an episode that names none: standard, or flex (OpenAI's "
+        "Flex processing: Batch prices, slower answers, at times no capacity).",
+    )
+    flex_prices: Prices | None = Field(
+        None, description="What a flex call costs. Unset: half of `prices`, as OpenAI bills flex "
+        "at Batch prices.",
+    )
+    flex_timeout_s: PositiveFloat = Field(
+        900.0, description="Timeout of one flex request, seconds (flex queues: OpenAI advises 15 "
+        "minutes).",
+    )
+    flex_wait_s: float = Field(
+        300.0, ge=0, le=86_400,
+        description="Default for episodes: how long a call keeps trying flex while it has no "
+        "capacity, seconds.",
+    )
+    flex_fallback: bool = Field(
+        True, description="Default for episodes: once that wait is over, send the call at "
+        "standard (false: it fails).",
+    )
     default_prices: ClassVar[dict[str, float]] = {
-        "input_per_1m_tokens": 0.15, "output_per_1m_tokens": 0.60
+        "input_per_1m_tokens": 0.10, "output_per_1m_tokens": 0.50
     }
+
+    @field_validator("reasoning_effort", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def tier_prices(self, tier: Tier) -> Prices:
+        """What a call on ``tier`` costs."""
+        if tier == "standard":
+            return self.prices
+        return self.flex_prices or Prices(**{name: value * FLEX_PRICE_SHARE for name, value
+                                             in self.prices.model_dump().items()})
 
 
 class TTSSettings(ProviderSettings):
@@ -186,7 +237,9 @@ class TTSSettings(ProviderSettings):
 class ImageSettings(ProviderSettings):
     """The image model: one picture per scene."""
 
-    model: str = Field("gpt-image-1", min_length=1, max_length=200, description="Image model.")
+    # gpt-image-1 shut down on 2026-10-23; the 2.6 models replace it (flare: the fast one).
+    model: str = Field("gpt-image-2.6-flare", min_length=1, max_length=200,
+                       description="Image model.")
     rpm: PositiveFloat | None = Field(50, description="Requests per minute the key allows.")
     max_inflight: PositiveInt = Field(16, description="Most requests in flight at once.")
     timeout_s: PositiveFloat = Field(120.0, description="Timeout of one HTTP request, seconds.")
@@ -196,7 +249,10 @@ class ImageSettings(ProviderSettings):
 class VideoSettings(ProviderSettings):
     """The video model: one clip per scene, made as an asynchronous job."""
 
-    model: str = Field("sora-2", min_length=1, max_length=200, description="Video model.")
+    # OpenAI's Videos API shut down on 2026-09-24: the default is an image-to-video model that
+    # vLLM-Omni serves on /v1/videos (a clip is made from its scene's picture).
+    model: str = Field("Wan-AI/Wan2.2-TI2V-5B-Diffusers", min_length=1, max_length=200,
+                       description="Video model.")
     rpm: PositiveFloat | None = Field(10, description="Requests per minute the key allows.")
     max_inflight: PositiveInt = Field(10, description="Most requests in flight at once.")
     max_jobs: PositiveInt = Field(
@@ -213,7 +269,8 @@ class VideoSettings(ProviderSettings):
     clip_timeout_s: PositiveFloat = Field(
         1200.0, le=86_400, description="A clip job that takes longer than this has failed."
     )
-    default_prices: ClassVar[dict[str, float]] = {"per_video_second": 0.10}
+    # Self-hosted: what its hardware costs is the user's to say (`PRICES__PER_VIDEO_SECOND`).
+    default_prices: ClassVar[dict[str, float]] = {"per_video_second": 0.0}
 
 
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]

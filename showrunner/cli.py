@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="chain (default), none, window:K or batch:K")
     run.add_argument("--script-only", action="store_true",
                      help="stop at the script: no speech, pictures, clips or MP4")
+    run.add_argument("--tier", choices=["standard", "flex"],
+                     help="processing tier of the chat calls: flex is billed at half price, "
+                     "answers more slowly and at times has no capacity (default: settings, "
+                     "standard)")
     _add_output_flags(run)
 
     demo = commands.add_parser(
@@ -271,7 +275,8 @@ def _requests(args: argparse.Namespace) -> list[EpisodeRequest]:
         return [build_request({"premise": p, "scenes": 6, "lines_per_scene": 4, "seed": i})
                 for i, p in enumerate(DEMO_PREMISES)]
     defaults = {k: v for k, v in (("scenes", args.scenes), ("lines_per_scene", args.lines),
-                                  ("continuity", args.continuity)) if v is not None}
+                                  ("continuity", args.continuity), ("tier", args.tier))
+                if v is not None}
     if args.script_only:
         defaults["media"] = False
     if args.premise is not None:

@@ -157,6 +157,11 @@ def _closing_table(console: Console, report: dict[str, Any], storage: Storage) -
         rows.append((f"{kind}: calls / from the cache / 429s / retries",
                      f"{p['calls']} / {p['cache_hits']} / {p['rate_limited']} / "
                      f"{p['retries']}"))
+        flex = p.get("tiers", {}).get("flex")
+        if flex:
+            rows.append((f"{kind}: flex calls / cost / saved / busy answers / fell back",
+                         f"{flex['calls']} / ${flex['cost_usd']:.4f} / "
+                         f"${flex['saved_usd']:.4f} / {p['flex_busy']} / {p['flex_fell_back']}"))
     for row in rows:
         summary.add_row(*row)
     console.print(summary)

@@ -2,7 +2,7 @@
 
 A fenced block whose info string names a shell (```` ```sh ````, ```` ```bash ````,
 ```` ```console ```` ...) is a command sequence a reader pastes as it is. Each one is either
-run by ``tests/integration/test_documented_commands.py`` (it is named in ``RUN_IN_TESTS``) or
+run by ``tests/commands/test_documented_commands.py`` (it is named in ``RUN_IN_TESTS``) or
 says why not, in a one-line HTML comment just above its fence (blank lines between are fine)::
 
     <!-- not run in tests: needs an AWS account -->
@@ -205,6 +205,6 @@ def classify(blocks: Iterable[ShellBlock], run: dict[str, Locator],
             problems.append(
                 f"{block.where}: a shell block that no test runs. Put "
                 f"'{MARKER_START}: <why> -->' on the line above its fence, or have "
-                "tests/integration/test_documented_commands.py run it (RUN_IN_TESTS in "
+                "tests/commands/test_documented_commands.py run it (RUN_IN_TESTS in "
                 "tests/markdown_blocks.py)")
     return found, problems

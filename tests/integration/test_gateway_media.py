@@ -82,7 +82,8 @@ async def test_a_clip_is_polled_to_completion_from_the_scene_image(
     server = local_server(latency_scale=0.03)
     image = await gateway(ProviderKind.IMAGE, server.base_url).image(
         "The ferry.", out="scene.png", size="1024x1024")
-    gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.1, poll_max_s=0.3)
+    gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.1, poll_max_s=0.3,
+                 prices={"per_video_second": 0.10})
     result = await gw.clip("The ferry leaves.", image=image.key, seconds="4",
                            out="clip.mp4", episode_id="ep")
     data = (tmp_path / result.key).read_bytes()

@@ -1,6 +1,6 @@
 """Which documented shell blocks are run and which say why not: the rules, and this repository.
 
-The integration test (tests/integration/test_documented_commands.py) runs the blocks named in
+The integration test (tests/commands/test_documented_commands.py) runs the blocks named in
 ``RUN_IN_TESTS``; this one, without Ray or processes, makes sure nothing else slips through: a
 new shell block in the README or docs/ must be run there or carry a reason.
 """

@@ -17,8 +17,10 @@ from pipelines.errors import (
     BadRequest,
     DiskFull,
     EncoderCrashed,
+    FlexBusy,
     MalformedResponse,
     MediaError,
+    ModelNotFound,
     NodeFailed,
     ProviderActorLost,
     ProviderError,
@@ -74,7 +76,11 @@ def test_every_sdk_error_class_has_an_explicit_mapping() -> None:
         (400, None, BadRequest),
         (401, "invalid_api_key", AuthFailed),
         (403, None, AuthFailed),
-        (404, "model_not_found", BadRequest),
+        (404, "model_not_found", ModelNotFound),
+        (404, None, ModelNotFound),  # (a wrong base URL's path, too: the message says both)
+        (400, "model_not_found", ModelNotFound),  # servers differ in the status; the code rules
+        (429, "resource_unavailable", FlexBusy),  # OpenAI's flex tier, out of room
+        (498, "capacity_exceeded", FlexBusy),  # Groq's
         (408, None, ProviderUnavailable),
         (409, None, ProviderUnavailable),
         (422, None, BadRequest),
@@ -89,7 +95,7 @@ def test_status_codes_map_to_kinds(status: int, code: str | None, expected: type
     err = from_openai(_status_error(status, code), "llm", "http://127.0.0.1:9")
     assert type(err) is expected
     assert err.status == status and err.request_id == "req_1" and err.provider == "llm"
-    assert err.retryable == (expected in (RateLimited, ProviderUnavailable))
+    assert err.retryable == (expected in (RateLimited, ProviderUnavailable, FlexBusy))
 
 
 def test_messages_say_what_to_do() -> None:
@@ -98,7 +104,9 @@ def test_messages_say_what_to_do() -> None:
     quota = from_openai(_status_error(429, "insufficient_quota"), "tts", "x")
     assert "credit" in str(quota) and "Retrying cannot help" in str(quota)
     missing = from_openai(_status_error(404), "image", "x")
-    assert "SHOWRUNNER_IMAGE__MODEL" in str(missing)
+    assert "SHOWRUNNER_IMAGE__MODEL" in str(missing) and "Retrying cannot help" in str(missing)
+    retired = from_openai(_status_error(400, "model_not_found"), "video", "x")
+    assert isinstance(retired, ModelNotFound) and "SHOWRUNNER_VIDEO__MODEL" in str(retired)
 
 
 def test_retry_after_prefers_milliseconds() -> None:

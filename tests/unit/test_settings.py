@@ -46,7 +46,7 @@ def test_documented_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.llm.api_key is not None and s.llm.api_key.get_secret_value() == "sk-test-secret"
     assert (s.llm.model, s.llm.rpm, s.llm.tpm, s.llm.max_inflight) == ("gpt-test", 120, 9000, 7)
     # A partial prices table lays over the kind's list prices instead of zeroing them.
-    assert s.llm.prices.output_per_1m_tokens == 2.5 and s.llm.prices.input_per_1m_tokens == 0.15
+    assert s.llm.prices.output_per_1m_tokens == 2.5 and s.llm.prices.input_per_1m_tokens == 0.10
     assert (s.max_parallel_episodes, s.max_parallel_scenes) == (4, 2)
     assert "sk-test-secret" not in repr(s) and "sk-test-secret" not in str(s.model_dump())
 

@@ -23,6 +23,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,13 +117,17 @@ class Seen:
 
     @classmethod
     def of(cls, server: LocalServer, folder: Path, *, details: bool = True) -> Seen:
-        """``list`` and ``status`` of the folder; with ``details``, ``status ID`` of each."""
-        seen = cls(showrunner(server, "list", "--json", "--output", str(folder)),
-                   showrunner(server, "status", "--json", "--output", str(folder)))
-        if details and seen.listing.returncode == 0:
-            for row in json.loads(seen.listing.stdout):
-                seen.details[row["id"]] = showrunner(server, "status", row["id"], "--json",
-                                                     "--output", str(folder))
+        """``list`` and ``status`` of the folder; with ``details``, ``status ID`` of each. (The
+        commands run at once, as readers may: each is a second of start-up.)"""
+        with ThreadPoolExecutor() as pool:
+            listing, status = (pool.submit(showrunner, server, command, "--json", "--output",
+                                           str(folder)) for command in ("list", "status"))
+            seen = cls(listing.result(), status.result())
+            if details and seen.listing.returncode == 0:
+                asked = {row["id"]: pool.submit(showrunner, server, "status", row["id"],
+                                                "--json", "--output", str(folder))
+                         for row in json.loads(seen.listing.stdout)}
+                seen.details = {episode: done.result() for episode, done in asked.items()}
         return seen
 
     def statuses(self) -> dict[str, str]:

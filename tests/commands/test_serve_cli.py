@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.test_cli import ROOT, showrunner
+from tests.commands.test_cli import ROOT, showrunner
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -94,7 +94,9 @@ def session_processes(session: int) -> list[tuple[int, str]]:
     return found
 
 
-def test_serve_answers_over_http_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def test_serve_answers_over_http_and_sigterm_stops_every_ray_process(tmp_path: Path) -> None:
+    """SIGTERM is how Kubernetes and ``ray job stop`` end it: as Ctrl-C does (the last test
+    below), and nothing left running."""
     with serving(tmp_path, SHOWRUNNER_API_KEYS=KEY) as (base, seen, proc):
         auth = {"Authorization": f"Bearer {KEY}"}
         made = requests.post(f"{base}/v1/episodes", headers=auth, timeout=30, json={
@@ -109,16 +111,6 @@ def test_serve_answers_over_http_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
         assert wait_for(ended, 60, "the episode to end", interval=0.2) == "completed"
         assert requests.get(url, timeout=10).status_code == 401
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]
-        wait_for(lambda: not session_processes(proc.pid), 20,
-                 lambda: f"Ray's processes to end: {session_processes(proc.pid)}")
-
-
-def test_sigterm_drains_and_stops_every_ray_process(tmp_path: Path) -> None:
-    """How Kubernetes and ``ray job stop`` end it: as Ctrl-C does, and nothing left running."""
-    with serving(tmp_path, SHOWRUNNER_API_KEYS=KEY) as (base, seen, proc):
-        assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
         assert len(session_processes(proc.pid)) > 3  # GCS, raylet, agents, workers
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]
@@ -134,15 +126,21 @@ BODY_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
-def keyless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def keyless_server(tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[tuple[str, list[str], subprocess.Popen[str]]]:
     """``showrunner serve`` without keys (loopback clients are one tenant), bodies timing out
-    after ``BODY_TIMEOUT_S``."""
+    after ``BODY_TIMEOUT_S``; the module's last test stops it with Ctrl-C."""
     with serving(tmp_path_factory.mktemp("keyless"),
-                 SHOWRUNNER_SERVICE__BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)) as (base, seen, proc):
-        assert any("no API keys configured" in line for line in seen)
-        yield base
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+                 SHOWRUNNER_SERVICE__BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)) as started:
+        assert any("no API keys configured" in line for line in started[1])
+        yield started
+
+
+@pytest.fixture
+def keyless(keyless_server: tuple[str, list[str], subprocess.Popen[str]]) -> str:
+    base, _, proc = keyless_server
+    assert proc.poll() is None, "the keyless server was stopped by an earlier test"
+    return base
 
 
 def test_without_keys_it_serves_this_machine_as_one_tenant(keyless: str) -> None:
@@ -220,3 +218,13 @@ def test_bodies_that_stall_are_408_and_their_connections_closed(keyless: str) ->
         "premise": "A kite that will not come down.", "scenes": 1, "lines_per_scene": 1,
         "media": False})
     assert fine.status_code == 202, fine.text
+
+
+def test_ctrl_c_stops_the_service_and_every_ray_process(
+        keyless_server: tuple[str, list[str], subprocess.Popen[str]]) -> None:
+    """Last in the module: it stops the server the tests above shared."""
+    _, seen, proc = keyless_server
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]
+    wait_for(lambda: not session_processes(proc.pid), 20,
+             lambda: f"Ray's processes to end: {session_processes(proc.pid)}")

@@ -202,16 +202,6 @@ def test_bad_storage_stops_before_anything_runs(tmp_path: Path) -> None:
     assert result.stderr.strip() == message
 
 
-def test_runs_write_under_the_storage_setting_without_output(tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
-    result = showrunner("run", "--premise", "A bakery heist.", "--scenes", "1", "--lines", "1",
-                        "--script-only", "--latency-scale", "0",
-                        env={"SHOWRUNNER_STORAGE": str(storage)}, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    [episode] = json.loads((storage / "report.json").read_text())["episodes"]
-    assert Path(episode["output_dir"]).parent == storage
-
-
 def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
     premises = tmp_path / "premises.txt"
     premises.write_text('A lighthouse in a storm.\n{"premise": "A bakery heist.", "scenes": 2}\n')
@@ -232,8 +222,10 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
     }
     assert set(report["totals"]["providers"]["llm"]) == {
         "calls", "ok", "rate_limited", "retries", "errors", "tokens_in", "tokens_out",
-        "cost_usd", "cache_hits", "saved_usd", "limiter_wait_s",
+        "cost_usd", "cache_hits", "saved_usd", "limiter_wait_s", "tiers", "flex_busy",
+        "flex_fell_back",
     }
+    assert set(report["totals"]["providers"]["llm"]["tiers"]) == {"standard"}
     episodes = report["episodes"]
     assert [e["scenes"] for e in episodes] == [3, 2]
     for e in episodes:
@@ -334,13 +326,17 @@ def test_a_killed_run_goes_on_from_its_stored_nodes(tmp_path: Path) -> None:
 
 def test_status_list_and_cancel_read_the_store(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    # Without --output, a run writes under the storage setting.
     command = ("run", "--premise", "A bakery heist.", "--scenes", "2", "--lines", "1",
-               "--script-only", "--latency-scale", "0", "--output", str(out))
-    assert showrunner(*command, timeout=180).returncode == 0
+               "--script-only", "--latency-scale", "0")
+    storage = {"SHOWRUNNER_STORAGE": str(out)}
+    made = showrunner(*command, env=storage, timeout=180)
+    assert made.returncode == 0, made.stderr[-3000:]
     first = json.loads((out / "report.json").read_text())
     [episode] = [e["id"] for e in first["episodes"]]
+    assert Path(first["episodes"][0]["output_dir"]).parent == out
     # The same command again: the same episode, shown as it is, nothing paid again.
-    again = showrunner(*command, timeout=180)
+    again = showrunner(*command, env=storage, timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"1 episode(s) already completed on this storage, shown as they are: {episode}" in (
         again.stderr)

@@ -196,7 +196,15 @@ def test_the_one_machine_cluster_runs_a_job_with_token_authentication(
     script = swap(script, "6390", str(port))
     script = swap(script, "8266", str(dashboard))
     # Not $TMPDIR/ray, Ray's default temp dir there: the head's is a folder of its own.
-    script = swap(script, "/tmp/sr-ray", str(shell.scratch / "head"))
+    head = shell.scratch / "head"
+    script = swap(script, "/tmp/sr-ray", str(head))
+    # What a checkout has that `--working-dir .` must not upload: a virtualenv (the copy's
+    # .venv is a link to this one, hundreds of MB) and what .gitignore names.
+    ignored = ["pipelines/__pycache__/planner.cpython-311.pyc", ".pytest_cache/README.md",
+               "out/earlier/report.json"]
+    for name in ignored:
+        (shell.repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (shell.repo / name).write_text("not for the cluster")
 
     ran = shell.run(script, CLUSTER_TIMEOUT_S)
 
@@ -211,6 +219,14 @@ def test_the_one_machine_cluster_runs_a_job_with_token_authentication(
     # head, the client and the job's driver all used it (else the job could not have run).
     token = shell.home / ".ray" / "auth_token"
     assert token.stat().st_mode & 0o777 == 0o600
+    # The job ran in this cluster (its driver joined it through RAY_ADDRESS, rather than
+    # starting a Ray of its own): the head's session has the run's actors' logs.
+    logs = "".join(p.read_text(errors="replace")
+                   for p in head.glob("session_latest/logs/worker-*.out"))
+    assert ":actor_name:EpisodeCoordinator" in logs and ":actor_name:ProviderActor" in logs
+    [unpacked] = head.glob("session_latest/runtime_resources/working_dir_files/*/")
+    assert (unpacked / "showrunner" / "cli.py").is_file() and not (unpacked / ".venv").exists()
+    assert [name for name in ignored if (unpacked / name).exists()] == []
     # `kill %1 && wait` stopped this head and everything it started.
     wait_for(lambda: not shell.pids(), EXIT_TIMEOUT_S,
              lambda: f"the cluster's processes to exit; left: {shell.pids()}")
@@ -223,6 +239,6 @@ def test_the_settings_for_a_real_provider_are_shown_with_the_key_masked(shell: S
     llm = json.loads(ran.stdout)["llm"]
     assert llm["base_url"] == "https://api.openai.com/v1"
     assert (llm["model"], llm["rpm"], llm["tpm"], llm["max_inflight"]) == (
-        "gpt-4o-mini", 500, 200000, 64)
+        "gpt-6-luna", 500, 200000, 64)
     assert llm["api_key"] == "(set)"
     assert "sk-..." not in ran.output
