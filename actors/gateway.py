@@ -71,8 +71,10 @@ MAX_COOLDOWN_S = 30.0
 # Output tokens assumed for a chat call that sets no max_tokens.
 DEFAULT_OUTPUT_TOKENS = 512
 # Share of each bucket's burst held back: requests granted in order may reach the server out of
-# order (connections differ in speed), and at the limit the server's bucket is nearly empty.
-ARRIVAL_RESERVE = 0.1
+# order (connections differ in speed, a busy node delays some), and at the limit the server's
+# bucket is nearly empty. A quarter of a one-second burst absorbs 250 ms of such skew; a tenth
+# drew 429s with other processes busy on the node. The steady rate is the same either way.
+ARRIVAL_RESERVE = 0.25
 STORE_RETRY_S = 10.0  # a state store that could not be opened is tried again after this long
 # The largest picture downloaded from a URL answer: a 4K PNG is about 25 MB.
 MAX_PICTURE_BYTES = 64 << 20

@@ -269,7 +269,7 @@ def actor_pid(actor: Any) -> int:
 
 def titled(title: bytes, raylet: int | None) -> set[int]:
     """Processes of this benchmark's Ray node whose process title starts with ``title``: Ray
-    names a worker after the actor or task it runs (``ray::EpisodeCoordinator``,
+    names a worker after the actor or task it runs (``ray::CoordinatorActor``,
     ``ray::compose_scene``). Only those whose raylet is ours (Ray puts its pid in their
     environment): other Rays on this machine are not ours to kill. None without a raylet."""
     found: set[int] = set()
@@ -300,7 +300,7 @@ def successor(stage: Stage, title: bytes, dead: set[int]) -> float | None:
     return seen[0] if seen else None
 
 
-COORDINATOR_TITLE = b"ray::EpisodeCoordinator"
+COORDINATOR_TITLE = b"ray::CoordinatorActor"
 PROVIDER_TITLE = b"ray::ProviderActor"
 COMPOSITION_TITLE = b"ray::compose_scene"
 

@@ -265,7 +265,7 @@ def test_a_killed_coordinator_comes_back_and_the_run_completes(tmp_path: Path) -
     def coordinator() -> list[int]:
         cli.alive()
         return [pid for pid in descendants(cli.proc.pid)
-                if cmdline_of(pid).startswith(b"ray::EpisodeCoordinator")]
+                if cmdline_of(pid).startswith(b"ray::CoordinatorActor")]
 
     wait_for(lambda: "running" in cli.said() and coordinator(), 60,
              lambda: "the run to start: " + cli.said()[-2000:], interval=0.1)

@@ -223,7 +223,7 @@ def test_the_one_machine_cluster_runs_a_job_with_token_authentication(
     # starting a Ray of its own): the head's session has the run's actors' logs.
     logs = "".join(p.read_text(errors="replace")
                    for p in head.glob("session_latest/logs/worker-*.out"))
-    assert ":actor_name:EpisodeCoordinator" in logs and ":actor_name:ProviderActor" in logs
+    assert ":actor_name:CoordinatorActor" in logs and ":actor_name:ProviderActor" in logs
     [unpacked] = head.glob("session_latest/runtime_resources/working_dir_files/*/")
     assert (unpacked / "showrunner" / "cli.py").is_file() and not (unpacked / ".venv").exists()
     assert [name for name in ignored if (unpacked / name).exists()] == []
