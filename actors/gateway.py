@@ -153,10 +153,11 @@ class ProviderGateway:
         key) and its cached files are kept."""
         self.kind = kind
         self.settings = settings
-        # A chat model's answer cap's field name, and its reasoning effort (if it is sent).
-        chat = settings if isinstance(settings, LLMSettings) else None
-        self._cap_field = chat.max_tokens_field if chat else "max_completion_tokens"
-        self._effort = chat.reasoning_effort if chat else None
+        # A chat model's settings (its flex tier, prices); its answer cap's field name, and its
+        # reasoning effort (if it is sent).
+        self._chat = settings if isinstance(settings, LLMSettings) else None
+        self._cap_field = self._chat.max_tokens_field if self._chat else "max_completion_tokens"
+        self._effort = self._chat.reasoning_effort if self._chat else None
         self.policy = RetryPolicy(max_attempts=settings.max_attempts)
         self.counters = ProviderStats(metrics=metrics)
         self.estimator = TokenEstimator()
@@ -215,20 +216,19 @@ class ProviderGateway:
         max_output = max_tokens or DEFAULT_OUTPUT_TOKENS
         estimate = self.estimator.estimate(messages, max_output)
         lane = self._flex_lane(tier, flex_wait_s, flex_fallback)
-        flex_body = {**params, "service_tier": "flex"}
-        flex_options: Any = {"timeout": getattr(self.settings, "flex_timeout_s", None)}
 
         async def attempt(client: openai.AsyncOpenAI) -> Answer[dict[str, Any]]:
             # The SDK's generic ``post`` (its documented route to any endpoint) rather than
             # ``chat.completions.create``: the same auth, timeouts and typed errors, without
             # re-walking the messages through the SDK's TypedDict transform and building a
             # pydantic model of the answer — a third of the CPU of a call, on the hot path.
-            if lane is not None and lane.tier == "flex":
-                response = await client.post("/chat/completions", body=flex_body,
-                                             cast_to=httpx2.Response, options=flex_options)
-            else:
+            if lane is None or lane.tier == "standard":
                 response = await client.post("/chat/completions", body=params,
                                              cast_to=httpx2.Response)
+            else:
+                response = await client.post(
+                    "/chat/completions", body={**params, "service_tier": "flex"},
+                    cast_to=httpx2.Response, options={"timeout": lane.timeout_s})
             completion = _parse_chat(response)
             return Answer(completion, _chat_usage(completion), response.headers)
 
@@ -419,7 +419,7 @@ class ProviderGateway:
                     sent = time.perf_counter()
                     outcome = await self._attempt(deployment, permit, attempt_fn)
             except ProviderError as err:  # the permit is back: now pause, if it was a 429
-                if isinstance(err, FlexBusy) and lane is not None and lane.tier == "flex":
+                if isinstance(err, FlexBusy) and lane is not None and not lane.fell_back:
                     attempt -= 1  # this call's alone: no pause, no cool-down, no attempt used
                     await self._flex_busy(deployment, lane, err)
                     continue
@@ -434,7 +434,7 @@ class ProviderGateway:
                     await asyncio.sleep(backoff_s(attempt, self.policy, self._rng.random()))
                 continue
             latency = time.perf_counter() - sent
-            tier: Tier = "flex" if lane is not None and lane.tier == "flex" else "standard"
+            tier: Tier = lane.tier if lane is not None else "standard"
             cost = cost_usd(self._prices(tier), outcome.usage, self.kind)
             # What the call would have cost at standard, less what it did.
             cheaper = (cost_usd(self.settings.prices, outcome.usage, self.kind) - cost
@@ -464,19 +464,18 @@ class ProviderGateway:
             await asyncio.sleep(pause)
 
     def _prices(self, tier: Tier) -> Prices:
-        if isinstance(self.settings, LLMSettings):
-            return self.settings.tier_prices(tier)
-        return self.settings.prices
+        return self._chat.tier_prices(tier) if self._chat else self.settings.prices
 
     def _flex_lane(self, tier: Tier, wait_s: float | None, fallback: bool | None
                    ) -> FlexLane | None:
         """A flex call's lane (None for a standard one); only chat models have a flex tier."""
         if tier != "flex":
             return None
-        if not isinstance(self.settings, LLMSettings):
+        if self._chat is None:
             raise TypeError(f"the {self.kind} provider has no flex tier")
-        return FlexLane(self.settings.flex_wait_s if wait_s is None else wait_s,
-                        self.settings.flex_fallback if fallback is None else fallback)
+        return FlexLane(self._chat.flex_wait_s if wait_s is None else wait_s,
+                        self._chat.flex_fallback if fallback is None else fallback,
+                        self._chat.flex_timeout_s)
 
     async def _attempt(self, deployment: Deployment, permit: Permit,
                        attempt_fn: Callable[[openai.AsyncOpenAI], Awaitable[Answer[T]]]

@@ -122,8 +122,8 @@ class ProviderActor(ProviderGateway):
                     del self._batched[call_id]
                     if task.cancelled():
                         yield call_id, False, asyncio.CancelledError()
-                    elif task.exception() is not None:
-                        yield call_id, False, _sendable(task.exception())
+                    elif (error := task.exception()) is not None:
+                        yield call_id, False, _sendable(error)
                     else:
                         yield call_id, True, task.result()
         finally:  # the caller is gone (or cancelled the batch): stop what is left of it
@@ -326,14 +326,7 @@ class CallBatcher:
         call_id = f"{self._prefix}-{next(self._numbers)}"
         answer: asyncio.Future[Any] = loop.create_future()
         self._pending.append((call_id, method, args, kwargs, answer))
-        try:
-            return await answer
-        except asyncio.CancelledError:
-            # Its batch was sent (or is about to be): stop the call in the actor, so its
-            # limiter slot is freed and its HTTP request aborted.
-            with contextlib.suppress(Exception):
-                self._actor().cancel_calls.remote([call_id])
-            raise
+        return await answer  # (a cancel here is passed on by the answer's sender, below)
 
     def _send(self) -> None:
         batch, self._pending = self._pending, []
@@ -345,8 +338,13 @@ class CallBatcher:
             ref = getattr(self._actor(), method).remote(*args, **kwargs)
             stream = self._one(ref, answer)
         else:
-            ref = self._actor().calls.options(num_returns="streaming").remote(
+            actor = self._actor()
+            ref = actor.calls.options(num_returns="streaming").remote(
                 [(call_id, method, args, kwargs) for call_id, method, args, kwargs, _ in batch])
+            for call_id, *_, answer in batch:  # a cancelled call stops in the actor: its
+                answer.add_done_callback(  # limiter slot is freed, its request aborted
+                    lambda done, stop=[call_id]: done.cancelled()
+                    and actor.cancel_calls.remote(stop))
             stream = self._many(ref, {entry[0]: entry[4] for entry in batch})
         task = asyncio.get_running_loop().create_task(stream)
         self._streams.add(task)  # (held, or the loop could drop it)
@@ -356,8 +354,8 @@ class CallBatcher:
         answer.add_done_callback(lambda done: done.cancelled() and ray.cancel(ref))
         try:
             value = await await_call(ref)
-        except (RayActorError, asyncio.CancelledError) as err:
-            _settle(answer, error=self._lost(err) if isinstance(err, RayActorError) else err)
+        except RayActorError as err:
+            _settle(answer, error=self._lost(err))
         except Exception as err:  # the call's own error, as itself
             _settle(answer, error=err)
         else:
@@ -377,13 +375,12 @@ class CallBatcher:
                 _settle(answer, error=err.cause if isinstance(err.cause, Exception) else err)
 
 
-def _sendable(error: BaseException | None) -> BaseException:
+def _sendable(error: BaseException) -> BaseException:
     """An error as it can travel back: ours pickle whole; anything else (a bug) as its text."""
     try:
         pickle.dumps(error)
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
-    assert error is not None
     return error
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipelines.errors import ProviderError, RateLimited
+from pipelines.settings import Tier
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class FlexLane:
 
     wait_s: float
     fallback: bool
-    tier: str = "flex"  # the tier the next attempt goes on
+    timeout_s: float  # of one request on the flex tier, which queues
+    tier: Tier = "flex"  # the tier the next attempt goes on
     busy: int = 0  # busy answers so far
     busy_since: float | None = None
 

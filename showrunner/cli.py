@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from actors.state_store import StateStoreError
 from pipelines.models import EpisodeRequest, EpisodeStatus
@@ -28,6 +29,7 @@ from pipelines.settings import (
     ProviderKind,
     Settings,
     SettingsError,
+    Tier,
     load_settings,
     settings_reference,
 )
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="chain (default), none, window:K or batch:K")
     run.add_argument("--script-only", action="store_true",
                      help="stop at the script: no speech, pictures, clips or MP4")
-    run.add_argument("--tier", choices=["standard", "flex"],
+    run.add_argument("--tier", choices=get_args(Tier),
                      help="processing tier of the chat calls: flex is billed at half price, "
                      "answers more slowly and at times has no capacity (default: settings, "
                      "standard)")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -120,11 +119,11 @@ async def test_a_model_the_provider_does_not_serve_fails_at_once_naming_the_sett
         gateway: Build, local_server: Start) -> None:
     server = local_server(models=["gpt-5-mini"])
     gw = gateway(server, model="gpt-4o-mini", max_attempts=5)
-    started = time.monotonic()
     with pytest.raises(ModelNotFound, match="SHOWRUNNER_LLM__MODEL") as found:
         await gw.chat(MESSAGES, max_tokens=20)
-    assert time.monotonic() - started < 5 and found.value.status == 404
-    assert server.stats()["chat"]["model_not_found"] == 1  # sent once: retrying cannot help
+    assert found.value.status == 404
+    # Sent once, though five attempts were allowed: retrying cannot help, so it fails at once.
+    assert server.stats()["chat"]["model_not_found"] == 1
     pictures = gateway(server, ProviderKind.IMAGE, model="gpt-image-1")
     with pytest.raises(ModelNotFound, match="SHOWRUNNER_IMAGE__MODEL"):
         await pictures.image("a gull", out="gull.png", size="256x256")

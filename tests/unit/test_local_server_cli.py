@@ -71,12 +71,20 @@ def test_clips_can_be_rendered_small_and_cheap_for_benchmarks() -> None:
     (["--video-render-size", "320"], "WIDTHxHEIGHT"),
     (["--video-render-size", "321x180"], "even"),
     (["--video-render-fps", "0"], "--video-render-fps: must be from 1 to 60"),
+    (["--flex-unavailable-rate", "2"], "--flex-unavailable-rate: must be from 0 to 1"),
+    (["--flex-latency-factor", "0"], "--flex-latency-factor: must be above 0"),
+    (["--models", " , "], "--models: must name at least one model"),
+    (["--speech-format", "ogg"], "--speech-format: invalid choice"),
+    (["--image-answer", "png"], "--image-answer: invalid choice"),
 ])
-def test_bad_render_flags_exit_2(argv: list[str], says: str,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_flags_exit_2(argv: list[str], says: str,
+                          capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse(*argv)
     assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_render_size_with_an_odd_side_is_refused() -> None:
     with pytest.raises(ValueError, match="even"):
         ServerConfig(video_render_size="100x51")
 

@@ -1,31 +1,24 @@
 """The server's options that make it answer as other providers do, without a process: their
-flags and checks, the flex latency, where the model and flex checks fall in the order of checks,
-and how many pictures are kept for their links."""
+flags (bad ones: test_local_server_cli) and checks, the flex latency, where the model and flex
+checks fall in the order of checks, and how many pictures are kept for their links."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import pytest
 
-from local_server.cli import add_arguments, config_from_args
 from local_server.config import ServerConfig
 from local_server.files import ImageFiles
 from local_server.process import flags_of
 from local_server.state import ServerState
 from local_server.tiers import Tier
 from tests.unit.local_app import CHAT, Make, apps
+from tests.unit.test_local_server_cli import parse
 
 make = pytest.fixture(apps, name="make")
 BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "Premise: owls at sea."}]}
-
-
-def parse(*argv: str) -> ServerConfig:
-    parser = argparse.ArgumentParser(prog="test")
-    add_arguments(parser)
-    return config_from_args(parser.parse_args(argv), parser)
 
 
 def test_the_flags_set_the_options() -> None:
@@ -47,20 +40,6 @@ def test_the_flags_set_the_options() -> None:
 def test_local_server_options_of_names_become_comma_separated_flags() -> None:
     assert flags_of({"models": ["gpt-x", "tts-x"], "flex_models": ("o3",)}) == [
         "--models", "gpt-x,tts-x", "--flex-models", "o3"]
-
-
-@pytest.mark.parametrize(("argv", "says"), [
-    (["--flex-unavailable-rate", "2"], "--flex-unavailable-rate: must be from 0 to 1"),
-    (["--flex-latency-factor", "0"], "--flex-latency-factor: must be above 0"),
-    (["--models", " , "], "--models: must name at least one model"),
-    (["--speech-format", "ogg"], "--speech-format: invalid choice"),
-    (["--image-answer", "png"], "--image-answer: invalid choice"),
-])
-def test_bad_option_flags_exit_2(argv: list[str], says: str,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        parse(*argv)
-    assert exited.value.code == 2 and says in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("options", "says"), [
