@@ -70,6 +70,9 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="FILE", help="also write the run report here")
     parser.add_argument("--latency-scale", type=float, default=1.0, metavar="X",
                         help="scale the bundled server's latencies (default: 1, realistic)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start Ray's dashboard too, on 127.0.0.1, and print its address "
+                        "(a joined cluster's own is printed as is)")
     parser.add_argument("--no-cache", action="store_true",
                         help="send every call, even one asked before (default: an identical "
                         "earlier call's answer is used, paying once)")
@@ -237,7 +240,7 @@ def _run(args: argparse.Namespace, settings: Settings, storage: Storage) -> int:
 
     return run_and_show(settings, requests, storage,
                         Path(args.report) if args.report else None, args.latency_scale,
-                        earlier)
+                        earlier, dashboard=args.dashboard)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ def run_and_show(
     report_file: Path | None,
     latency_scale: float,
     earlier: Sequence[EpisodeSummary] = (),
+    dashboard: bool = False,
 ) -> int:
     """Run the episodes asked for and follow them, with ``earlier``: the storage's unfinished
     episodes, which the coordinator takes up by itself as it starts (``showrunner resume`` is
@@ -37,7 +38,9 @@ def run_and_show(
     cut off mid-call when this process ends."""
     console = Console(stderr=True)
     with launcher.local_server_if_needed(settings, latency_scale) as local_url:
-        launcher.ensure_ray()
+        dashboard_at = launcher.ensure_ray(dashboard)
+        if dashboard and dashboard_at:
+            console.print(launcher.dashboard_line(dashboard_at))
         run = launcher.start_run(settings, storage, local_url)
         seen = {view.id: view for view in launcher.queue(run, requests)} if requests else {}
         taken_up = [e.id for e in earlier if e.id not in seen]

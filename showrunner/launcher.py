@@ -116,8 +116,10 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 _keepers: list[subprocess.Popen[bytes]] = []
 
 
-def ensure_ray() -> None:
-    """Join the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``), else start one.
+def ensure_ray(dashboard: bool = False) -> str | None:
+    """Join the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``), else start one;
+    returns the address of Ray's dashboard, if it has one (a cluster's own, or, with
+    ``dashboard``, the one started here, on loopback only: it runs code on request).
 
     A node started here ends with this process, however it ends. Ray has the kernel SIGKILL its
     GCS, raylet and monitors when the thread that called ``ray.init`` ends (Linux's parent-death
@@ -128,12 +130,13 @@ def ensure_ray() -> None:
     so the cluster kills them when it sees the driver go.
     """
     if ray.is_initialized():
-        return
-    ray.init(
+        return dashboard_url()
+    context = ray.init(
         # "local", not None: None would join whatever cluster a `ray start` on this machine
         # last recorded (even a dead one), not the one this run was asked to use.
         address=os.environ.get("RAY_ADDRESS") or "local",
-        include_dashboard=False,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
         logging_level="WARNING",
         log_to_driver=False,
         configure_logging=True,
@@ -141,6 +144,25 @@ def ensure_ray() -> None:
     raylet = raylet_child(os.getpid())
     if raylet is not None:
         _keepers.append(start_keeper(raylet, children(raylet)))
+    return f"http://{context.dashboard_url}" if context.dashboard_url else None
+
+
+def dashboard_url() -> str | None:
+    """The connected cluster's dashboard address, if it runs one. (Ray has no public call for
+    it outside ``ray.init``'s answer: this reads what its worker was told.)"""
+    with contextlib.suppress(Exception):
+        address = ray._private.worker.get_dashboard_url()
+        if address:
+            return address if "://" in address else f"http://{address}"
+    return None
+
+
+def dashboard_line(address: str) -> str:
+    """How a person opens the dashboard: with Ray's token authentication on (Ray 2.60 turns it
+    on for a local cluster), the page asks for the token, which ``ray get-auth-token`` prints."""
+    token_auth = os.environ.get("RAY_AUTH_MODE", "token") != "disabled"
+    return f"Ray dashboard: {address}" + (
+        "  (it asks for Ray's token: `ray get-auth-token` prints it)" if token_auth else "")
 
 
 def children(parent: int) -> dict[int, str]:
