@@ -12,6 +12,7 @@ episodes are one step, and two replicas cannot both squeeze past a limit.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import defaultdict
 from typing import Protocol
 
@@ -42,6 +43,12 @@ class TenantDesk:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Signs the studio's stream tokens unless the settings give a secret: one desk serves
+        # every replica, so they all check each other's tokens (a restart ends them all).
+        self._secret = secrets.token_bytes(32)
+
+    def token_secret(self) -> bytes:
+        return self._secret
 
     async def submit(self, owner: str, requests: list[EpisodeRequest], *,
                      idempotency_key: str | None = None, max_active: int | None = None

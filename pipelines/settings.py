@@ -335,6 +335,21 @@ class ServiceSettings(BaseModel):
         "redirected (307) to a URL signed for this many seconds, so its bytes skip the service "
         "(none: the service streams them, with Range).",
     )
+    stream_token_ttl_s: int = Field(
+        600, ge=10, le=86_400,
+        description="How long a token the studio page asks for lasts: one episode's event "
+        "stream, video and downloads, whose URLs cannot carry the API key.",
+    )
+    token_secret: SecretStr | None = Field(
+        None, min_length=32,
+        description="Signs those tokens; a secret (unset: the service draws one as it starts, "
+        "shared by its replicas, and tokens end with it).",
+    )
+    dashboard_url: str | None = Field(
+        None, pattern=r"^https?://",
+        description="Ray's dashboard as the studio page should link to it, on a server with "
+        "API keys (a keyless, local server links to its own).",
+    )
 
 
 Resources = dict[str, Annotated[float, Field(gt=0, le=1_000_000)]]

@@ -12,6 +12,7 @@ import ray
 from local_server.process import LocalServer
 from pipelines.storage import Storage
 from tests import s3
+from tests.chromium import browser, page  # noqa: F401  (the page's tests, in any tier)
 from tests.postgres import PostgresServer, PostgresUnavailable, binaries
 from tests.s3 import S3Server
 from tests.support import unavailable
