@@ -194,6 +194,21 @@ class EpisodePlan:
         """The longest chain of durations through the graph: no schedule can beat it."""
         return max(self._finish_times(durations), default=0.0)
 
+    def critical_nodes(self, durations: Mapping[NodeId, float]) -> list[NodeId]:
+        """The nodes of the chain :meth:`critical_path` measures, first to last; empty when no
+        node took any time. Of chains equally long, the one through earlier nodes."""
+        finish = self._finish_times(durations)
+        if not finish or max(finish) <= 0.0:
+            return []
+        # The first node to reach the longest finish: any later one that ties adds nothing.
+        at = finish.index(max(finish))
+        ids = list(self.nodes)
+        chain = [ids[at]]
+        while deps := self.deps_at[at]:
+            at = max(deps, key=finish.__getitem__)  # the input it waited for last
+            chain.append(ids[at])
+        return chain[::-1]
+
     def earliest_finish(self, durations: Mapping[NodeId, float]) -> dict[NodeId, float]:
         """When each node would end if every node started the moment its inputs existed."""
         return dict(zip(self.nodes, self._finish_times(durations), strict=True))

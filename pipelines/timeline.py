@@ -1,13 +1,47 @@
 """The run timeline: a picture of a run drawn from its episodes' records. Pure, no Ray.
 
-The data (JSON, drawn by ``showrunner/studio/static/timeline.js``) has one lane per scene of
-each episode, one bar per node that started, each provider's calls in flight and request rate
-against its limit, the critical path, and the lower bound with what set it.
+The data (JSON, drawn by ``showrunner/studio/static/timeline.js``)::
+
+    lanes       one per scene of each episode that started, and one per episode for the nodes
+                of no scene (outline chunks, the stitch), the episode's lane first
+    bars        one per node that started, on the run's clock: t=0 is the earliest start
+    providers   per model provider, requests in flight and sent per second, against its limit
+    critical_path, lower_bound_s, bottleneck, bounds_s
+                the longest chain of the episode with the longest one, and the bound no
+                schedule could beat with what set it (as the run report says)
+
+What the records cannot say is estimated, and only for the provider series: a node's request
+goes out at ``finished - latency`` (its limiter wait comes before), its calls spread evenly
+over its latency. A node still running has sent nothing the record knows of yet, so it is in
+no provider series until it ends. Compositions and the stitch (and clips made here when no
+video provider is configured) are this cluster's CPU work, not a provider's: they have bars but
+no provider series, since no rate limit applies to them.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from pipelines.episode_state import EpisodeRecord, NodeRecord
+from pipelines.planner import NodeId, NodeKind
+from pipelines.report import build_report
+from pipelines.settings import ProviderKind, Settings
+
+VERSION = 1
+STAGES = [kind.value for kind in NodeKind]
+# The provider that answers each kind of node; a clip's only when a video provider is set.
+PROVIDER_OF = {NodeKind.OUTLINE: ProviderKind.LLM, NodeKind.CONTENT: ProviderKind.LLM,
+               NodeKind.DIALOGUE: ProviderKind.LLM, NodeKind.SPEECH: ProviderKind.TTS,
+               NodeKind.IMAGE: ProviderKind.IMAGE, NodeKind.CLIP: ProviderKind.VIDEO}
+# Bucket sizes of the provider series, by decade: 80 to 200 buckets whatever the run's length.
+NICE_STEPS = (1.0, 2.0, 5.0)
+MAX_BUCKETS = 200
+MIN_BUCKET_S = 0.001
+SHORT_ID = 8  # of an episode id in a lane's label: enough to tell a run's episodes apart
 
 
 def episode_part(timeline: dict[str, Any], episode_id: str) -> dict[str, Any]:
@@ -30,3 +64,166 @@ def episode_part(timeline: dict[str, Any], episode_id: str) -> dict[str, Any]:
         critical = None
         bars = [{**bar, "critical": False} for bar in bars]
     return {**timeline, "lanes": lanes, "bars": bars, "critical_path": critical}
+
+
+def build_timeline(records: Sequence[EpisodeRecord], settings: Settings,
+                   bounds_s: Mapping[str, float] | None = None,
+                   now: float | None = None) -> dict[str, Any]:
+    """The timeline of ``records``. ``bounds_s``: the run report's candidate lower bounds (its
+    ``totals.bounds_s``, which knows the providers' counters); without them, the graph's and the
+    CPUs' bounds as the report would compute them. ``now`` (epoch s): where running nodes end;
+    unset, at the last end seen."""
+    started = [r for r in records if r.started_at is not None]
+    t0 = min((r.started_at for r in started if r.started_at is not None), default=None)
+    critical = _critical_path(started)
+    bounds = dict(bounds_s) if bounds_s is not None else _own_bounds(records, settings)
+    bottleneck = max(bounds, key=lambda k: bounds[k]) if bounds else None
+    timeline: dict[str, Any] = {
+        "version": VERSION, "started_at": t0, "wall_s": 0.0, "stages": STAGES,
+        "lanes": [], "bars": [], "providers": [], "critical_path": critical,
+        "lower_bound_s": round(bounds[bottleneck], 4) if bottleneck else 0.0,
+        "bottleneck": bottleneck, "bounds_s": {k: round(v, 4) for k, v in bounds.items()},
+    }
+    if t0 is None:
+        return timeline
+    spans = list(_spans(started, t0, now))
+    wall = max((s.end for s in spans if s.status != "running"), default=0.0)
+    wall = max(wall, (now - t0) if now is not None else 0.0)
+    on_path = set(critical["nodes"]) if critical else set()
+    lanes, lane_of = _lanes(started)
+    timeline["lanes"] = lanes
+    timeline["bars"] = [s.bar(lane_of[s.record.id, s.node.scene], max(s.end, wall),
+                              critical is not None and s.record.id == critical["episode"]
+                              and str(s.node) in on_path) for s in spans]
+    timeline["wall_s"] = round(max((b["end_s"] for b in timeline["bars"]), default=wall), 4)
+    timeline["providers"] = _providers(spans, settings, timeline["wall_s"])
+    return timeline
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """One started node on the run's clock (``end`` is ``None`` while it runs)."""
+
+    record: EpisodeRecord
+    node: NodeId
+    figures: NodeRecord
+    start: float
+    end: float
+    status: str
+
+    def bar(self, lane: int, running_end: float, critical: bool) -> dict[str, Any]:
+        end = running_end if self.status == "running" else self.end
+        return {"lane": lane, "node": str(self.node), "stage": self.node.kind.value,
+                "start_s": round(self.start, 4), "end_s": round(end, 4),
+                "status": self.status, "calls": self.figures.calls,
+                "cost_usd": round(self.figures.cost_usd, 6), "critical": critical}
+
+
+def _spans(records: Sequence[EpisodeRecord], t0: float, now: float | None) -> Iterator[_Span]:
+    for record in records:
+        offset = (record.started_at or t0) - t0
+        # A node that never finished in an episode that ended was cut off (cancelled, or its
+        # episode failed): it ends with the episode, as failed, not running for ever.
+        ended = (record.finished_at - t0) if record.finished_at is not None else None
+        for nid, figures in record.nodes.items():
+            if figures.started_s is None:
+                continue
+            start = offset + figures.started_s
+            if figures.finished_s is not None:
+                end, status = offset + figures.finished_s, "done"
+                if figures.error is not None:
+                    status = "failed"
+            elif ended is not None:
+                end, status = max(start, ended), "failed"
+            else:  # its end is set once the run's last end is known
+                end = max(start, now - t0) if now is not None else start
+                status = "running"
+            yield _Span(record, nid, figures, start, end, status)
+
+
+def _lanes(records: Sequence[EpisodeRecord]
+           ) -> tuple[list[dict[str, Any]], dict[tuple[str, int | None], int]]:
+    """Every started episode's lanes, even of scenes not begun: a live page shows what is left."""
+    lanes: list[dict[str, Any]] = []
+    lane_of: dict[tuple[str, int | None], int] = {}
+    for record in records:
+        short = record.id[:SHORT_ID]
+        for scene in (None, *range(1, record.request.scenes + 1)):
+            lane_of[record.id, scene] = len(lanes)
+            label = f"{short} · episode" if scene is None else f"{short} · scene {scene}"
+            lanes.append({"episode": record.id, "scene": scene, "label": label})
+    return lanes, lane_of
+
+
+def _critical_path(records: Sequence[EpisodeRecord]) -> dict[str, Any] | None:
+    """The longest chain of the episode whose chain is longest, with the measured latencies
+    (as the report's ``critical path`` bound measures it)."""
+    best: tuple[float, EpisodeRecord, dict[NodeId, float]] | None = None
+    for record in records:
+        latencies = record.node_latencies()
+        length = record.plan().critical_path(latencies)
+        if best is None or length > best[0]:
+            best = (length, record, latencies)
+    if best is None:
+        return None
+    length, record, latencies = best
+    nodes = record.plan().critical_nodes(latencies)
+    return {"episode": record.id, "nodes": [str(n) for n in nodes], "length_s": round(length, 4)}
+
+
+def _own_bounds(records: Sequence[EpisodeRecord], settings: Settings) -> dict[str, float]:
+    """The report's bounds with no provider counters: the critical path and the CPUs."""
+    return dict(build_report(records, {}, settings)["totals"]["bounds_s"])
+
+
+def bucket_size(wall_s: float) -> float:
+    """The smallest of 1, 2, 5 × 10^k seconds that cuts ``wall_s`` into at most MAX_BUCKETS:
+    between 80 and 200 buckets, on round numbers an axis can show."""
+    wanted = max(wall_s / MAX_BUCKETS, MIN_BUCKET_S)
+    decade = 10.0 ** math.floor(math.log10(wanted))
+    return next(round(step * decade, 9) for step in (*NICE_STEPS, 10.0)
+                if step * decade >= wanted)
+
+
+def _providers(spans: Sequence[_Span], settings: Settings, wall_s: float
+               ) -> list[dict[str, Any]]:
+    requests: dict[ProviderKind, tuple[list[float], list[float], list[float]]] = {}
+    video_here = settings.video.base_url is None  # clips are then made on this cluster's CPUs
+    for span in spans:
+        kind = PROVIDER_OF.get(span.node.kind)
+        sent = span.figures.calls - span.figures.cache_hits  # cache hits reach no provider
+        if kind is None or span.status == "running" or sent <= 0:
+            continue
+        if kind is ProviderKind.VIDEO and video_here:
+            continue
+        latency = min(span.figures.latency_s, span.end - span.start)
+        begin = span.end - latency
+        starts, ends, sends = requests.setdefault(kind, ([], [], []))
+        starts.append(begin)
+        ends.append(span.end)
+        sends.extend(begin + latency * i / sent for i in range(sent))
+    bucket = bucket_size(wall_s)
+    count = max(1, math.ceil(wall_s / bucket - 1e-9))
+    series = []
+    for kind in ProviderKind:  # a stable order: llm, tts, image, video
+        if kind not in requests:
+            continue
+        starts, ends, sends = (sorted(values) for values in requests[kind])
+        per_bucket = [0] * count
+        for t in sends:
+            per_bucket[min(count - 1, max(0, int(t / bucket)))] += 1
+        rpm = settings.provider(kind).rpm
+        series.append({
+            "kind": kind.value,
+            "limit_rps": round(rpm / 60, 4) if rpm else None,
+            "bucket_s": bucket,
+            "points": [{"t_s": round(i * bucket, 4),
+                        "in_flight": _in_flight(starts, ends, i * bucket),
+                        "rate_rps": round(n / bucket, 4)} for i, n in enumerate(per_bucket)],
+        })
+    return series
+
+
+def _in_flight(starts: list[float], ends: list[float], t: float) -> int:
+    """Requests sent at or before ``t`` and not yet answered (both lists sorted)."""
+    return bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
