@@ -24,7 +24,7 @@ demo: $(STAMP)
 # timing-bound tests meet each other's load.) The unit lane's output follows the Ray lane's.
 test: $(STAMP) lint
 	@lane=$$(mktemp); \
-	$(PY) -m pytest tests/unit > $$lane 2>&1 & unit=$$!; \
+	$(PY) -m pytest tests/unit tests/browser > $$lane 2>&1 & unit=$$!; \
 	trap 'kill $$unit 2>/dev/null; rm -f $$lane' EXIT; \
 	$(PY) -m pytest tests/cluster tests/integration tests/commands; ray=$$?; \
 	wait $$unit; units=$$?; cat $$lane; \
