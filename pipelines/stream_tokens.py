@@ -45,6 +45,8 @@ class StreamTokens:
         """The tenant a token speaks for, if it is this server's, for this episode, and not
         expired; else ``TokenRefused``."""
         encoded, _, signature = token.partition(".")
+        if not encoded or not signature:
+            raise TokenRefused("the token is malformed; ask for a new one")
         try:
             payload, given = _unb64(encoded), _unb64(signature)
         except (binascii.Error, ValueError):

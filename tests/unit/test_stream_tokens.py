@@ -29,6 +29,7 @@ def test_a_token_is_for_one_episode() -> None:
     lambda t: "x" + t,  # the payload
     lambda t: t.split(".")[0],  # no signature
     lambda t: "%%%." + t.split(".")[1],  # not base64
+    lambda t: "",  # none
 ])
 def test_an_altered_token_is_refused(alter) -> None:
     token = TOKENS.issue("t_abc", "ep-1", now=1000.0)
