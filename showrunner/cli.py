@@ -3,8 +3,9 @@
 Bad input stops here with one line that names the problem and exit code 2, before anything runs.
 An episode id the store does not have, or a store that cannot be read, is bad input too.
 
-Exit codes: 0 when a run's episodes all completed, or a listing or a cancel was answered; 1 when
-a run ended with an episode not completed; 2 for bad input; 130 after Ctrl-C.
+Exit codes: 0 when a run's episodes all completed, a listing or a cancel was answered, or
+``open`` was stopped (Ctrl-C); 1 when a run ended with an episode not completed; 2 for bad input;
+130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def _settings_view(settings: Settings) -> dict:
 STORAGE_HELP = ("the storage: a folder or s3://bucket/prefix (default: settings, "
                 "SHOWRUNNER_STORAGE, ./out)")
 LIST_LIMIT, MAX_LIST_LIMIT = 50, 100_000
+OPEN_PORT = 8765  # showrunner open
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--latency-scale", type=float, metavar="X",
                        help="scale the bundled server's latencies (default: settings, 1)")
 
+    opened = commands.add_parser(
+        "open", help="a finished run's folder in the studio page, read-only, on 127.0.0.1 "
+        "(no Ray), until Ctrl-C")
+    opened.add_argument("dir", nargs="?", metavar="DIR",
+                        help="the run's folder, where its report.json is (default: settings, "
+                        "SHOWRUNNER_STORAGE, ./out)")
+    opened.add_argument("--port", type=int, default=OPEN_PORT, metavar="N",
+                        help=f"port on 127.0.0.1 (default: {OPEN_PORT}; 0: any free one)")
+
     server = commands.add_parser(
         "local-server", help="run the bundled OpenAI-compatible server on 127.0.0.1"
     )
@@ -188,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(settings, args)
+    if args.command == "open":
+        return _open_run(settings, args)
     try:
         storage = settings.open_storage(args.output)
     except ValueError as err:  # an --output that no storage takes
@@ -266,6 +279,26 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
                      f"SHOWRUNNER_API_KEYS_FILE): refusing to listen on {service.host}; "
                      "set keys, or listen on 127.0.0.1")
     return serve_forever(settings.model_copy(update={"service": service}), keys.enabled)
+
+
+def _open_run(settings: Settings, args: argparse.Namespace) -> int:
+    """``open``: a local folder only (its default the settings' storage, as ``--output``'s)."""
+    from showrunner import open_run
+
+    where = args.dir if args.dir is not None else settings.storage
+    if not 0 <= args.port <= 65535:
+        return _fail(f"--port must be from 0 to 65535, not {args.port}")
+    try:
+        folder = open_run.RunFolder.open(where.removeprefix("file://"))
+    except open_run.NotARun as err:
+        return _fail(str(err))
+    try:
+        sock = open_run.listen(args.port)
+    except OSError as err:
+        return _fail(f"cannot listen on {open_run.HOST}:{args.port}: {err.strerror or err}")
+    service = settings.service
+    return open_run.serve(folder, sock, {"max_batch": service.max_batch,
+                                         "max_scenes_per_request": service.max_scenes_per_request})
 
 
 DEMO_PREMISES = (
