@@ -5,7 +5,9 @@ The data (JSON, drawn by ``showrunner/studio/static/timeline.js``)::
     lanes       one per scene of each episode that started, and one per episode for the nodes
                 of no scene (outline chunks, the stitch), the episode's lane first
     bars        one per node that started, on the run's clock: t=0 is the earliest start
-    providers   per model provider, requests in flight and sent per second, against its limit
+    providers   per model provider and bucket of time, the requests in flight at its start and
+                those sent per second over the second (or the bucket, if longer) up to its end,
+                against the provider's limit
     critical_path, lower_bound_s, bottleneck, bounds_s
                 the longest chain of the episode with the longest one, and the bound no
                 schedule could beat with what set it (as the run report says)
@@ -41,6 +43,10 @@ PROVIDER_OF = {NodeKind.OUTLINE: ProviderKind.LLM, NodeKind.CONTENT: ProviderKin
 NICE_STEPS = (1.0, 2.0, 5.0)
 MAX_BUCKETS = 200
 MIN_BUCKET_S = 0.001
+# A request rate is measured over at least a second, the window providers judge a limit in
+# (they quantize per-minute limits to per-second ones): over a tenth of a second, one request
+# alone reads as ten a second, far over a limit it kept to.
+RATE_WINDOW_S = 1.0
 SHORT_ID = 8  # of an episode id in a lane's label: enough to tell a run's episodes apart
 
 
@@ -203,25 +209,32 @@ def _providers(spans: Sequence[_Span], settings: Settings, wall_s: float
         ends.append(span.end)
         sends.extend(begin + latency * i / sent for i in range(sent))
     bucket = bucket_size(wall_s)
+    window = max(bucket, RATE_WINDOW_S)
     count = max(1, math.ceil(wall_s / bucket - 1e-9))
     series = []
     for kind in ProviderKind:  # a stable order: llm, tts, image, video
         if kind not in requests:
             continue
         starts, ends, sends = (sorted(values) for values in requests[kind])
-        per_bucket = [0] * count
-        for t in sends:
-            per_bucket[min(count - 1, max(0, int(t / bucket)))] += 1
         rpm = settings.provider(kind).rpm
         series.append({
             "kind": kind.value,
             "limit_rps": round(rpm / 60, 4) if rpm else None,
             "bucket_s": bucket,
+            "rate_window_s": window,
             "points": [{"t_s": round(i * bucket, 4),
                         "in_flight": _in_flight(starts, ends, i * bucket),
-                        "rate_rps": round(n / bucket, 4)} for i, n in enumerate(per_bucket)],
+                        "rate_rps": round(_sent(sends, (i + 1) * bucket, window, i == count - 1)
+                                          / window, 4)} for i in range(count)],
         })
     return series
+
+
+def _sent(sends: list[float], until: float, window: float, last: bool) -> int:
+    """Requests sent in the ``window`` before ``until`` (sorted times); the last bucket also
+    takes any sent at its very end."""
+    upto = len(sends) if last else bisect.bisect_left(sends, until)
+    return upto - bisect.bisect_left(sends, until - window)
 
 
 def _in_flight(starts: list[float], ends: list[float], t: float) -> int:

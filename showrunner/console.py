@@ -175,3 +175,6 @@ def _closing_table(console: Console, report: dict[str, Any], storage: Storage) -
     console.print(f"Output: {storage.where()}", soft_wrap=True, highlight=False)
     console.print(f"Report: {storage.where(launcher.REPORT_FILE)}", soft_wrap=True,
                   highlight=False)
+    # The same report as a page with the run's timeline; it opens from a file, offline.
+    console.print(f"Report page: {storage.where(launcher.REPORT_PAGE)}", soft_wrap=True,
+                  highlight=False)

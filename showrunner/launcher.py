@@ -31,12 +31,15 @@ from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.report import build_report
 from pipelines.settings import ProviderKind, Settings
 from pipelines.storage import Storage
+from pipelines.timeline import build_timeline
 from showrunner.ids import episode_ids
+from showrunner.report_page import report_html
 
 # Served by the bundled server when their base_url is unset; a video provider is used only when
 # one is configured (otherwise clips are made locally).
 BUNDLED = (ProviderKind.LLM, ProviderKind.TTS, ProviderKind.IMAGE)
 REPORT_FILE = "report.json"  # in the storage's root: the last run's report
+REPORT_PAGE = "report.html"  # beside it: the same, as a page that opens offline
 POLL_S = 0.25
 STATS_TIMEOUT_S = 30.0
 
@@ -306,19 +309,28 @@ def collect_report(run: Run, ids: list[str],
         with contextlib.suppress(RayActorError, ray.exceptions.GetTimeoutError):
             stats[kind] = ray.get(actor.stats.remote(), timeout=STATS_TIMEOUT_S)
     cpus = ray.cluster_resources().get("CPU")  # media tasks run anywhere in the cluster
-    return build_report(records, stats, run.settings, cpus=cpus, storage=run.storage,
-                        lost=lost)
+    report = build_report(records, stats, run.settings, cpus=cpus, storage=run.storage,
+                          lost=lost)
+    report["timeline"] = build_timeline(records, run.settings, report["totals"]["bounds_s"])
+    return report
 
 
 def write_report(report: dict[str, Any], storage: Storage, extra: Path | None) -> str | None:
-    """Write the report (``report.json`` in the storage, and ``extra`` on this machine);
+    """Write the report (``report.json`` and its page ``report.html`` in the storage; with
+    ``extra``, that file and its page, ``extra`` with the suffix ``.html``, on this machine);
     returns why it could not be, if it could not (a full or read-only disk, a bucket out of
     reach: the run's figures are still shown)."""
     text = json.dumps(report, indent=2) + "\n"
+    page = report_html(report)
+    if extra is not None:  # never onto the JSON itself, should it be named ``*.html``
+        page_file = extra.with_suffix(".html")
+        page_file = page_file if page_file != extra else extra.with_name(extra.name + ".html")
     try:
         storage.write(REPORT_FILE, text)
+        storage.write(REPORT_PAGE, page)
         if extra is not None:
             write_atomic(extra, text)
+            write_atomic(page_file, page)
     except OSError as err:
         return f"the report was not written: {storage_error(err)}"
     return None

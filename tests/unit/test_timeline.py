@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import itertools
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +14,12 @@ import pytest
 from pipelines.episode_state import EpisodeRecord, NodeRecord
 from pipelines.models import Continuity, EpisodeRequest, EpisodeStatus
 from pipelines.planner import NodeId, plan_episode
+from pipelines.report import build_report
 from pipelines.settings import Settings
+from pipelines.storage import Storage
 from pipelines.timeline import STAGES, bucket_size, build_timeline, episode_part
+from showrunner import launcher
+from showrunner.report_page import report_html
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -174,18 +181,33 @@ def test_requests_in_flight_at_chosen_instants() -> None:
     assert point_at(tts, 3.25)["in_flight"] == 1 and point_at(image, 3.0)["in_flight"] == 1
 
 
-def test_the_request_rate_against_the_providers_limit() -> None:
+def test_the_request_rate_over_the_last_second_against_the_providers_limit() -> None:
     settings = Settings(llm={"rpm": 120}, tts={"rpm": None})
-    # Five speech calls of a node, sent one after another over its second of latency.
+    # Five speech calls of a node, sent one after another over its second of latency: at 3.0,
+    # 3.2, 3.4, 3.6 and 3.8 s.
     nodes = {**DONE, "speech:1.1": (3.0, 4.0, 1.0, 5)}
     timeline = build_timeline([record("a", 100.0, nodes, finished_at=106.2)], settings)
     llm, tts, _ = timeline["providers"]
     assert llm["limit_rps"] == 2.0 and tts["limit_rps"] is None
-    bucket = tts["bucket_s"]
-    assert sum(p["rate_rps"] * bucket for p in tts["points"]) == pytest.approx(5)
-    assert sum(p["rate_rps"] * bucket for p in llm["points"]) == pytest.approx(3)
-    assert point_at(llm, 1.0)["rate_rps"] == pytest.approx(1 / bucket)  # content's request
+    assert tts["bucket_s"] == 0.05 and tts["rate_window_s"] == 1.0
+    assert point_at(tts, 3.95)["rate_rps"] == 5.0  # the bucket ending at 4.0: all five
+    assert point_at(tts, 3.45)["rate_rps"] == 3.0  # ending at 3.5: three in the second before
+    assert point_at(tts, 4.95)["rate_rps"] == 0.0
+    # Content's request at 1 s; the outline's, at 0, is more than a second before 1.55.
+    assert point_at(llm, 1.5)["rate_rps"] == 1.0
     assert 60 <= len(llm["points"]) <= 200
+
+
+def test_over_buckets_of_a_second_or_more_the_rate_is_each_buckets_requests() -> None:
+    slow = {node: (start * 100, end * 100, latency * 100, calls)
+            for node, (start, end, latency, calls) in DONE.items()}
+    slow["speech:1.1"] = (300.0, 350.0, 50.0, 5)
+    timeline = build_timeline([record("a", 0.0, slow, finished_at=620.0)], Settings())
+    llm, tts, _ = timeline["providers"]
+    assert tts["bucket_s"] == tts["rate_window_s"] == 5.0
+    assert sum(p["rate_rps"] * 5.0 for p in tts["points"]) == pytest.approx(5)
+    assert sum(p["rate_rps"] * 5.0 for p in llm["points"]) == pytest.approx(3)
+    assert point_at(tts, 300.0)["rate_rps"] == 0.2  # one of the five (at 300) in 5 s
 
 
 def test_calls_answered_by_the_cache_reach_no_provider() -> None:
@@ -225,3 +247,63 @@ def test_an_episodes_part_keeps_its_lanes_renumbered_and_its_own_critical_path()
     assert a["critical_path"] == timeline["critical_path"]
     assert len(a["bars"]) == len(DONE) and sum(bar["critical"] for bar in a["bars"]) == 6
     assert episode_part(timeline, "nobody")["bars"] == []
+
+
+# -- the report's page --------------------------------------------------------------------------
+
+
+def page_report(error: str = "") -> dict[str, Any]:
+    records = run()
+    report = build_report(records, {}, Settings(), cpus=2)
+    report["episodes"][0]["error"] = error
+    report["timeline"] = build_timeline(records, Settings(), report["totals"]["bounds_s"])
+    return report
+
+
+def test_the_pages_data_cannot_end_its_script_early() -> None:
+    hostile = "</script><script>window.pwned = 1</script><!-- A lighthouse </SCRIPT >"
+    report = page_report(error=hostile)
+    page = report_html(report)
+    opening = '<script type="application/json" id="report-data">'
+    data = page[page.index(opening) + len(opening):]
+    data = data[:data.index("</script>")]
+    assert json.loads(data) == report  # the whole report, read back as it was
+    assert "<" not in data
+    # Everywhere else it is text, not markup.
+    assert "<script>window.pwned" not in page and html.escape(hostile) in page
+
+
+def test_the_page_inlines_the_timeline_module_and_draws_the_reports_timeline() -> None:
+    page = report_html(page_report())
+    assert '<script type="module">' in page and "export function drawTimeline" in page
+    assert "drawTimeline(document.getElementById(\"timeline\"), data.timeline)" in page
+    assert "<script src" not in page and "http" not in page.replace("http://www.w3.org", "")
+
+
+def test_a_report_without_a_timeline_says_so_instead_of_drawing() -> None:
+    report = page_report()
+    del report["timeline"]
+    page = report_html(report)
+    assert 'id="no-timeline"' in page and "<script" not in page
+
+
+def test_the_report_and_its_page_are_written_beside_each_other(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "store"))
+    extra = tmp_path / "mine" / "run.json"
+    extra.parent.mkdir()
+    assert launcher.write_report(page_report(), storage, extra) is None
+    assert json.loads((tmp_path / "store" / launcher.REPORT_FILE).read_text())["timeline"]
+    assert (tmp_path / "store" / launcher.REPORT_PAGE).read_text().startswith("<!doctype html>")
+    assert extra.exists() and (tmp_path / "mine" / "run.html").exists()
+    named_html = tmp_path / "mine" / "run.html"  # the JSON's own name: the page goes beside it
+    assert launcher.write_report(page_report(), storage, named_html) is None
+    assert json.loads(named_html.read_text())["timeline"]
+    assert (tmp_path / "mine" / "run.html.html").read_text().startswith("<!doctype html>")
+
+
+def test_a_page_that_cannot_be_written_is_reported_as_the_json_is(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "store"))
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / launcher.REPORT_PAGE).mkdir()  # a folder where the page should go
+    why = launcher.write_report(page_report(), storage, None)
+    assert why is not None and why.startswith("the report was not written")

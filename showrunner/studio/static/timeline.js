@@ -1,0 +1,223 @@
+// The run timeline, drawn as inline SVG from pipelines.timeline's data. No dependencies, no
+// network and no stylesheet: report.html inlines this one file and works from a file:// URL.
+//
+//   legend of stages
+//   lower bound marker ........................................
+//   time axis
+//   <episode> · episode   [outline]                    [stitch]
+//   <episode> · scene 1          [content][dialogue][speech]...
+//   provider charts: requests in flight, requests/s, the limit (dashed)
+
+const NS = "http://www.w3.org/2000/svg";
+
+// Dark enough on white for small marks (each at least 4.5:1), and told apart by hue.
+export const STAGE_COLOURS = {
+  outline: "#1f4e9c", content: "#2e7d32", dialogue: "#7b3fa0", speech: "#b5540b",
+  image: "#00796b", clip: "#ad1457", compose: "#5d4037", stitch: "#455a64",
+};
+const INK = "#1a1a1a";
+const MUTED = "#595959";
+const GRID = "#d9d9d9";
+const IN_FLIGHT = "#1f4e9c";
+const RATE = "#b5540b";
+const LIMIT = "#b00020";
+
+const LABELS = 170;  // the lanes' labels, left of the time axis
+const RIGHT = 20;
+const LANE = 16;
+const BAR = 12;
+const CHART = 70;
+const CHART_GAP = 28;
+const FONT = "12px system-ui, -apple-system, 'Segoe UI', sans-serif";
+
+function el(parent, name, attrs = {}, text) {
+  const node = document.createElementNS(NS, name);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = text;
+  parent.appendChild(node);
+  return node;
+}
+
+export function seconds(s) {
+  return s < 10 ? s.toFixed(2) : s.toFixed(1);
+}
+
+function number(value) {
+  return String(+value.toFixed(2));
+}
+
+// Round steps (1, 2, 5 × 10^k) giving about `count` ticks over `span`.
+function tickStep(span, count) {
+  const raw = Math.max(span, 1e-3) / count;
+  const decade = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((f) => f * decade).find((step) => step >= raw);
+}
+
+function summary(data) {
+  const parts = [`Run timeline: ${data.bars.length} nodes on ${data.lanes.length} lanes ` +
+                 `over ${seconds(data.wall_s)} s`];
+  if (data.bottleneck) {
+    parts.push(`lower bound ${seconds(data.lower_bound_s)} s, set by ${data.bottleneck}`);
+  }
+  if (data.critical_path) {
+    parts.push(`critical path of episode ${data.critical_path.episode}: ` +
+               `${data.critical_path.nodes.length} nodes, ` +
+               `${seconds(data.critical_path.length_s)} s`);
+  }
+  for (const p of data.providers) {
+    const peak = Math.max(0, ...p.points.map((pt) => pt.rate_rps));
+    parts.push(`${p.kind} peak ${peak.toFixed(1)} requests/s` +
+               (p.limit_rps ? ` against a limit of ${p.limit_rps.toFixed(1)}` : ""));
+  }
+  return parts.join("; ") + ".";
+}
+
+function legend(svg, y, stages) {
+  let x = LABELS;
+  for (const stage of stages) {
+    el(svg, "rect", { x, y: y - 10, width: 12, height: 12, fill: STAGE_COLOURS[stage] || MUTED,
+                      class: `legend stage-${stage}` });
+    el(svg, "text", { x: x + 16, y, fill: INK }, stage);
+    x += 24 + stage.length * 7;
+  }
+  el(svg, "rect", { x, y: y - 10, width: 12, height: 12, fill: "#ffffff", stroke: INK,
+                    "stroke-width": 2.5 });
+  el(svg, "text", { x: x + 16, y, fill: INK }, "critical path");
+}
+
+function axis(svg, x, y, top, bottom, wall) {
+  const step = tickStep(wall, 10);
+  for (let t = 0; t <= wall + 1e-9; t += step) {
+    el(svg, "line", { x1: x(t), x2: x(t), y1: top, y2: bottom, stroke: GRID });
+    el(svg, "text", { x: x(t), y, fill: MUTED, "text-anchor": "middle" },
+       `${+t.toFixed(6)} s`);
+  }
+}
+
+function barTitle(bar) {
+  const took = seconds(bar.end_s - bar.start_s);
+  const status = bar.status === "done" ? "" : ` · ${bar.status}`;
+  return `${bar.node} · ${bar.stage} · ${took} s · ${bar.calls} calls · ` +
+         `$${bar.cost_usd.toFixed(4)}${status}${bar.critical ? " · critical path" : ""}`;
+}
+
+function lanes(svg, data, x, top) {
+  let episode = null;
+  data.lanes.forEach((lane, at) => {
+    const y = top + at * LANE;
+    if (lane.episode !== episode && at > 0) {  // a rule between episodes
+      el(svg, "line", { x1: 0, x2: x.right, y1: y, y2: y, stroke: MUTED });
+    }
+    episode = lane.episode;
+    el(svg, "text", { x: LABELS - 8, y: y + BAR, fill: INK, "text-anchor": "end",
+                      class: "lane-label" }, lane.label);
+  });
+  const group = el(svg, "g", { class: "bars" });
+  for (const bar of data.bars) {
+    const colour = STAGE_COLOURS[bar.stage] || MUTED;
+    const attrs = {
+      x: x(bar.start_s), y: top + bar.lane * LANE + (LANE - BAR) / 2,
+      width: Math.max(1, x(bar.end_s) - x(bar.start_s)), height: BAR, fill: colour,
+      class: `bar stage-${bar.stage} status-${bar.status}${bar.critical ? " critical" : ""}`,
+      "data-node": bar.node,
+    };
+    if (bar.status !== "done") attrs["fill-opacity"] = 0.45;  // failed or still running
+    if (bar.status === "failed") Object.assign(attrs, { stroke: LIMIT, "stroke-dasharray": "3 2" });
+    if (bar.critical) Object.assign(attrs, { stroke: INK, "stroke-width": 2.5 });
+    const rect = el(group, "rect", attrs);
+    el(rect, "title", {}, barTitle(bar));
+  }
+}
+
+function lowerBound(svg, data, x, top, bottom) {
+  if (!data.bottleneck) return;
+  const at = x(data.lower_bound_s);
+  el(svg, "line", { x1: at, x2: at, y1: top, y2: bottom, stroke: LIMIT, "stroke-width": 2,
+                    "stroke-dasharray": "6 3", class: "lower-bound" });
+  const label = `lower bound ${seconds(data.lower_bound_s)} s — set by ${data.bottleneck}`;
+  const anchor = at > (LABELS + x.right) / 2 ? "end" : "start";
+  el(svg, "text", { x: anchor === "end" ? at - 4 : at + 4, y: top + 12, fill: LIMIT,
+                    "text-anchor": anchor, "font-weight": "bold", class: "lower-bound-label" },
+     label);
+}
+
+function polyline(group, points, x, y, value, attrs) {
+  const coords = points.map((p) => `${x(p.t_s).toFixed(1)},${y(value(p)).toFixed(1)}`);
+  return el(group, "polyline", { points: coords.join(" "), fill: "none", ...attrs });
+}
+
+function providerChart(svg, provider, x, top) {
+  const group = el(svg, "g", { class: "provider", "data-kind": provider.kind });
+  const peakRate = Math.max(0, ...provider.points.map((p) => p.rate_rps));
+  const peakInFlight = Math.max(0, ...provider.points.map((p) => p.in_flight));
+  const scale = Math.max(1, provider.limit_rps || 0, peakRate, peakInFlight);
+  const y = (v) => top + CHART - (v / scale) * CHART;
+  el(group, "line", { x1: LABELS, x2: x.right, y1: top + CHART, y2: top + CHART, stroke: MUTED });
+  el(group, "text", { x: LABELS - 8, y: top + 14, fill: INK, "text-anchor": "end",
+                      "font-weight": "bold" }, provider.kind);
+  el(group, "text", { x: LABELS - 8, y: top + 30, fill: MUTED, "text-anchor": "end" },
+     provider.limit_rps ? `limit ${number(provider.limit_rps)} req/s` : "no limit");
+  el(group, "text", { x: LABELS - 8, y: top + 46, fill: MUTED, "text-anchor": "end" },
+     `peak ${number(peakRate)} req/s`);
+  el(group, "text", { x: LABELS - 8, y: top + 62, fill: MUTED, "text-anchor": "end" },
+     `${peakInFlight} in flight at most`);
+  if (provider.limit_rps) {
+    const at = y(provider.limit_rps);
+    el(group, "line", { x1: LABELS, x2: x.right, y1: at, y2: at, stroke: LIMIT,
+                        "stroke-width": 1.5, "stroke-dasharray": "6 4", class: "limit" });
+  }
+  polyline(group, provider.points, x, y, (p) => p.in_flight,
+           { stroke: IN_FLIGHT, "stroke-width": 1.5, class: "in-flight" });
+  polyline(group, provider.points, x, y, (p) => p.rate_rps,
+           { stroke: RATE, "stroke-width": 1.5, class: "rate" });
+}
+
+function chartLegend(svg, y) {
+  const items = [["in flight", IN_FLIGHT, null], ["requests/s", RATE, null],
+                 ["limit (requests/s)", LIMIT, "6 4"]];
+  let x = LABELS;
+  for (const [name, colour, dash] of items) {
+    el(svg, "line", { x1: x, x2: x + 20, y1: y - 4, y2: y - 4, stroke: colour,
+                      "stroke-width": 2, ...(dash ? { "stroke-dasharray": dash } : {}) });
+    el(svg, "text", { x: x + 24, y, fill: INK }, name);
+    x += 40 + name.length * 7;
+  }
+}
+
+// Draws `data` into `container`, replacing what was there: the live page calls it again as an
+// episode goes on.
+export function drawTimeline(container, data) {
+  container.replaceChildren();
+  if (!data || !data.bars || data.bars.length === 0) {
+    const note = document.createElement("p");
+    note.className = "timeline-empty";
+    note.textContent = "Nothing has started yet: no timeline to draw.";
+    container.appendChild(note);
+    return null;
+  }
+  const width = Math.max(640, container.clientWidth || 960);
+  const wall = Math.max(data.wall_s, data.lower_bound_s || 0, 1e-3);
+  const x = (t) => LABELS + (t / wall) * (width - LABELS - RIGHT);
+  x.right = width - RIGHT;
+
+  const lanesTop = 70;
+  const lanesBottom = lanesTop + data.lanes.length * LANE;
+  const chartsTop = lanesBottom + 40;
+  const height = chartsTop + data.providers.length * (CHART + CHART_GAP) + 10;
+
+  const svg = el(container, "svg", {
+    xmlns: NS, width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": summary(data), class: "timeline",
+    style: `font: ${FONT}; background: #ffffff; max-width: 100%; height: auto`,
+  });
+  el(svg, "title", {}, summary(data));
+  legend(svg, 16, data.stages);
+  axis(svg, x, lanesTop - 6, lanesTop, height - 10, data.wall_s);  // through the charts too
+  lanes(svg, data, x, lanesTop);
+  lowerBound(svg, data, x, lanesTop - 34, lanesBottom);
+  if (data.providers.length) {
+    chartLegend(svg, chartsTop - 12);
+    data.providers.forEach((p, i) => providerChart(svg, p, x, chartsTop + i * (CHART + CHART_GAP)));
+  }
+  return svg;
+}

@@ -1,0 +1,142 @@
+"""The run report's page in a real browser: opened from a file, offline, with its timeline drawn.
+
+Set SHOWRUNNER_SCREENSHOTS=1 to save the drawn page as docs/timeline.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.episode_state import EpisodeRecord, NodeRecord
+from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.planner import NodeKind
+from pipelines.report import build_report
+from pipelines.settings import Settings
+from pipelines.timeline import build_timeline, episode_part
+from showrunner.report_page import report_html, timeline_js
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "timeline.png"
+# Seconds a node of each kind takes, roughly: text is quick, media slower, a clip slowest.
+TYPICAL_S = {NodeKind.OUTLINE: 2.0, NodeKind.CONTENT: 1.2, NodeKind.DIALOGUE: 1.5,
+             NodeKind.SPEECH: 0.4, NodeKind.IMAGE: 2.5, NodeKind.CLIP: 3.0,
+             NodeKind.COMPOSE: 1.0, NodeKind.STITCH: 0.5}
+SETTINGS = Settings(llm={"rpm": 300}, tts={"rpm": 600}, image={"rpm": 60},
+                    video={"base_url": "http://video.invalid/v1", "rpm": 30})
+
+
+def simulated(episode: str, started_at: float, scenes: int, seed: int) -> EpisodeRecord:
+    """An episode run as the planner would: each node starts once its inputs exist, after a
+    short wait for its provider, and takes about its kind's typical time."""
+    rng = random.Random(seed)
+    request = EpisodeRequest(premise="A lighthouse keeper's last night.", scenes=scenes,
+                             lines_per_scene=2)
+    rec = EpisodeRecord(id=episode, request=request, submitted_at=started_at,
+                        started_at=started_at, status=EpisodeStatus.COMPLETED)
+    finish: dict[Any, float] = {}
+    for node in rec.plan().nodes.values():
+        start = max((finish[d] for d in node.deps), default=0.0) + rng.uniform(0.0, 0.3)
+        latency = TYPICAL_S[node.kind] * rng.uniform(0.6, 1.4)
+        finish[node.id] = start + latency
+        local = node.kind in (NodeKind.COMPOSE, NodeKind.STITCH)
+        rec.nodes[node.id] = NodeRecord(started_s=start, finished_s=finish[node.id],
+                                        latency_s=latency, calls=0 if local else 1,
+                                        cost_usd=0.0 if local else 0.0004)
+    rec.finished_at = started_at + max(finish.values())
+    return rec
+
+
+def report_of(records: list[EpisodeRecord]) -> dict[str, Any]:
+    report = build_report(records, {}, SETTINGS, cpus=4)
+    report["timeline"] = build_timeline(records, SETTINGS, report["totals"]["bounds_s"])
+    return report
+
+
+@pytest.fixture
+def report() -> dict[str, Any]:
+    records = [simulated("3f9a1c0be7d2", 1000.0, 4, 1), simulated("8e21d4f6a0c9", 1001.5, 3, 2),
+               simulated("c47b02e9d158", 1003.0, 4, 3)]
+    records[1].error = "</script><script>window.pwned = 1</script>"  # must stay text
+    return report_of(records)
+
+
+def offline(page: Any) -> list[str]:
+    """Refuse every http(s) request the page makes; returns the list of those it tried."""
+    tried: list[str] = []
+
+    def refuse(route: Any) -> None:
+        if route.request.url.startswith(("http://", "https://")):
+            tried.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/*", refuse)
+    return tried
+
+
+def open_file(page: Any, path: Path, text: str) -> list[str]:
+    path.write_text(text, encoding="utf-8")
+    tried = offline(page)
+    page.goto(path.as_uri())
+    page.wait_for_selector("svg.timeline")
+    return tried
+
+
+def test_the_report_page_draws_the_run_offline_from_a_file(page: Any, tmp_path: Path,
+                                                           report: dict[str, Any]) -> None:
+    tried = open_file(page, tmp_path / "report.html", report_html(report))
+    timeline = report["timeline"]
+    assert page.locator(".bar").count() == len(timeline["bars"])
+    critical = page.locator(".bar.critical")
+    assert critical.count() == len(timeline["critical_path"]["nodes"]) > 0
+    label = page.locator(".lower-bound-label").text_content() or ""
+    assert "lower bound" in label and label.endswith(f"set by {timeline['bottleneck']}")
+    charts = page.locator("g.provider")
+    assert charts.count() == len(timeline["providers"]) == 4  # llm, tts, image, video
+    for at in range(charts.count()):
+        assert charts.nth(at).locator("line.limit").count() == 1
+    svg = page.locator("svg.timeline")
+    assert svg.get_attribute("role") == "img"
+    assert f"set by {timeline['bottleneck']}" in (svg.get_attribute("aria-label") or "")
+    first = page.locator(".bar").first
+    assert first.get_attribute("data-node") == timeline["bars"][0]["node"]
+    assert (first.locator("title").text_content() or "").startswith(timeline["bars"][0]["node"])
+    # The error text is shown as text and ran nothing.
+    assert page.evaluate("window.pwned") is None
+    assert page.get_by_text("window.pwned = 1", exact=False).count() == 1
+    assert tried == []
+    if os.environ.get("SHOWRUNNER_SCREENSHOTS") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.locator("#timeline").screenshot(path=str(SCREENSHOT))
+
+
+def test_drawing_again_replaces_the_picture(page: Any, tmp_path: Path,
+                                            report: dict[str, Any]) -> None:
+    timeline = report["timeline"]
+    part = episode_part(timeline, timeline["lanes"][0]["episode"])
+    # As the live page does: the module's drawTimeline, called as new data comes.
+    script = (f"{timeline_js()}\nconst box = document.getElementById('box');\n"
+              f"drawTimeline(box, {json.dumps(timeline)});\n"
+              f"drawTimeline(box, {json.dumps(part)});\n"
+              "document.body.dataset.drawn = 'yes';")
+    text = f'<!doctype html><div id="box"></div><script type="module">{script}</script>'
+    tried = open_file(page, tmp_path / "again.html", text)
+    page.wait_for_selector("body[data-drawn=yes]")
+    assert page.locator("svg").count() == 1
+    assert page.locator(".bar").count() == len(part["bars"]) < len(timeline["bars"])
+    assert tried == []
+
+
+def test_a_report_without_a_timeline_says_so(page: Any, tmp_path: Path,
+                                             report: dict[str, Any]) -> None:
+    del report["timeline"]
+    (tmp_path / "old.html").write_text(report_html(report), encoding="utf-8")
+    page.goto((tmp_path / "old.html").as_uri())
+    assert page.locator("#no-timeline").is_visible()
+    assert page.locator("svg").count() == 0
