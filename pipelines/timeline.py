@@ -26,6 +26,7 @@ import bisect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from pipelines.episode_state import EpisodeRecord, NodeRecord
@@ -48,6 +49,12 @@ MIN_BUCKET_S = 0.001
 # alone reads as ten a second, far over a limit it kept to.
 RATE_WINDOW_S = 1.0
 SHORT_ID = 8  # of an episode id in a lane's label: enough to tell a run's episodes apart
+
+
+class BarStatus(StrEnum):
+    DONE = "done"
+    FAILED = "failed"  # its own failure, or cut off when its episode ended
+    RUNNING = "running"
 
 
 def episode_part(timeline: dict[str, Any], episode_id: str) -> dict[str, Any]:
@@ -93,14 +100,13 @@ def build_timeline(records: Sequence[EpisodeRecord], settings: Settings,
     if t0 is None:
         return timeline
     spans = list(_spans(started, t0, now))
-    wall = max((s.end for s in spans if s.status != "running"), default=0.0)
+    wall = max((s.end for s in spans if s.status is not BarStatus.RUNNING), default=0.0)
     wall = max(wall, (now - t0) if now is not None else 0.0)
-    on_path = set(critical["nodes"]) if critical else set()
+    on_path = {(critical["episode"], node) for node in critical["nodes"]} if critical else set()
     lanes, lane_of = _lanes(started)
     timeline["lanes"] = lanes
     timeline["bars"] = [s.bar(lane_of[s.record.id, s.node.scene], max(s.end, wall),
-                              critical is not None and s.record.id == critical["episode"]
-                              and str(s.node) in on_path) for s in spans]
+                              (s.record.id, str(s.node)) in on_path) for s in spans]
     timeline["wall_s"] = round(max((b["end_s"] for b in timeline["bars"]), default=wall), 4)
     timeline["providers"] = _providers(spans, settings, timeline["wall_s"])
     return timeline
@@ -108,20 +114,21 @@ def build_timeline(records: Sequence[EpisodeRecord], settings: Settings,
 
 @dataclass(frozen=True, slots=True)
 class _Span:
-    """One started node on the run's clock (``end`` is ``None`` while it runs)."""
+    """One started node on the run's clock. A running one's ``end`` is provisional: it ends
+    at the run's last end, known once every span is."""
 
     record: EpisodeRecord
     node: NodeId
     figures: NodeRecord
     start: float
     end: float
-    status: str
+    status: BarStatus
 
     def bar(self, lane: int, running_end: float, critical: bool) -> dict[str, Any]:
-        end = running_end if self.status == "running" else self.end
+        end = running_end if self.status is BarStatus.RUNNING else self.end
         return {"lane": lane, "node": str(self.node), "stage": self.node.kind.value,
                 "start_s": round(self.start, 4), "end_s": round(end, 4),
-                "status": self.status, "calls": self.figures.calls,
+                "status": self.status.value, "calls": self.figures.calls,
                 "cost_usd": round(self.figures.cost_usd, 6), "critical": critical}
 
 
@@ -136,14 +143,13 @@ def _spans(records: Sequence[EpisodeRecord], t0: float, now: float | None) -> It
                 continue
             start = offset + figures.started_s
             if figures.finished_s is not None:
-                end, status = offset + figures.finished_s, "done"
-                if figures.error is not None:
-                    status = "failed"
+                end = offset + figures.finished_s
+                status = BarStatus.DONE if figures.error is None else BarStatus.FAILED
             elif ended is not None:
-                end, status = max(start, ended), "failed"
-            else:  # its end is set once the run's last end is known
+                end, status = max(start, ended), BarStatus.FAILED
+            else:
                 end = max(start, now - t0) if now is not None else start
-                status = "running"
+                status = BarStatus.RUNNING
             yield _Span(record, nid, figures, start, end, status)
 
 
@@ -198,7 +204,7 @@ def _providers(spans: Sequence[_Span], settings: Settings, wall_s: float
     for span in spans:
         kind = PROVIDER_OF.get(span.node.kind)
         sent = span.figures.calls - span.figures.cache_hits  # cache hits reach no provider
-        if kind is None or span.status == "running" or sent <= 0:
+        if kind is None or span.status is BarStatus.RUNNING or sent <= 0:
             continue
         if kind is ProviderKind.VIDEO and video_here:
             continue

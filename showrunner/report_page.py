@@ -110,7 +110,7 @@ def _totals(t: dict[str, Any]) -> str:
         ("cost ($)", t.get("cost_usd")),
         ("saved by the call cache ($)", t.get("saved_usd")),
     ]
-    return _table("Run", ("", "value"), rows, numeric=lambda column: column == 1)
+    return _table("Run", ("figure", "value"), rows, numeric=lambda column: column == 1)
 
 
 def _episodes(episodes: list[dict[str, Any]]) -> str:
