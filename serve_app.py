@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import (
     FileResponse,
+    HTMLResponse,
     JSONResponse,
     RedirectResponse,
     Response,
@@ -70,8 +71,18 @@ from pipelines.outages import Health, Outages
 from pipelines.request_numbers import NumberTooLong, exceeds, load_json, parse_counter
 from pipelines.settings import ProviderKind, Settings, load_settings
 from pipelines.storage import Storage
+from pipelines.stream_tokens import StreamTokens, TokenRefused
 from pipelines.tenancy import DailyBudgetSpent, IdempotencyConflict, QuotaExceeded
-from showrunner.launcher import Run, local_server_options, needs_local_server, start_run
+from pipelines.timeline import build_timeline
+from showrunner import studio
+from showrunner.launcher import (
+    Run,
+    dashboard_line,
+    dashboard_url,
+    local_server_options,
+    needs_local_server,
+    start_run,
+)
 from showrunner.stored_files import stored_file
 
 log = logging.getLogger("showrunner.serve")
@@ -392,6 +403,10 @@ class ShowrunnerAPI:
         ray.get(desk.ping.remote(), timeout=60)
         self.coordinator = ActorProxy(self.run.coordinator)
         self.desk = ActorProxy(desk)
+        secret = self.settings.service.token_secret
+        self.tokens = StreamTokens(
+            secret.get_secret_value().encode() if secret is not None
+            else ray.get(desk.token_secret.remote()), self.settings.service.stream_token_ttl_s)
         # Episode files are served from where the coordinator writes them, as it opened it: a
         # replica on another node reads object storage, never a path of the coordinator's node.
         self.files: Storage = ray.get(self.run.coordinator.episodes_storage.remote())
@@ -410,10 +425,20 @@ class ShowrunnerAPI:
 
     # -- checks shared by the routes ------------------------------------------------------------
 
-    def _admit(self, request: Request) -> str:
+    def _admit(self, request: Request, episode_id: str | None = None) -> str:
         """The caller's tenant, if it may be served now: a key (401, 403), within its rate (429),
-        while every actor the service needs answers (503)."""
-        tenant = self.keys.tenant(request.headers.get("authorization"))
+        while every actor the service needs answers (503). For a route of one episode that a
+        browser fetches by itself, a ``token`` for that episode stands for the key."""
+        token = request.query_params.get("token") if episode_id is not None else None
+        if token is not None and episode_id is not None:
+            try:
+                tenant: str | None = self.tokens.tenant(token, episode_id, time.time())
+            except TokenRefused as err:
+                raise ApiError(401, "unauthorized", f"{err} (POST /v1/episodes/{episode_id}"
+                               "/token with your API key)",
+                               headers={"WWW-Authenticate": "Bearer"}) from None
+        else:
+            tenant = self.keys.tenant(request.headers.get("authorization"))
         if tenant is None:
             raise ApiError(401, "unauthorized", "a valid API key is required: send "
                            "`Authorization: Bearer KEY`", headers={"WWW-Authenticate": "Bearer"})
@@ -516,6 +541,52 @@ class ShowrunnerAPI:
                 self._keep(view)
             await asyncio.sleep(FOLLOW_BATCH_S)
 
+    # -- the studio page ------------------------------------------------------------------------
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(studio.page_html(), headers=studio.PAGE_HEADERS)
+
+    @api.get("/studio/{name}", include_in_schema=False)
+    async def studio_file(self, name: str) -> FileResponse:
+        found = studio.asset(name)  # looked up: a path is never built from the request
+        if found is None:
+            raise ApiError(404, "not_found", f"the studio has no file {name!r}")
+        path, media_type = found
+        return FileResponse(path, media_type=media_type, headers=studio.PAGE_HEADERS)
+
+    @api.get("/v1/whoami", summary="Your tenant, and what this server offers the studio page")
+    async def whoami(self, request: Request) -> dict[str, Any]:
+        tenant = self._admit(request)
+        service = self.settings.service
+        keyless = not self.keys.enabled
+        # Ray's dashboard runs code on request: linked for the one local user of a keyless
+        # server, or where the operator publishes an address (SHOWRUNNER_SERVICE__DASHBOARD_URL).
+        dashboard = service.dashboard_url or (dashboard_url() if keyless else None)
+        return {"tenant": tenant, "keyless": keyless, "read_only": False,
+                "dashboard_url": dashboard,
+                "limits": {"max_batch": service.max_batch,
+                           "max_scenes_per_request": service.max_scenes_per_request}}
+
+    @api.post("/v1/episodes/{episode_id}/token",
+              summary="A short-lived token for one episode's event stream and files")
+    async def token(self, request: Request, episode_id: str) -> dict[str, Any]:
+        """For URLs a browser fetches by itself (`EventSource`, `<video src>`, a download link),
+        which cannot send the key: `?token=TOKEN` there stands for it, for this episode only."""
+        tenant = self._admit(request)
+        await self._view(tenant, episode_id)
+        ttl = self.settings.service.stream_token_ttl_s
+        return {"token": self.tokens.issue(tenant, episode_id, time.time()),
+                "expires_in_s": ttl}
+
+    @api.get("/v1/episodes/{episode_id}/timeline",
+             summary="The episode's timeline: each node's bar, provider load, critical path")
+    async def timeline(self, request: Request, episode_id: str) -> dict[str, Any]:
+        tenant = self._admit(request)
+        await self._view(tenant, episode_id)
+        records = await self.coordinator.records_of([episode_id])
+        return build_timeline(records, self.settings, now=time.time())
+
     # -- routes ---------------------------------------------------------------------------------
 
     @api.post("/v1/episodes", status_code=202, summary="Submit an episode or a batch")
@@ -596,17 +667,22 @@ class ShowrunnerAPI:
 
     @api.get("/v1/episodes/{episode_id}/events", summary="Progress as Server-Sent Events")
     async def events(self, request: Request, episode_id: str,
-                     last_event_id: Annotated[str | None, Header()] = None
+                     last_event_id: Annotated[str | None, Header()] = None,
+                     after: Annotated[str | None, Query(
+                         max_length=20, description="Resume after this event, where no "
+                         "`Last-Event-ID` can be sent (a new `EventSource`).")] = None,
                      ) -> StreamingResponse:
-        """Events until the episode ends; reconnect with `Last-Event-ID` to resume."""
-        tenant = self._admit(request)
+        """Events until the episode ends; reconnect with `Last-Event-ID` to resume. A browser's
+        `EventSource` sends no key: `?token=` (see `POST .../token`) stands for it."""
+        tenant = self._admit(request, episode_id)
+        last_event_id = last_event_id if last_event_id is not None else after
         try:
-            after = parse_counter(last_event_id) if last_event_id is not None else 0
+            after_seq = parse_counter(last_event_id) if last_event_id is not None else 0
         except ValueError as err:
             fields = [{"field": "Last-Event-ID", "message": f"an event id {err}"}]
             raise ApiError(422, "invalid_request", describe(fields), fields=fields) from None
         await self._view(tenant, episode_id)
-        return StreamingResponse(self._stream(tenant, episode_id, after),
+        return StreamingResponse(self._stream(tenant, episode_id, after_seq),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
@@ -648,8 +724,9 @@ class ShowrunnerAPI:
     async def artifact(self, request: Request, episode_id: str, name: str) -> Response:
         """`script.json`, `script.md`, `episode.srt`, `poster.png`, `episode.mp4` (Range
         requests supported). With object storage and `presigned_urls_s` set, a redirect (307)
-        to a signed URL of the file instead."""
-        tenant = self._admit(request)
+        to a signed URL of the file instead. `?token=` (see `POST .../token`) stands for the
+        key, for links and players that cannot send it."""
+        tenant = self._admit(request, episode_id)
         view = await self._view(tenant, episode_id)
         artifact = Artifact.named(name)  # looked up: a path is never built from the request
         if artifact is not None and artifact not in view.artifacts:  # made since last followed?
@@ -721,14 +798,16 @@ def serve_forever(settings: Settings, keyed: bool) -> int:
     # Inherited by a Ray started here, whose Serve proxy then answers uvicorn's own errors in
     # JSON too; a joined cluster's nodes need it in their own environment (docs/service.md).
     os.environ.setdefault(PROXY_CALLBACK_VARIABLE, f"{__name__}:{proxy_middlewares.__name__}")
-    ensure_ray()
+    dashboard = ensure_ray(dashboard=True)
     # After ray.init, whose SIGTERM handler would kill Ray's processes under Serve and exit.
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(settings), name="showrunner", route_prefix="/")
-        print(f"Showrunner API on http://{host}:{port}  (docs: http://{host}:{port}/docs)",
-              flush=True)
+        print(f"Showrunner API on http://{host}:{port}  (studio: http://{host}:{port}/, "
+              f"API docs: http://{host}:{port}/docs)", flush=True)
+        if dashboard:
+            print(dashboard_line(dashboard), flush=True)
         if not keyed:
             print("no API keys configured: serving this machine's clients only, as one tenant",
                   flush=True)

@@ -1,6 +1,7 @@
-"""``showrunner serve``: bad input stops at start; a real start serves; Ctrl-C and SIGTERM stop it
-and every Ray process it started. What only the CLI's own Ray can show is here too: uvicorn's own
-answers (in Serve's proxy) in the API's JSON shape, and bodies that stall answered 408.
+"""``showrunner serve``: bad input stops at start; a real start serves, the studio page and Ray's
+dashboard on loopback too; Ctrl-C and SIGTERM stop it and every Ray process it started. What
+only the CLI's own Ray can show is here too: uvicorn's own answers (in Serve's proxy) in the
+API's JSON shape, and bodies that stall answered 408.
 """
 
 from __future__ import annotations
@@ -146,6 +147,22 @@ def keyless(keyless_server: tuple[str, list[str], subprocess.Popen[str]]) -> str
 def test_without_keys_it_serves_this_machine_as_one_tenant(keyless: str) -> None:
     listed = requests.get(f"{keyless}/v1/episodes", timeout=10)
     assert listed.status_code == 200 and listed.json()["episodes"] == []
+
+
+def test_it_starts_rays_dashboard_on_loopback_and_the_page_links_to_it(
+        keyless_server: tuple[str, list[str], subprocess.Popen[str]]) -> None:
+    base, seen, _ = keyless_server
+    lines = [line for line in seen if line.startswith("Ray dashboard: ")]
+    assert lines, "".join(seen)[-3000:]
+    address = lines[0].split()[2]
+    assert address.startswith("http://127.0.0.1:"), lines[0]  # it runs code: loopback only
+    assert "ray get-auth-token" in lines[0]  # how to sign in to it
+    dashboard = requests.get(address, timeout=10)
+    assert dashboard.status_code == 200 and "<html" in dashboard.text.lower()
+    me = requests.get(f"{base}/v1/whoami", timeout=10).json()
+    assert me["keyless"] is True and me["dashboard_url"] == address
+    page = requests.get(f"{base}/", timeout=10)
+    assert page.status_code == 200 and 'type="module"' in page.text
 
 
 def exchange(base: str, data: bytes, timeout_s: float = 10) -> tuple[int, dict[str, str], bytes]:

@@ -1,10 +1,13 @@
 """The HTTP API through a real ``serve.run`` on loopback: auth and tenancy, a corpus of bad
-requests, submit → events → completed, cancel, artifacts with Range, idempotent submits, quotas.
+requests, submit → events → completed, cancel, artifacts with Range, idempotent submits, quotas;
+and the studio page the same app serves, in a real Chromium (one app for both: it takes seconds
+to start).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +19,18 @@ from ray import serve
 import serve_app
 from pipelines.episode_folder import Artifact
 from pipelines.settings import load_settings
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
 KEY_C = "key-c-0123456789abcdef"  # only the request-rate test uses it
+KEY_D = "key-d-0123456789abcdef"  # only the studio's tests use it: its list is theirs alone
 PROVIDER_SECRET = "sk-provider-secret-never-shown"
 RPM = 400
 PREFIX = "serve-test"
+DOCS = Path(__file__).parents[2] / "docs"
 
 
 
@@ -33,7 +38,7 @@ PREFIX = "serve-test"
 def base_url(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     settings = load_settings(
-        api_keys=f"{KEY_A},{KEY_B},{KEY_C}",
+        api_keys=f"{KEY_A},{KEY_B},{KEY_C},{KEY_D}",
         llm={"api_key": PROVIDER_SECRET},
         storage=str(tmp_path_factory.mktemp("served")),
         service={"local_latency_scale": 0.05, "requests_per_minute": RPM,
@@ -419,3 +424,145 @@ def test_no_secret_or_server_path_in_any_answer(base_url: str, tmp_path: Path) -
     ]
     for text in answers:
         assert PROVIDER_SECRET not in text and KEY_A not in text and "/tmp/" not in text
+
+
+# -- stream tokens ------------------------------------------------------------------------------
+
+def test_a_token_stands_for_the_key_for_one_episode_only(base_url: str) -> None:
+    """What a browser fetches by itself (a stream, a video) carries a token, never the key."""
+    mine = submit(base_url, KEY_A, script(premise="tokens")).json()
+    other = submit(base_url, KEY_A, script(premise="tokens, again")).json()
+    events(base_url + mine["links"]["events"], KEY_A)
+    answer = client(KEY_A).post(f"{base_url}{mine['links']['self']}/token")
+    assert answer.status_code == 200, answer.text
+    token = answer.json()["token"]
+    assert answer.json()["expires_in_s"] > 0 and KEY_A not in token
+
+    plain = requests.Session()  # no Authorization header at all
+    stream = plain.get(f"{base_url}{mine['links']['events']}?token={token}", timeout=30)
+    assert stream.status_code == 200 and "event: completed" in stream.text
+    script_md = plain.get(f"{base_url}{mine['links']['artifacts']}/script.md?token={token}")
+    assert script_md.status_code == 200 and script_md.text.startswith("#")
+    resumed = plain.get(f"{base_url}{mine['links']['events']}?token={token}&after=2", timeout=30)
+    assert "id: 1\n" not in resumed.text and "id: 3\n" in resumed.text
+
+    for url, why in [
+        (f"{base_url}{other['links']['events']}?token={token}", "another episode"),
+        (f"{base_url}{mine['links']['events']}?token={token[:-3]}xyz", "not one this server"),
+        (f"{base_url}{mine['links']['events']}?token=", "malformed"),
+    ]:
+        refused = plain.get(url, timeout=30)
+        assert refused.status_code == 401, (url, refused.text)
+        assert why in refused.json()["error"]["message"]
+    # Only the routes a browser fetches by itself take one: the rest still need the key.
+    assert plain.get(f"{base_url}{mine['links']['self']}?token={token}").status_code == 401
+    # And a token is given only for the tenant's own episodes.
+    assert client(KEY_B).post(f"{base_url}{mine['links']['self']}/token").status_code == 404
+
+
+def test_whoami_and_the_page_with_its_files(base_url: str) -> None:
+    me = client(KEY_A).get(f"{base_url}/v1/whoami").json()
+    assert me["keyless"] is False and me["read_only"] is False and me["tenant"].startswith("t_")
+    assert me["dashboard_url"] is None  # a keyed server links it only where an operator says
+    assert client("not-a-key-0123456789").get(f"{base_url}/v1/whoami").status_code == 401
+    page = requests.get(f"{base_url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["referrer-policy"] == "no-referrer"  # URLs carry tokens
+    for name, kind in [("studio.js", "javascript"), ("studio.css", "text/css"),
+                       ("timeline.js", "javascript")]:
+        asset = requests.get(f"{base_url}/studio/{name}", timeout=10)
+        assert asset.status_code == 200 and kind in asset.headers["content-type"], name
+    for name in ["../serve_app.py", "..%2F..%2Fpyproject.toml", "index.htm", "__init__.py"]:
+        assert requests.get(f"{base_url}/studio/{name}", timeout=10).status_code == 404, name
+
+
+def test_an_episodes_timeline_has_a_bar_per_node_and_its_critical_path(base_url: str) -> None:
+    episode = submit(base_url, KEY_A, script(premise="a timeline", scenes=3)).json()
+    events(base_url + episode["links"]["events"], KEY_A)
+    timeline = client(KEY_A).get(f"{base_url}{episode['links']['self']}/timeline").json()
+    # 1 outline chunk, then content and dialogue per scene (no media): 7 nodes, each a bar.
+    assert len(timeline["bars"]) == 7, timeline["bars"]
+    assert {b["stage"] for b in timeline["bars"]} == {"outline", "content", "dialogue"}
+    assert all(b["end_s"] >= b["start_s"] >= 0 for b in timeline["bars"])
+    critical = [b["node"] for b in timeline["bars"] if b["critical"]]
+    assert critical == timeline["critical_path"]["nodes"] and critical
+    assert timeline["bottleneck"] and timeline["lower_bound_s"] > 0
+    assert client(KEY_B).get(f"{base_url}{episode['links']['self']}/timeline").status_code == 404
+
+
+# -- the studio page, in a real browser ---------------------------------------------------------
+
+def until(page: Any, expression: str, timeout_s: float) -> None:
+    """Wait until a JavaScript expression is true in the page. (Playwright's
+    ``wait_for_function`` evaluates its text with ``eval``, which the page's CSP refuses.)"""
+    wait_for(lambda: page.evaluate(expression), timeout_s, f"the page: {expression}", 0.1)
+
+
+def sign_in(page: Any, base_url: str, key: str) -> None:
+    page.goto(f"{base_url}/")
+    page.fill("#key", key)
+    page.locator("#signin button[type=submit]").click()
+
+
+def test_a_bad_key_is_told_so_on_the_page(page: Any, base_url: str) -> None:
+    sign_in(page, base_url, "wrong-key-0123456789abcdef")
+    alert = page.locator("#signin-error")
+    alert.wait_for(state="visible", timeout=10_000)
+    assert "API key" in alert.inner_text()
+    assert page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
+
+
+def test_the_studio_signs_in_submits_watches_plays_and_cancels(page: Any, base_url: str) -> None:
+    sign_in(page, base_url, KEY_D)
+    page.locator("#submit-form").wait_for(state="visible", timeout=10_000)
+    # The key lives in this tab's session storage, nowhere the page sends it but a header.
+    assert KEY_D in page.evaluate("JSON.stringify(Object.values(sessionStorage))")
+    assert page.evaluate("localStorage.length + document.cookie.length") == 0
+
+    # One episode with media to watch and play, one long script to cancel.
+    page.fill("#premises", "A lighthouse keeper adopts a seagull.")
+    page.fill("#scenes", "2")
+    page.fill("#lines_per_scene", "1")
+    page.check("#media")
+    page.locator("#submit-form button[type=submit]").click()
+    rows = page.locator("#episodes [data-episode-id]")
+    rows.first.wait_for(timeout=30_000)
+    watched = rows.first.get_attribute("data-episode-id")
+
+    page.fill("#premises", "Two rival food trucks at a winter festival.")
+    page.fill("#scenes", "40")
+    page.uncheck("#media")
+    page.locator("#submit-form button[type=submit]").click()
+    until(page, "document.querySelectorAll('#episodes [data-episode-id]').length >= 2", 30)
+    ids = page.eval_on_selector_all("#episodes [data-episode-id]",
+                                    "rows => rows.map(r => r.dataset.episodeId)")
+    (cancelled,) = [i for i in ids if i != watched]
+
+    # Cancel the long one from its own view.
+    page.locator(f'#episodes [data-episode-id="{cancelled}"] button').first.click()
+    page.locator("#cancel").click()
+    page.wait_for_selector('#episode-view[data-status="cancelled"]', timeout=30_000)
+    assert client(KEY_D).get(f"{base_url}/v1/episodes/{cancelled}").json()["status"] == \
+        "cancelled"
+
+    # Watch the other to the end, live, then play it.
+    page.locator(f'#episodes [data-episode-id="{watched}"] button').first.click()
+    page.wait_for_selector('#episode-view[data-status="completed"]', timeout=120_000)
+    page.wait_for_selector(f'#episodes [data-episode-id="{watched}"][data-status="completed"]',
+                           timeout=30_000)
+    assert page.locator("#screenplay").inner_text().strip()
+    assert page.locator("#downloads a").count() == len(Artifact)
+    bars = page.locator("#timeline .bar").count()
+    nodes = len(client(KEY_D).get(f"{base_url}/v1/episodes/{watched}/timeline").json()["bars"])
+    assert bars == nodes > 0
+    page.evaluate("document.querySelector('video#player').muted = true")
+    page.evaluate("document.querySelector('video#player').play()")
+    until(page, "document.querySelector('video#player').currentTime > 0.3", 30)
+    # Seeking asks the server for a range of the file, with the episode's token.
+    page.evaluate("document.querySelector('video#player').currentTime = 0.1")
+    until(page, "document.querySelector('video#player').currentTime > 0.2", 30)
+    src = page.get_attribute("video#player", "src") or ""
+    assert "token=" in src and KEY_D not in src
+    if os.environ.get("SHOWRUNNER_SCREENSHOTS") == "1":  # docs/: `make screenshots`
+        page.screenshot(path=str(DOCS / "studio.png"), full_page=True)
