@@ -471,11 +471,12 @@ class Watch {
     this.failures = 0;
     this.token = null;
     this.tokenEnds = 0;
+    this.tokenAsked = null; // the token request under way
     this.rereadTimer = null;
     this.lastReread = 0;
     this.timelineTimer = null;
     this.reconnectTimer = null;
-    this.shownFiles = false;
+    this.linksTimer = null;
     this.finishedOnce = false;
     this.drawPending = false;
     resetEpisodeView(id);
@@ -499,6 +500,7 @@ class Watch {
     clearTimeout(this.rereadTimer);
     clearTimeout(this.reconnectTimer);
     clearInterval(this.timelineTimer);
+    clearTimeout(this.linksTimer);
     const player = $("player");
     player.pause();
     player.removeAttribute("src");
@@ -671,7 +673,12 @@ class Watch {
   async tokenQuery() {
     if (!state.key || (state.who && state.who.keyless)) return "";
     if (!this.token || Date.now() > this.tokenEnds - TOKEN_MARGIN_MS) {
-      const answer = await api(`${episodePath(this.id)}/token`, { method: "POST" });
+      // One request for every URL made meanwhile (the files are linked all at once).
+      if (!this.tokenAsked) {
+        this.tokenAsked = api(`${episodePath(this.id)}/token`, { method: "POST" })
+          .finally(() => { this.tokenAsked = null; });
+      }
+      const answer = await this.tokenAsked;
       this.token = answer.token;
       this.tokenEnds = Date.now() + answer.expires_in_s * 1000;
     }
@@ -727,6 +734,22 @@ class Watch {
       $("player-box").hidden = false;
     }
     if (names.includes("script.json")) await this.showScreenplay();
+    if (this.token) {
+      // Links carry a token that runs out: renewed before it does (the player asks again by
+      // itself when a seek is refused, see replay).
+      const wait = Math.max(TOKEN_MARGIN_MS, this.tokenEnds - Date.now() - TOKEN_MARGIN_MS);
+      this.linksTimer = setTimeout(() => this.renewLinks().catch(reportError), wait);
+    }
+  }
+
+  async renewLinks() {
+    if (this.stopped) return;
+    this.token = null;
+    for (const link of $("downloads").querySelectorAll("a[data-artifact]")) {
+      link.href = await this.fileUrl(link.dataset.artifact);
+    }
+    const wait = Math.max(TOKEN_MARGIN_MS, this.tokenEnds - Date.now() - TOKEN_MARGIN_MS);
+    this.linksTimer = setTimeout(() => this.renewLinks().catch(reportError), wait);
   }
 
   // The video's token ran out while it was paused: the next seek is refused. Go on with a
@@ -877,10 +900,10 @@ function stageRow(label, rowState, scene, cells, stages) {
       cell.textContent = parts.join(", ");
       cell.dataset.state = counts.failed ? "failed" : counts.running || counts.retrying
         ? "running" : "done";
-      cell.className = `stage-${cell.dataset.state}`;
+      cell.className = `cell-${cell.dataset.state}`;
     } else {
       cell.textContent = "–";
-      cell.className = "stage-waiting";
+      cell.className = "cell-waiting";
       cell.setAttribute("aria-label", "not started");
     }
     row.append(cell);
