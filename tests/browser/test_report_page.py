@@ -116,18 +116,28 @@ def test_the_report_page_draws_the_run_offline_from_a_file(page: Any, tmp_path: 
         page.locator("#timeline").screenshot(path=str(SCREENSHOT))
 
 
+def draw(page: Any, path: Path, *timelines: dict[str, Any]) -> list[str]:
+    """As the live page does: the module's drawTimeline, called once for each of `timelines`."""
+    calls = "".join(f"drawTimeline(box, {json.dumps(t)});\n" for t in timelines)
+    script = (f"{timeline_js()}\nconst box = document.getElementById('box');\n{calls}"
+              "document.body.dataset.drawn = 'yes';")
+    text = f'<!doctype html><div id="box"></div><script type="module">{script}</script>'
+    tried = open_file(page, path, text)
+    page.wait_for_selector("body[data-drawn=yes]")
+    return tried
+
+
+def apart(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Whether two bounding boxes do not overlap on screen (touching edges is apart)."""
+    return (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+            or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
 def test_drawing_again_replaces_the_picture(page: Any, tmp_path: Path,
                                             report: dict[str, Any]) -> None:
     timeline = report["timeline"]
     part = episode_part(timeline, timeline["lanes"][0]["episode"])
-    # As the live page does: the module's drawTimeline, called as new data comes.
-    script = (f"{timeline_js()}\nconst box = document.getElementById('box');\n"
-              f"drawTimeline(box, {json.dumps(timeline)});\n"
-              f"drawTimeline(box, {json.dumps(part)});\n"
-              "document.body.dataset.drawn = 'yes';")
-    text = f'<!doctype html><div id="box"></div><script type="module">{script}</script>'
-    tried = open_file(page, tmp_path / "again.html", text)
-    page.wait_for_selector("body[data-drawn=yes]")
+    tried = draw(page, tmp_path / "again.html", timeline, part)
     assert page.locator("svg").count() == 1
     assert page.locator(".bar").count() == len(part["bars"]) < len(timeline["bars"])
     assert tried == []
@@ -140,3 +150,44 @@ def test_a_report_without_a_timeline_says_so(page: Any, tmp_path: Path,
     page.goto((tmp_path / "old.html").as_uri())
     assert page.locator("#no-timeline").is_visible()
     assert page.locator("svg").count() == 0
+
+
+def test_bars_running_at_once_in_a_lane_are_stacked_and_bars_in_turn_share_a_row(
+        page: Any, tmp_path: Path) -> None:
+    def bar(lane: int, node: str, stage: str, start: float, end: float) -> dict[str, Any]:
+        return {"lane": lane, "node": node, "stage": stage, "start_s": start, "end_s": end,
+                "status": "done", "calls": 1, "cost_usd": 0.0, "critical": node == "image"}
+
+    # A scene's picture runs over both of its speech lines, which run one after the other.
+    bars = [bar(0, "image", "image", 0.0, 4.0), bar(0, "speech 1", "speech", 1.0, 2.0),
+            bar(0, "speech 2", "speech", 2.5, 3.0), bar(0, "clip", "clip", 4.0, 5.0),
+            bar(1, "other", "image", 0.0, 5.0)]
+    timeline = {"version": 1, "started_at": 0.0, "wall_s": 5.0, "stages": ["speech", "image"],
+                "lanes": [{"episode": "e", "scene": 1, "label": "e · scene 1"},
+                          {"episode": "e", "scene": 2, "label": "e · scene 2"}],
+                "bars": bars, "providers": [], "critical_path": None, "lower_bound_s": 0.0,
+                "bottleneck": None, "bounds_s": {}}
+    draw(page, tmp_path / "stacked.html", timeline)
+    box = {b["node"]: page.locator(f'.bar[data-node="{b["node"]}"]').bounding_box()
+           for b in bars}
+    assert apart(box["image"], box["speech 1"]) and apart(box["image"], box["speech 2"])
+    assert box["speech 1"]["y"] == box["speech 2"]["y"] != box["image"]["y"]
+    assert box["clip"]["y"] == box["image"]["y"]  # starts as the picture ends
+    # The next lane starts below all of this lane's rows.
+    assert box["other"]["y"] >= box["speech 1"]["y"] + box["speech 1"]["height"]
+
+
+def test_no_two_bars_overlap_on_screen(page: Any, tmp_path: Path,
+                                       report: dict[str, Any]) -> None:
+    timeline = report["timeline"]
+    open_file(page, tmp_path / "report.html", report_html(report))
+    drawn = page.locator(".bar")
+    boxes = [drawn.nth(at).bounding_box() for at in range(drawn.count())]
+    overlapping = [(a["node"], b["node"]) for i, a in enumerate(timeline["bars"])
+                   for j, b in enumerate(timeline["bars"][:i])
+                   if a["lane"] == b["lane"] and not apart(boxes[i], boxes[j])]
+    assert overlapping == []
+    same_time = [(a, b) for i, a in enumerate(timeline["bars"]) for b in timeline["bars"][:i]
+                 if a["lane"] == b["lane"] and a["start_s"] < b["end_s"]
+                 and b["start_s"] < a["end_s"]]
+    assert same_time  # the simulated run does run nodes of a scene at once

@@ -5,7 +5,8 @@
 //   lower bound marker ........................................
 //   time axis
 //   <episode> · episode   [outline]                    [stitch]
-//   <episode> · scene 1          [content][dialogue][speech]...
+//   <episode> · scene 1          [content][dialogue][image.........][clip]
+//                                                  [speech][speech]    (stacked: they run at once)
 //   provider charts: requests in flight, requests/s, the limit (dashed)
 
 const NS = "http://www.w3.org/2000/svg";
@@ -18,14 +19,19 @@ export const STAGE_COLOURS = {
 const INK = "#1a1a1a";
 const MUTED = "#595959";
 const GRID = "#d9d9d9";
+const SEPARATOR = "#ececec";  // between a lane and the next: faint, only to group its sub-rows
 const IN_FLIGHT = "#1f4e9c";
 const RATE = "#b5540b";
 const LIMIT = "#b00020";
 
 const LABELS = 170;  // the lanes' labels, left of the time axis
 const RIGHT = 20;
-const LANE = 16;
+const LANE = 16;     // a lane of one row, and its bar
 const BAR = 12;
+const ROW = 10;      // each sub-row of a lane that has several: slim, so a busy lane stays compact
+const ROW_BAR = 8;
+const ROW_PAD = 3;   // above and below a lane's sub-rows
+const CRITICAL_STROKE = 2.5;
 const CHART = 70;
 const CHART_GAP = 28;
 const FONT = "12px system-ui, -apple-system, 'Segoe UI', sans-serif";
@@ -81,7 +87,7 @@ function legend(svg, y, stages) {
     x += 24 + stage.length * 7;
   }
   el(svg, "rect", { x, y: y - 10, width: 12, height: 12, fill: "#ffffff", stroke: INK,
-                    "stroke-width": 2.5 });
+                    "stroke-width": CRITICAL_STROKE });
   el(svg, "text", { x: x + 16, y, fill: INK }, "critical path");
 }
 
@@ -101,31 +107,81 @@ function barTitle(bar) {
          `$${bar.cost_usd.toFixed(4)}${status}${bar.critical ? " · critical path" : ""}`;
 }
 
-function lanes(svg, data, x, top) {
+function barWidth(bar, x) {
+  return Math.max(1, x(bar.end_s) - x(bar.start_s));  // an instant still shows
+}
+
+// Nodes of one lane run at once (a scene's speech lines beside its picture and its clip), and in
+// one row a long bar would hide the short ones under it. So each lane is split into sub-rows by
+// greedy interval partitioning: bars taken by start, each put in the first sub-row already free
+// by then. That needs no more sub-rows than the most bars on screen at once in the lane, and
+// bars that follow one another share a row. It packs the drawn extents (an instant is still 1px
+// wide), so no two bars of a row overlap on screen. Returns each bar's sub-row and each lane's
+// count of sub-rows.
+function packRows(data, x) {
+  const rowOf = new Map();
+  const rightEdges = data.lanes.map(() => []);  // per lane, per sub-row: where its last bar ends
+  const byStart = [...data.bars].sort((a, b) => a.lane - b.lane || a.start_s - b.start_s ||
+                                                a.end_s - b.end_s);
+  for (const bar of byStart) {
+    const edges = rightEdges[bar.lane];
+    const left = x(bar.start_s);
+    let row = edges.findIndex((edge) => edge <= left);
+    if (row < 0) row = edges.push(left) - 1;
+    edges[row] = left + barWidth(bar, x);
+    rowOf.set(bar, row);
+  }
+  return { rowOf, rows: rightEdges.map((edges) => Math.max(1, edges.length)) };
+}
+
+// Where each lane goes, top to bottom: a lane of one row keeps the full bar height, a lane of
+// several gets slim sub-rows.
+function laneBoxes(rows, top) {
+  let y = top;
+  return rows.map((count) => {
+    const box = count === 1
+      ? { top: y, height: LANE, row: LANE, bar: BAR, pad: 0 }
+      : { top: y, height: count * ROW + 2 * ROW_PAD, row: ROW, bar: ROW_BAR, pad: ROW_PAD };
+    y += box.height;
+    return box;
+  });
+}
+
+function lanes(svg, data, x, boxes, rowOf) {
   let episode = null;
   data.lanes.forEach((lane, at) => {
-    const y = top + at * LANE;
-    if (lane.episode !== episode && at > 0) {  // a rule between episodes
-      el(svg, "line", { x1: 0, x2: x.right, y1: y, y2: y, stroke: MUTED });
+    const box = boxes[at];
+    if (at > 0) {  // a rule between episodes, a faint line between a lane and the next
+      const rule = lane.episode !== episode ? { stroke: MUTED } : { stroke: SEPARATOR };
+      el(svg, "line", { x1: 0, x2: x.right, y1: box.top, y2: box.top, ...rule });
     }
     episode = lane.episode;
-    el(svg, "text", { x: LABELS - 8, y: y + BAR, fill: INK, "text-anchor": "end",
-                      class: "lane-label" }, lane.label);
+    el(svg, "text", { x: LABELS - 8, y: box.top + box.height / 2, fill: INK, "text-anchor": "end",
+                      "dominant-baseline": "central", class: "lane-label" }, lane.label);
   });
+  const place = (bar) => {
+    const box = boxes[bar.lane];
+    return { x: x(bar.start_s), width: barWidth(bar, x), height: box.bar,
+             y: box.top + box.pad + rowOf.get(bar) * box.row + (box.row - box.bar) / 2 };
+  };
   const group = el(svg, "g", { class: "bars" });
   for (const bar of data.bars) {
-    const colour = STAGE_COLOURS[bar.stage] || MUTED;
     const attrs = {
-      x: x(bar.start_s), y: top + bar.lane * LANE + (LANE - BAR) / 2,
-      width: Math.max(1, x(bar.end_s) - x(bar.start_s)), height: BAR, fill: colour,
+      ...place(bar), fill: STAGE_COLOURS[bar.stage] || MUTED,
       class: `bar stage-${bar.stage} status-${bar.status}${bar.critical ? " critical" : ""}`,
       "data-node": bar.node,
     };
     if (bar.status !== "done") attrs["fill-opacity"] = 0.45;  // failed or still running
     if (bar.status === "failed") Object.assign(attrs, { stroke: LIMIT, "stroke-dasharray": "3 2" });
-    if (bar.critical) Object.assign(attrs, { stroke: INK, "stroke-width": 2.5 });
     const rect = el(group, "rect", attrs);
     el(rect, "title", {}, barTitle(bar));
+  }
+  // The critical path's outlines go above every bar, so a neighbour in the next sub-row never
+  // covers them; they take no pointer events, so hovering still shows the bar's own title.
+  const outlines = el(svg, "g", { class: "critical-outlines", "pointer-events": "none" });
+  for (const bar of data.bars.filter((b) => b.critical)) {
+    el(outlines, "rect", { ...place(bar), fill: "none", stroke: INK,
+                           "stroke-width": CRITICAL_STROKE });
   }
 }
 
@@ -201,7 +257,9 @@ export function drawTimeline(container, data) {
   x.right = width - RIGHT;
 
   const lanesTop = 70;
-  const lanesBottom = lanesTop + data.lanes.length * LANE;
+  const { rowOf, rows } = packRows(data, x);
+  const boxes = laneBoxes(rows, lanesTop);
+  const lanesBottom = boxes.length ? boxes.at(-1).top + boxes.at(-1).height : lanesTop;
   const chartsTop = lanesBottom + 40;
   const height = chartsTop + data.providers.length * (CHART + CHART_GAP) + 10;
 
@@ -213,7 +271,7 @@ export function drawTimeline(container, data) {
   el(svg, "title", {}, summary(data));
   legend(svg, 16, data.stages);
   axis(svg, x, lanesTop - 6, lanesTop, height - 10, data.wall_s);  // through the charts too
-  lanes(svg, data, x, lanesTop);
+  lanes(svg, data, x, boxes, rowOf);
   lowerBound(svg, data, x, lanesTop - 34, lanesBottom);
   if (data.providers.length) {
     chartLegend(svg, chartsTop - 12);
