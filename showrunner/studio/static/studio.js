@@ -177,7 +177,7 @@ function signOut() {
   state.statuses.clear();
   history.replaceState(null, "", location.pathname + location.search);
   // A keyless server serves this machine without a key: then the page stays usable.
-  start(null);
+  start(null).catch(reportError);
 }
 
 function stopEverything() {
@@ -335,7 +335,11 @@ async function submitEpisodes(event) {
 
 // -- the list of episodes ------------------------------------------------------------------
 
-async function loadList() {
+function loadList() {
+  listEpisodes().catch(reportError);
+}
+
+async function listEpisodes() {
   clearTimeout(state.listTimer);
   const round = ++state.listRound;
   const episodes = [];
@@ -484,13 +488,15 @@ class Watch {
 
   async start() {
     if (!(await this.reread())) return;
-    if (this.finished) {
+    // A read-only server (a run's folder) has nothing going on, whatever its report says.
+    if (this.finished || state.who.read_only) {
       await this.finish();
       return;
     }
     await this.connect();
-    this.drawTimeline();
-    this.timelineTimer = setInterval(() => this.drawTimeline(), TIMELINE_REFRESH_MS);
+    this.later(() => this.drawTimeline());
+    this.timelineTimer = setInterval(() => this.later(() => this.drawTimeline()),
+      TIMELINE_REFRESH_MS);
   }
 
   stop() {
@@ -531,9 +537,9 @@ class Watch {
     if (typeof view.percent === "number") this.percent = Math.max(this.percent, view.percent);
     if (view.status === "completed") this.percent = 100;
     this.render();
-    if (before && before !== view.status) announce(`This episode is now ${view.status}.`);
     const row = state.rows.get(this.id);
-    if (row) updateRow(row, view);
+    if (row) updateRow(row, view); // which says a new status
+    else if (before && before !== view.status) announce(`This episode is now ${view.status}.`);
     return true;
   }
 
@@ -541,11 +547,11 @@ class Watch {
   rereadSoon() {
     if (this.rereadTimer) return;
     const wait = Math.max(0, REREAD_MS - (Date.now() - this.lastReread));
-    this.rereadTimer = setTimeout(async () => {
+    this.rereadTimer = setTimeout(() => this.later(async () => {
       await this.reread();
       this.rereadTimer = null;
       if (this.finished) await this.finish();
-    }, wait);
+    }), wait);
   }
 
   render() {
@@ -653,19 +659,24 @@ class Watch {
       this.pollUntilFinished();
       return;
     }
-    this.reconnectTimer = setTimeout(async () => {
+    this.reconnectTimer = setTimeout(() => this.later(async () => {
       if (!(await this.reread())) return;
       if (this.finished) await this.finish();
       else await this.connect();
-    }, RECONNECT_MS);
+    }), RECONNECT_MS);
   }
 
   pollUntilFinished() {
-    this.reconnectTimer = setTimeout(async () => {
+    this.reconnectTimer = setTimeout(() => this.later(async () => {
       if (!(await this.reread())) return;
       if (this.finished) await this.finish();
       else this.pollUntilFinished();
-    }, LIST_REFRESH_MS);
+    }), LIST_REFRESH_MS);
+  }
+
+  // A timer's work: nothing once the view is closed, and no failure left unhandled.
+  later(work) {
+    if (!this.stopped) work().catch(reportError);
   }
 
   // `?token=` for the URLs the browser fetches itself, which cannot carry the key; none
@@ -738,7 +749,7 @@ class Watch {
       // Links carry a token that runs out: renewed before it does (the player asks again by
       // itself when a seek is refused, see replay).
       const wait = Math.max(TOKEN_MARGIN_MS, this.tokenEnds - Date.now() - TOKEN_MARGIN_MS);
-      this.linksTimer = setTimeout(() => this.renewLinks().catch(reportError), wait);
+      this.linksTimer = setTimeout(() => this.later(() => this.renewLinks()), wait);
     }
   }
 
@@ -749,7 +760,7 @@ class Watch {
       link.href = await this.fileUrl(link.dataset.artifact);
     }
     const wait = Math.max(TOKEN_MARGIN_MS, this.tokenEnds - Date.now() - TOKEN_MARGIN_MS);
-    this.linksTimer = setTimeout(() => this.renewLinks().catch(reportError), wait);
+    this.linksTimer = setTimeout(() => this.later(() => this.renewLinks()), wait);
   }
 
   // The video's token ran out while it was paused: the next seek is refused. Go on with a
