@@ -44,6 +44,7 @@ REPORT_FILE = "report.json"  # as showrunner.launcher names it (which imports Ra
 TENANT = "local"
 LIST_LIMIT, MAX_LIST_LIMIT = 20, 100  # as the Serve app's listing
 READ_METHODS = ("GET", "HEAD")
+BACKLOG = 128
 # An episode folder's name, as the CLI and the coordinator make ids: never a path.
 EPISODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FIGURES = ("scenes", "scenes_completed", "wall_s", "sequential_s", "critical_path_s",
@@ -285,12 +286,14 @@ def _counter(text: str | None, name: str, default: int) -> int:
 
 
 def listen(port: int) -> socket.socket:
-    """A socket on loopback, bound before anything is printed, so that a port in use is said
-    at once (``port`` 0: any free one)."""
+    """A socket listening on loopback before anything is printed: a port in use is said at
+    once (``port`` 0: any free one), and whoever follows the printed address at once is
+    answered (held in the backlog until the server starts)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((HOST, port))
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise

@@ -96,6 +96,7 @@ def open_episode(page: Any, opened: Opened, episode_id: str) -> None:
     row.locator("button").focus()
     page.keyboard.press("Enter")  # by keyboard, as anyone may
     page.locator('#episode-view[data-status="completed"]').wait_for()
+    page.locator('#episode-view[data-shown="all"]').wait_for()  # files, script, timeline
 
 
 def test_the_list_shows_the_run_read_only(page: Any, opened: Opened,
@@ -123,9 +124,7 @@ def test_an_episode_plays_seeks_and_shows_its_script_and_files(
     assert not page.locator("#cancel").is_visible()
 
     # The screenplay, from script.json, as text.
-    screenplay = page.locator("#screenplay")
-    screenplay.wait_for()
-    text = screenplay.inner_text()
+    text = page.locator("#screenplay").inner_text()
     first = episode["script"]["scenes"][0]
     assert episode["script"]["title"] in text
     assert first["dialogue"][0]["text"] in text
@@ -175,9 +174,7 @@ def test_the_timeline_has_a_bar_per_node(page: Any, opened: Opened,
     bars = episode_part(timeline, episode["id"])["bars"]
     assert bars
     open_episode(page, opened, episode["id"])
-    drawn = page.locator("#timeline .bar")
-    wait_for(lambda: drawn.count() == len(bars), 10,
-             lambda: f"{len(bars)} bars, not {drawn.count()}")
+    assert page.locator("#timeline .bar").count() == len(bars)
     # The stages table reads the same nodes: every scene's dialogue is done.
     for scene in (1, 2):
         cell = page.locator(f'#stages tr[data-scene="{scene}"] td[data-stage="dialogue"]')

@@ -290,3 +290,15 @@ def test_the_report_file_is_the_one_runs_write() -> None:
     from showrunner import launcher
 
     assert open_run.REPORT_FILE == launcher.REPORT_FILE
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_port_in_use_is_refused(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = open_run.listen(0)
+    try:
+        port = str(taken.getsockname()[1])
+        assert cli.main(["open", str(run_dir), "--port", port]) == cli.EXIT_USAGE
+    finally:
+        taken.close()
+    said = capsys.readouterr()
+    assert said.out == "" and f"cannot listen on 127.0.0.1:{port}" in said.err

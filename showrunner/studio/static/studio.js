@@ -713,6 +713,8 @@ class Watch {
     this.source = null;
     this.render();
     await Promise.all([this.showFiles(), this.drawTimeline()]);
+    // All shown (files, screenplay, timeline): a mark for whoever waits for it, tests too.
+    if (!this.stopped) $("episode-view").dataset.shown = "all";
   }
 
   async showFiles() {
@@ -845,6 +847,7 @@ function resetEpisodeView(id) {
   const section = $("episode-view");
   section.dataset.status = "";
   section.dataset.episodeId = id;
+  delete section.dataset.shown;
   $("episode-title").textContent = `Episode ${id}`;
   $("episode-status").textContent = "Loading…";
   $("episode-progress").value = 0;
