@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http bench-scale bench-chaos bench-cluster serve clean
+.PHONY: install demo test lint unit integration bench bench-provider bench-strategies bench-media bench-http bench-scale bench-chaos bench-cluster screenshots serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration tests/commands
+
+# The pictures in docs/ (studio.png, studio-open.png, timeline.png), taken by the page's tests.
+screenshots: $(STAMP)
+	SAVE_SCREENSHOTS=1 $(PY) -m pytest -q tests/commands/test_studio_open.py \
+	    tests/integration/test_serve_app.py -k "studio or report_page"
 
 bench-provider: $(STAMP)
 	$(PY) -m bench.provider

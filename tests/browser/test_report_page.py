@@ -1,12 +1,10 @@
 """The run report's page in a real browser: opened from a file, offline, with its timeline drawn.
 
-Set SHOWRUNNER_SCREENSHOTS=1 to save the drawn page as docs/timeline.png.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from pipelines.settings import Settings
 from pipelines.timeline import build_timeline, episode_part
 from showrunner.report_page import report_html, timeline_js
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "timeline.png"
 # Seconds a node of each kind takes, roughly: text is quick, media slower, a clip slowest.
 TYPICAL_S = {NodeKind.OUTLINE: 2.0, NodeKind.CONTENT: 1.2, NodeKind.DIALOGUE: 1.5,
              NodeKind.SPEECH: 0.4, NodeKind.IMAGE: 2.5, NodeKind.CLIP: 3.0,
@@ -111,9 +108,6 @@ def test_the_report_page_draws_the_run_offline_from_a_file(page: Any, tmp_path: 
     assert page.evaluate("window.pwned") is None
     assert page.get_by_text("window.pwned = 1", exact=False).count() == 1
     assert tried == []
-    if os.environ.get("SHOWRUNNER_SCREENSHOTS") == "1":
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.locator("#timeline").screenshot(path=str(SCREENSHOT))
 
 
 def draw(page: Any, path: Path, *timelines: dict[str, Any]) -> list[str]:

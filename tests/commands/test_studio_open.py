@@ -160,7 +160,7 @@ def test_an_episode_plays_seeks_and_shows_its_script_and_files(
     assert ranged.status_code == 206 and len(ranged.content) == 100
     assert ranged.headers["content-range"] == f"bytes {size - 100}-{size - 1}/{size}"
 
-    if os.environ.get("SHOWRUNNER_SCREENSHOTS") == "1":
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
         page.evaluate("() => { document.getElementById('player').pause(); "
                       "document.activeElement.blur(); }")
         page.screenshot(path=str(SCREENSHOT), full_page=True)
@@ -179,6 +179,22 @@ def test_the_timeline_has_a_bar_per_node(page: Any, opened: Opened,
     for scene in (1, 2):
         cell = page.locator(f'#stages tr[data-scene="{scene}"] td[data-stage="dialogue"]')
         assert cell.get_attribute("data-state") == "done"
+
+
+def test_the_runs_report_page_opens_offline_with_a_bar_per_node(page: Any,
+                                                                 run_dir: Path) -> None:
+    """The CLI's ``report.html`` of this real run, from disk, every request to a server refused:
+    what a person opening it from a mail or a bucket sees."""
+    tried: list[str] = []
+    page.route("http*://**", lambda route: (tried.append(route.request.url), route.abort()))
+    page.goto((run_dir / "report.html").as_uri())
+    timeline = json.loads((run_dir / "report.json").read_text())["timeline"]
+    page.locator("svg.timeline").wait_for(timeout=10_000)
+    assert page.locator(".bar").count() == len(timeline["bars"]) > 0
+    assert page.locator(".bar.critical").count() == len(timeline["critical_path"]["nodes"])
+    assert tried == []
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":
+        page.screenshot(path=str(ROOT / "docs" / "timeline.png"), full_page=True)
 
 
 def test_nothing_changes_state(opened: Opened, episode: dict[str, Any]) -> None:

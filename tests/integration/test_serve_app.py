@@ -549,6 +549,7 @@ def test_the_studio_signs_in_submits_watches_plays_and_cancels(page: Any, base_u
     # Watch the other to the end, live, then play it.
     page.locator(f'#episodes [data-episode-id="{watched}"] button').first.click()
     page.wait_for_selector('#episode-view[data-status="completed"]', timeout=120_000)
+    page.wait_for_selector('#episode-view[data-shown="all"]', timeout=30_000)  # files, script
     page.wait_for_selector(f'#episodes [data-episode-id="{watched}"][data-status="completed"]',
                            timeout=30_000)
     assert page.locator("#screenplay").inner_text().strip()
@@ -564,5 +565,5 @@ def test_the_studio_signs_in_submits_watches_plays_and_cancels(page: Any, base_u
     until(page, "document.querySelector('video#player').currentTime > 0.2", 30)
     src = page.get_attribute("video#player", "src") or ""
     assert "token=" in src and KEY_D not in src
-    if os.environ.get("SHOWRUNNER_SCREENSHOTS") == "1":  # docs/: `make screenshots`
+    if os.environ.get("SAVE_SCREENSHOTS") == "1":  # docs/: `make screenshots`
         page.screenshot(path=str(DOCS / "studio.png"), full_page=True)
