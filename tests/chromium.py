@@ -2,9 +2,10 @@
 are offered to every tier by ``tests/conftest.py``.
 
 Playwright's own browser download is not used (the machines reach only the package registries):
-it drives the system's ``chromium`` by ``executable_path``. One browser per test session; each
-test gets a fresh context (its own session storage and cookies), so tests never see each
-other's sign-in.
+it drives the system's ``chromium`` by ``executable_path``. One browser per test module, not per
+session: while Playwright's sync API is open it leaves its event loop marked running in the
+thread, and a later test's ``asyncio.run`` would refuse to start. Each test gets a fresh
+context (its own session storage and cookies), so tests never see each other's sign-in.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = chromium_path()
     try:

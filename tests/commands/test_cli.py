@@ -14,22 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands.cli_runs import ROOT, FinishedRun, _env, showrunner
 from tests.support import cmdline_of, descendants, wait_for
-
-ROOT = Path(__file__).parents[2]
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOWRUNNER_", "RAY_"))}
-    return {**clean, **(extra or {}), "PYTHONPATH": str(ROOT)}
-
-
-def showrunner(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "showrunner", *args], capture_output=True, text=True,
-        env=_env(env), cwd=cwd or ROOT, timeout=timeout,
-    )
 
 
 class Running:
@@ -202,17 +188,8 @@ def test_bad_storage_stops_before_anything_runs(tmp_path: Path) -> None:
     assert result.stderr.strip() == message
 
 
-def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
-    premises = tmp_path / "premises.txt"
-    premises.write_text('A lighthouse in a storm.\n{"premise": "A bakery heist.", "scenes": 2}\n')
-    report_copy = tmp_path / "copy.json"
-    result = showrunner(
-        "run", "--premises-file", str(premises), "--scenes", "3", "--lines", "2",
-        "--output", str(tmp_path / "out"), "--report", str(report_copy),
-        "--latency-scale", "0.02", timeout=180,
-        env={"SHOWRUNNER_STORAGE": str(tmp_path / "storage")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_run_writes_screenplays_and_a_report(finished_run: FinishedRun) -> None:
+    result, tmp_path, report_copy = finished_run.result, finished_run.base, finished_run.report_copy
     assert not (tmp_path / "storage").exists()  # --output wins over the setting
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report == json.loads(report_copy.read_text())
@@ -241,6 +218,8 @@ def test_run_writes_screenplays_and_a_report(tmp_path: Path) -> None:
                               "poster": str(folder / "poster.png")}
     assert set(report["totals"]["providers"]) == {"llm", "tts", "image"}
     assert "speedup" in result.stderr
+    assert (tmp_path / "out" / "report.html").is_file() and report_copy.with_suffix(
+        ".html").is_file()
 
 
 def test_ctrl_c_cancels_and_still_writes_the_report(tmp_path: Path) -> None:

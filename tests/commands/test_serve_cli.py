@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.commands.test_cli import ROOT, showrunner
+from tests.commands.cli_runs import ROOT, showrunner
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -22,24 +22,15 @@ import requests
 
 from pipelines.episode_folder import Artifact
 from pipelines.timeline import episode_part
-from tests.commands.test_cli import ROOT, _env, showrunner
+from tests.commands.cli_runs import ROOT, FinishedRun, _env, showrunner
 from tests.support import wait_for
 
-# Small and fast media: the video is real (H.264, with sound), only tiny.
-FAST_MEDIA = {"SHOWRUNNER_ENCODING__WIDTH": "320", "SHOWRUNNER_ENCODING__HEIGHT": "180",
-              "SHOWRUNNER_ENCODING__FPS": "12", "SHOWRUNNER_ENCODING__X264_PRESET": "ultrafast"}
-PREMISE = "A lighthouse keeper finds a map in a bottle."
 SCREENSHOT = ROOT / "docs" / "studio-open.png"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("studio") / "run"
-    result = showrunner("run", "--premise", PREMISE, "--scenes", "2", "--lines", "2",
-                        "--latency-scale", "0", "--output", str(out), env=FAST_MEDIA,
-                        timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def run_dir(finished_run: FinishedRun) -> Path:
+    return finished_run.out
 
 
 class Opened:
@@ -79,7 +70,7 @@ def opened(run_dir: Path) -> Iterator[Opened]:
 @pytest.fixture(scope="module")
 def episode(run_dir: Path) -> dict[str, Any]:
     report = json.loads((run_dir / "report.json").read_text())
-    (entry,) = report["episodes"]
+    entry = report["episodes"][0]  # of two
     assert entry["status"] == "completed"
     return {"id": entry["id"], "report": report,
             "script": json.loads((run_dir / entry["id"] / "script.json").read_text())}
