@@ -1,5 +1,6 @@
-"""The studio: one page (HTML, an ES module, a style sheet; no build step, nothing fetched from
-elsewhere) that signs in, submits premises, follows episodes live and plays what they made.
+"""The studio: one page (HTML, a few small ES modules, a style sheet; no build step, nothing
+fetched from elsewhere) that signs in, submits premises, follows episodes live and plays what
+they made.
 
 Served by the Serve app and by ``showrunner open`` alike: ``/`` is the page, ``/studio/<name>``
 its files. A name from a request is looked up in ``ASSETS``, never joined to a path, so nothing
@@ -20,8 +21,18 @@ STATIC = Path(__file__).with_name("static")
 # Every file the page may fetch, by the name it is served under, with its media type.
 ASSETS: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
-    "studio.js": "text/javascript; charset=utf-8",
     "studio.css": "text/css; charset=utf-8",
+    # The entry module, and those it imports.
+    "studio.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
+    "dom.js": "text/javascript; charset=utf-8",
+    "signin.js": "text/javascript; charset=utf-8",
+    "submit.js": "text/javascript; charset=utf-8",
+    "episodes.js": "text/javascript; charset=utf-8",
+    "episode.js": "text/javascript; charset=utf-8",
+    "stages.js": "text/javascript; charset=utf-8",
+    "files.js": "text/javascript; charset=utf-8",
+    "screenplay.js": "text/javascript; charset=utf-8",
     "timeline.js": "text/javascript; charset=utf-8",
 }
 
