@@ -24,12 +24,13 @@ demo: $(STAMP)
 # timing-bound tests meet each other's load.) The unit lane's output follows the Ray lane's.
 # BESIDE: command tests that only wait on their own processes and assert no timing, moved from
 # the Ray lane to the unit lane, which is otherwise done in under a minute.
-BESIDE := tests/commands/test_cli_storage.py
+BESIDE := tests/commands/test_cli_storage.py tests/commands/test_cli_store_commands.py \
+	tests/commands/test_documented_commands.py
 test: $(STAMP) lint
 	@lane=$$(mktemp); \
 	$(PY) -m pytest tests/unit tests/browser $(BESIDE) > $$lane 2>&1 & unit=$$!; \
 	trap 'kill $$unit 2>/dev/null; rm -f $$lane' EXIT; \
-	$(PY) -m pytest tests/cluster tests/integration tests/commands --ignore=$(BESIDE); ray=$$?; \
+	$(PY) -m pytest tests/cluster tests/integration tests/commands $(addprefix --ignore=,$(BESIDE)); ray=$$?; \
 	wait $$unit; units=$$?; cat $$lane; \
 	exit $$(( ray || units ))
 
