@@ -17,7 +17,7 @@ from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import EncodingSettings, LLMSettings, ProviderKind, Settings
 from pipelines.storage import Storage
 from showrunner import launcher
-from tests.support import parent_of, processes, wait_for, wait_for_async
+from tests.support import descendants, parent_of, processes, wait_for, wait_for_async
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -64,7 +64,11 @@ async def test_events_stream_and_cancel_through_ray(
 
 
 def _ray_worker_processes() -> int:
-    return len(processes(lambda cmdline: cmdline.startswith(b"ray::")))
+    """Ray workers of this test session's own Ray (started below this process): other Rays on
+    the machine, such as the command tests' beside this lane, come and go on their own."""
+    ours = set(descendants(os.getpid()))
+    return len([pid for pid in processes(lambda cmdline: cmdline.startswith(b"ray::"))
+                if pid in ours])
 
 
 async def test_a_thousand_scenes_in_flight_are_coroutines_not_processes(
