@@ -45,7 +45,8 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration tests/commands
 
-# The pictures in docs/ (studio.png, studio-open.png, timeline.png), taken by the page's tests.
+# The studio's pictures in docs/ (studio.png, studio-open.png), taken by the page's tests;
+# docs/timeline.png is `make demo`'s out/report.html.
 screenshots: $(STAMP)
 	SAVE_SCREENSHOTS=1 $(PY) -m pytest -q tests/commands/test_studio_open.py \
 	    tests/integration/test_serve_app.py -k "studio or report_page"

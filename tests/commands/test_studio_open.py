@@ -184,8 +184,6 @@ def test_the_runs_report_page_opens_offline_with_a_bar_per_node(page: Any,
     assert page.locator(".bar").count() == len(timeline["bars"]) > 0
     assert page.locator(".bar.critical").count() == len(timeline["critical_path"]["nodes"])
     assert tried == []
-    if os.environ.get("SAVE_SCREENSHOTS") == "1":
-        page.screenshot(path=str(ROOT / "docs" / "timeline.png"), full_page=True)
 
 
 def test_nothing_changes_state(opened: Opened, episode: dict[str, Any]) -> None:
