@@ -4,7 +4,10 @@ The data (JSON, drawn by ``showrunner/studio/static/timeline.js``)::
 
     lanes       one per scene of each episode that started, and one per episode for the nodes
                 of no scene (outline chunks, the stitch), the episode's lane first
-    bars        one per node that started, on the run's clock: t=0 is the earliest start
+    bars        one per node that started, on the run's clock: t=0 is the earliest start; its
+                ``wait_s``, the seconds of its span spent waiting before it worked: work done
+                here (a composition, the stitch, a clip made here) for a free CPU (its span less
+                the time it ran), a provider's node in the provider's limiter (its calls' wait)
     providers   per model provider and bucket of time, the requests in flight at its start and
                 those sent per second over the second (or the bucket, if longer) up to its end,
                 against the provider's limit
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pipelines.composition import LocalWork
 from pipelines.episode_state import EpisodeRecord, NodeRecord
 from pipelines.planner import NodeId, NodeKind
 from pipelines.report import build_report
@@ -128,8 +132,18 @@ class _Span:
         end = running_end if self.status is BarStatus.RUNNING else self.end
         return {"lane": lane, "node": str(self.node), "stage": self.node.kind.value,
                 "start_s": round(self.start, 4), "end_s": round(end, 4),
+                "wait_s": round(self.waited(end - self.start), 4),
                 "status": self.status.value, "calls": self.figures.calls,
                 "cost_usd": round(self.figures.cost_usd, 6), "critical": critical}
+
+    def waited(self, span: float) -> float:
+        """Seconds of its ``span`` spent waiting, at its start: work done here waited for a
+        free CPU for what of its span it did not run (as ``node_latencies`` counts it); a
+        provider's node waited in the limiter, never longer than its span."""
+        result = self.record.results.get(self.node)
+        if isinstance(result, LocalWork) and result.run_s > 0:
+            return max(0.0, span - result.run_s)
+        return min(max(span, 0.0), max(self.figures.wait_s, 0.0))
 
 
 def _spans(records: Sequence[EpisodeRecord], t0: float, now: float | None) -> Iterator[_Span]:

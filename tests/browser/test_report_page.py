@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pipelines.composition import ComposedScene
 from pipelines.episode_state import EpisodeRecord, NodeRecord
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.planner import NodeKind
@@ -29,7 +30,8 @@ SETTINGS = Settings(llm={"rpm": 300}, tts={"rpm": 600}, image={"rpm": 60},
 
 def simulated(episode: str, started_at: float, scenes: int, seed: int) -> EpisodeRecord:
     """An episode run as the planner would: each node starts once its inputs exist, after a
-    short wait for its provider, and takes about its kind's typical time."""
+    short wait for its provider, and takes about its kind's typical time; a composition spends
+    about half of it queued for a CPU."""
     rng = random.Random(seed)
     request = EpisodeRequest(premise="A lighthouse keeper's last night.", scenes=scenes,
                              lines_per_scene=2)
@@ -43,7 +45,10 @@ def simulated(episode: str, started_at: float, scenes: int, seed: int) -> Episod
         local = node.kind in (NodeKind.COMPOSE, NodeKind.STITCH)
         rec.nodes[node.id] = NodeRecord(started_s=start, finished_s=finish[node.id],
                                         latency_s=latency, calls=0 if local else 1,
+                                        wait_s=0.0 if local else rng.uniform(0.0, 0.2),
                                         cost_usd=0.0 if local else 0.0004)
+        if node.kind is NodeKind.COMPOSE:
+            rec.results[node.id] = ComposedScene(length_s=1.0, cues=(), run_s=latency / 2)
     rec.finished_at = started_at + max(finish.values())
     return rec
 
@@ -90,6 +95,8 @@ def test_the_report_page_draws_the_run_offline_from_a_file(page: Any, tmp_path: 
     tried = open_file(page, tmp_path / "report.html", report_html(report))
     timeline = report["timeline"]
     assert page.locator(".bar").count() == len(timeline["bars"])
+    waited = [bar for bar in timeline["bars"] if bar["wait_s"] > 0]
+    assert page.locator(".bar-wait").count() == len(waited) > 0
     critical = page.locator(".bar.critical")
     assert critical.count() == len(timeline["critical_path"]["nodes"]) > 0
     label = page.locator(".lower-bound-label").text_content() or ""
@@ -185,3 +192,42 @@ def test_no_two_bars_overlap_on_screen(page: Any, tmp_path: Path,
                  if a["lane"] == b["lane"] and a["start_s"] < b["end_s"]
                  and b["start_s"] < a["end_s"]]
     assert same_time  # the simulated run does run nodes of a scene at once
+
+
+def test_a_bars_waiting_part_is_drawn_over_its_start_and_only_where_it_waited(
+        page: Any, tmp_path: Path) -> None:
+    def bar(node: str, stage: str, start: float, end: float, calls: int,
+            wait: float | None) -> dict[str, Any]:
+        drawn = {"lane": 0, "node": node, "stage": stage, "start_s": start, "end_s": end,
+                 "status": "done", "calls": calls, "cost_usd": 0.0, "critical": False}
+        return drawn if wait is None else {**drawn, "wait_s": wait}  # None: data from before
+
+    bars = [bar("image:1", "image", 0.0, 4.0, 1, 1.0),
+            bar("compose:1", "compose", 4.0, 10.0, 0, 4.5),
+            bar("speech:1.1", "speech", 0.0, 1.0, 1, 0.0),
+            bar("clip:1", "clip", 1.0, 3.0, 0, None)]
+    timeline = {"version": 1, "started_at": 0.0, "wall_s": 10.0, "stages": ["image", "compose"],
+                "lanes": [{"episode": "e", "scene": 1, "label": "e · scene 1"}],
+                "bars": bars, "providers": [], "critical_path": None, "lower_bound_s": 0.0,
+                "bottleneck": None, "bounds_s": {}}
+    tried = draw(page, tmp_path / "waits.html", timeline)
+    assert page.locator(".bar").count() == len(bars)
+    assert page.locator(".bar-wait").count() == 2
+    assert page.locator(".bar-wait[data-node]").count() == 0  # the node is its .bar's alone
+    for node, share in (("image:1", 1.0 / 4.0), ("compose:1", 4.5 / 6.0)):
+        whole = page.locator(f'.bar[data-node="{node}"]')
+        box = whole.bounding_box()
+        waits = [page.locator(".bar-wait").nth(at).bounding_box() for at in range(2)]
+        wait = next(w for w in waits if w["x"] == pytest.approx(box["x"], abs=0.5)
+                    and w["y"] == pytest.approx(box["y"], abs=0.5))
+        assert wait["width"] < box["width"]
+        assert wait["width"] == pytest.approx(box["width"] * share, abs=1.0)
+    image = page.locator('.bar[data-node="image:1"] title').text_content() or ""
+    compose = page.locator('.bar[data-node="compose:1"] title').text_content() or ""
+    assert "waited 1.00 s for the provider's limit" in image
+    assert "waited 4.50 s for a CPU" in compose
+    for node in ("speech:1.1", "clip:1"):  # no wait, or none known: all of it is work
+        assert "waited" not in (page.locator(f'.bar[data-node="{node}"] title').text_content()
+                                or "")
+    assert page.get_by_text("waiting (for a CPU or a rate limit)").count() == 1
+    assert tried == []

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.episode_state import EpisodeRecord, NodeRecord
+from pipelines.composition import ComposedScene
+from pipelines.episode_state import EpisodeRecord, MediaFile, NodeRecord
 from pipelines.models import Continuity, EpisodeRequest, EpisodeStatus
 from pipelines.planner import NodeId, plan_episode
 from pipelines.report import build_report
@@ -137,6 +138,42 @@ def test_no_episode_started_gives_an_empty_timeline() -> None:
     timeline = build_timeline([queued], Settings())
     assert timeline["started_at"] is None and timeline["bars"] == [] == timeline["lanes"]
     assert timeline["critical_path"] is None and timeline["providers"] == []
+
+
+def test_a_composition_that_queued_for_a_cpu_waited_its_span_less_the_time_it_ran() -> None:
+    rec = record("a", 100.0, DONE, finished_at=106.2)
+    # compose:1 spans 4.1 to 6.0 s but ran 0.4 s of it: 1.5 s queued for a free CPU.
+    rec.results[NodeId.parse("compose:1")] = ComposedScene(length_s=1.0, cues=(), cpu_s=0.3,
+                                                           run_s=0.4)
+    rec.results[NodeId.parse("clip:1")] = MediaFile(run_s=0.04)  # made here, after a queue
+    bars = bars_by_node(build_timeline([rec], Settings()), "a")
+    assert bars["compose:1"]["wait_s"] == 1.5
+    assert bars["clip:1"]["wait_s"] == 0.06
+    # No result that says how long it ran, or one that ran longer than its span: no wait.
+    assert bars["stitch:0"]["wait_s"] == 0.0
+    rec.results[NodeId.parse("compose:1")] = ComposedScene(length_s=1.0, cues=(), run_s=5.0)
+    assert bars_by_node(build_timeline([rec], Settings()), "a")["compose:1"]["wait_s"] == 0.0
+
+
+def test_a_provider_nodes_wait_is_its_calls_limiter_wait_never_more_than_its_span() -> None:
+    rec = record("a", 100.0, DONE, finished_at=106.2)
+    rec.nodes[NodeId.parse("image:1")].wait_s = 0.75  # of its 2 s span
+    rec.nodes[NodeId.parse("speech:1.1")].wait_s = 3.0  # summed over calls, more than its 0.5 s
+    timeline = build_timeline([rec], Settings())
+    bars = bars_by_node(timeline, "a")
+    assert bars["image:1"]["wait_s"] == 0.75
+    assert bars["speech:1.1"]["wait_s"] == 0.5
+    assert bars["outline:1"]["wait_s"] == 0.0
+    assert all(0.0 <= bar["wait_s"] <= bar["end_s"] - bar["start_s"] for bar in timeline["bars"])
+
+
+def test_a_running_nodes_wait_is_within_its_span_so_far() -> None:
+    records = run()
+    records[1].nodes[NodeId.parse("content:1")].wait_s = 9.0  # its calls so far waited
+    bar = bars_by_node(build_timeline(records, Settings(), now=104.0), "bbbbbbbbbbbb")["content:1"]
+    # It ends with the run's last end (a's 6.2 s), not at now: its span so far is 3.7 s.
+    assert bar["status"] == "running" and bar["end_s"] - bar["start_s"] == pytest.approx(3.7)
+    assert bar["wait_s"] == 3.7
 
 
 # -- the critical path and the lower bound ------------------------------------------------------

@@ -7,6 +7,8 @@
 //   <episode> · episode   [outline]                    [stitch]
 //   <episode> · scene 1          [content][dialogue][image.........][clip]
 //                                                  [speech][speech]    (stacked: they run at once)
+//   <episode> · scene 2                                  [///////compose]  (hatched: waiting for a
+//                                                                           CPU or a rate limit)
 //   provider charts: requests in flight, requests/s, the limit (dashed)
 
 const NS = "http://www.w3.org/2000/svg";
@@ -35,6 +37,9 @@ const CRITICAL_STROKE = 2.5;
 const CHART = 70;
 const CHART_GAP = 28;
 const FONT = "12px system-ui, -apple-system, 'Segoe UI', sans-serif";
+const LEGEND_ROW = 18;    // a legend too wide for one line wraps onto the next
+const LANES_BELOW = 54;   // from the legend's last line to the first lane: the bound's label, the axis
+const WAIT_HATCH = "timeline-wait-hatch";  // the pattern that pales a bar's waiting part
 
 function el(parent, name, attrs = {}, text) {
   const node = document.createElementNS(NS, name);
@@ -78,17 +83,44 @@ function summary(data) {
   return parts.join("; ") + ".";
 }
 
-function legend(svg, y, stages) {
+// Pale diagonal stripes over a bar's colour: the part of its span it spent waiting, told from
+// its work by lightness and by the hatch alike (so also in grey).
+function waitHatch(svg) {
+  const defs = el(svg, "defs");
+  const pattern = el(defs, "pattern", { id: WAIT_HATCH, patternUnits: "userSpaceOnUse", width: 4,
+                                        height: 4, patternTransform: "rotate(45)" });
+  el(pattern, "rect", { x: 0, y: 0, width: 4, height: 4, fill: "#ffffff", "fill-opacity": 0.55 });
+  el(pattern, "rect", { x: 0, y: 0, width: 2.5, height: 4, fill: "#ffffff",
+                        "fill-opacity": 0.35 });
+}
+
+// The stages' colours, the critical path's outline and the waiting part's hatch, wrapping onto
+// a further line where the next would pass the right edge. Returns the last line's baseline.
+function legend(svg, y, stages, right) {
   let x = LABELS;
+  const item = (name, swatch) => {
+    const width = 24 + name.length * 7;
+    if (x > LABELS && x + width - 8 > right) {
+      x = LABELS;
+      y += LEGEND_ROW;
+    }
+    swatch(x, y - 10);
+    el(svg, "text", { x: x + 16, y, fill: INK }, name);
+    x += width;
+  };
   for (const stage of stages) {
-    el(svg, "rect", { x, y: y - 10, width: 12, height: 12, fill: STAGE_COLOURS[stage] || MUTED,
-                      class: `legend stage-${stage}` });
-    el(svg, "text", { x: x + 16, y, fill: INK }, stage);
-    x += 24 + stage.length * 7;
+    item(stage, (at, top) => el(svg, "rect", {
+      x: at, y: top, width: 12, height: 12, fill: STAGE_COLOURS[stage] || MUTED,
+      class: `legend stage-${stage}` }));
   }
-  el(svg, "rect", { x, y: y - 10, width: 12, height: 12, fill: "#ffffff", stroke: INK,
-                    "stroke-width": CRITICAL_STROKE });
-  el(svg, "text", { x: x + 16, y, fill: INK }, "critical path");
+  item("critical path", (at, top) => el(svg, "rect", {
+    x: at, y: top, width: 12, height: 12, fill: "#ffffff", stroke: INK,
+    "stroke-width": CRITICAL_STROKE }));
+  item("waiting (for a CPU or a rate limit)", (at, top) => {
+    el(svg, "rect", { x: at, y: top, width: 12, height: 12, fill: MUTED, class: "legend wait" });
+    el(svg, "rect", { x: at, y: top, width: 12, height: 12, fill: `url(#${WAIT_HATCH})` });
+  });
+  return y;
 }
 
 function axis(svg, x, y, top, bottom, wall) {
@@ -100,10 +132,21 @@ function axis(svg, x, y, top, bottom, wall) {
   }
 }
 
+// Seconds of the bar's span it spent waiting, at its start (0 in data from before waits were
+// kept): work done here, for a CPU; a provider's node (one that made calls), in its limiter.
+function waited(bar) {
+  const wait = Number(bar.wait_s) || 0;
+  return Math.min(Math.max(0, wait), Math.max(0, bar.end_s - bar.start_s));
+}
+
 function barTitle(bar) {
   const took = seconds(bar.end_s - bar.start_s);
   const status = bar.status === "done" ? "" : ` · ${bar.status}`;
-  return `${bar.node} · ${bar.stage} · ${took} s · ${bar.calls} calls · ` +
+  const wait = waited(bar);
+  const waiting = wait > 0
+    ? ` · waited ${seconds(wait)} s ${bar.calls > 0 ? "for the provider's limit" : "for a CPU"}`
+    : "";
+  return `${bar.node} · ${bar.stage} · ${took} s${waiting} · ${bar.calls} calls · ` +
          `$${bar.cost_usd.toFixed(4)}${status}${bar.critical ? " · critical path" : ""}`;
 }
 
@@ -175,6 +218,15 @@ function lanes(svg, data, x, boxes, rowOf) {
     if (bar.status === "failed") Object.assign(attrs, { stroke: LIMIT, "stroke-dasharray": "3 2" });
     const rect = el(group, "rect", attrs);
     el(rect, "title", {}, barTitle(bar));
+    // Its waiting part, hatched over its start: no pointer events, so hovering it still shows
+    // the bar's title (which says how long it waited, and for what).
+    const wait = waited(bar);
+    if (wait > 0) {
+      const box = place(bar);
+      el(group, "rect", { ...box, width: Math.min(box.width, x(bar.start_s + wait) - box.x),
+                          fill: `url(#${WAIT_HATCH})`, class: "bar-wait",
+                          "pointer-events": "none" });
+    }
   }
   // The critical path's outlines go above every bar, so a neighbour in the next sub-row never
   // covers them; they take no pointer events, so hovering still shows the bar's own title.
@@ -256,20 +308,20 @@ export function drawTimeline(container, data) {
   const x = (t) => LABELS + (t / wall) * (width - LABELS - RIGHT);
   x.right = width - RIGHT;
 
-  const lanesTop = 70;
+  const svg = el(container, "svg", {
+    xmlns: NS, width, viewBox: `0 0 ${width} 0`, role: "img", "aria-label": summary(data),
+    class: "timeline", style: `font: ${FONT}; background: #ffffff; max-width: 100%; height: auto`,
+  });
+  el(svg, "title", {}, summary(data));
+  waitHatch(svg);
+  const lanesTop = legend(svg, 16, data.stages, x.right) + LANES_BELOW;
   const { rowOf, rows } = packRows(data, x);
   const boxes = laneBoxes(rows, lanesTop);
   const lanesBottom = boxes.length ? boxes.at(-1).top + boxes.at(-1).height : lanesTop;
   const chartsTop = lanesBottom + 40;
   const height = chartsTop + data.providers.length * (CHART + CHART_GAP) + 10;
-
-  const svg = el(container, "svg", {
-    xmlns: NS, width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
-    "aria-label": summary(data), class: "timeline",
-    style: `font: ${FONT}; background: #ffffff; max-width: 100%; height: auto`,
-  });
-  el(svg, "title", {}, summary(data));
-  legend(svg, 16, data.stages);
+  svg.setAttribute("height", String(height));
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   axis(svg, x, lanesTop - 6, lanesTop, height - 10, data.wall_s);  // through the charts too
   lanes(svg, data, x, boxes, rowOf);
   lowerBound(svg, data, x, lanesTop - 34, lanesBottom);
