@@ -34,7 +34,7 @@ from typing import Any
 
 from pipelines.composition import LocalWork
 from pipelines.episode_state import EpisodeRecord, NodeRecord
-from pipelines.planner import NodeId, NodeKind
+from pipelines.planner import EpisodePlan, NodeId, NodeKind
 from pipelines.report import build_report
 from pipelines.settings import ProviderKind, Settings
 
@@ -184,16 +184,16 @@ def _lanes(records: Sequence[EpisodeRecord]
 def _critical_path(records: Sequence[EpisodeRecord]) -> dict[str, Any] | None:
     """The longest chain of the episode whose chain is longest, with the measured latencies
     (as the report's ``critical path`` bound measures it)."""
-    best: tuple[float, EpisodeRecord, dict[NodeId, float]] | None = None
+    best: tuple[float, EpisodeRecord, EpisodePlan, dict[NodeId, float]] | None = None
     for record in records:
-        latencies = record.node_latencies()
-        length = record.plan().critical_path(latencies)
+        plan, latencies = record.plan(), record.node_latencies()
+        length = plan.critical_path(latencies)
         if best is None or length > best[0]:
-            best = (length, record, latencies)
+            best = (length, record, plan, latencies)
     if best is None:
         return None
-    length, record, latencies = best
-    nodes = record.plan().critical_nodes(latencies)
+    length, record, plan, latencies = best
+    nodes = plan.critical_nodes(latencies)
     return {"episode": record.id, "nodes": [str(n) for n in nodes], "length_s": round(length, 4)}
 
 

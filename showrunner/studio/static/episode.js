@@ -17,7 +17,6 @@ const NODE_EVENTS = {
   node_started: "running", node_retrying: "retrying", node_finished: "done",
   node_failed: "failed",
 };
-const ENDING_EVENTS = new Set(["completed", "failed", "cancelled"]);
 
 let open = null; // the open episode's Watch
 
@@ -203,7 +202,7 @@ class Watch {
     const url = apiUrl(`${episodePath(this.id)}/events${search ? `?${search}` : ""}`);
     const source = new EventSource(url);
     this.source = source;
-    const kinds = ["queued", "started", ...Object.keys(NODE_EVENTS), ...ENDING_EVENTS];
+    const kinds = ["queued", "started", ...Object.keys(NODE_EVENTS), ...FINISHED];
     for (const kind of kinds) {
       source.addEventListener(kind, (message) => this.onEvent(kind, message));
     }
@@ -225,7 +224,7 @@ class Watch {
     if (typeof data.seq === "number") this.lastSeq = Math.max(this.lastSeq, data.seq);
     if (typeof data.percent === "number") this.percent = Math.max(this.percent, data.percent);
     if (data.node && NODE_EVENTS[kind]) this.nodes.set(data.node, NODE_EVENTS[kind]);
-    if (ENDING_EVENTS.has(kind)) {
+    if (FINISHED.has(kind)) { // an episode's last event is named after how it ended
       if (this.source) this.source.close();
       this.source = null;
       clearTimeout(this.rereadTimer);
