@@ -97,10 +97,14 @@ def earlier(server: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Ea
 def filled(folder: Path) -> Iterator[Path]:
     """Every block of ``folder``'s filesystem taken by one file, given back after."""
     filler = folder / FILLER
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
+    # Unbuffered: a buffered file keeps what the full disk refused and fails again on close.
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC once every block is taken
+            while True:
+                os.write(fd, b"\0" * 65536)
+    finally:
+        os.close(fd)
     try:
         yield folder
     finally:
