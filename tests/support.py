@@ -170,6 +170,24 @@ def small_disk(path: Path, size_bytes: int) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def filled(folder: Path, name: str = "filler") -> Iterator[Path]:
+    """Every block left on ``folder``'s filesystem taken by one file, given back after."""
+    filler = folder / name
+    # Unbuffered: a buffered file keeps what the full disk refused and fails again on close.
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC once every block is taken
+            while True:
+                os.write(fd, b"\0" * 65536)
+    finally:
+        os.close(fd)
+    try:
+        yield filler
+    finally:
+        filler.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def read_only(folder: Path) -> Iterator[Path]:
     """``folder`` read-only for every process while the context lasts, what it holds kept.
 

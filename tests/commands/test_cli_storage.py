@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from local_server.process import LocalServer
-from tests.support import read_only, small_disk
+from tests.support import filled, read_only, small_disk
 
 ROOT = Path(__file__).parents[2]
 SCRIPT = ("--scenes", "1", "--lines", "1", "--script-only", "--latency-scale", "0")
@@ -91,24 +91,6 @@ def earlier(server: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Ea
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     return Earlier(out, [entry["id"] for entry in report["episodes"]])
-
-
-@contextlib.contextmanager
-def filled(folder: Path) -> Iterator[Path]:
-    """Every block of ``folder``'s filesystem taken by one file, given back after."""
-    filler = folder / FILLER
-    # Unbuffered: a buffered file keeps what the full disk refused and fails again on close.
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        with contextlib.suppress(OSError):  # ENOSPC once every block is taken
-            while True:
-                os.write(fd, b"\0" * 65536)
-    finally:
-        os.close(fd)
-    try:
-        yield folder
-    finally:
-        filler.unlink()
 
 
 @dataclass
@@ -202,7 +184,7 @@ def case(request: pytest.FixtureRequest, server: LocalServer, earlier: Earlier,
             assert (folder / "showrunner.db-shm").exists()
         before = _billed(server)
         command = (*kind.command(), "--output", str(folder))
-        with read_only(folder) if kind.broken == "read-only" else filled(folder):
+        with read_only(folder) if kind.broken == "read-only" else filled(folder, FILLER):
             failed = showrunner(server, *command)
             while_broken = Seen.of(server, folder, details=False)
         found = Case(kind, folder, earlier.episodes, failed, while_broken)

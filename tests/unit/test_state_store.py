@@ -5,7 +5,6 @@ at a time runs a store, and a failed commit loses nothing and half-writes nothin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -29,7 +28,7 @@ from pipelines.models import (
 from pipelines.planner import NodeId, NodeKind, content_id, outline_id
 from pipelines.tenancy import Claim
 from tests.postgres import PostgresServer
-from tests.support import small_disk, wait_for_async
+from tests.support import filled, small_disk, wait_for_async
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -173,21 +172,16 @@ async def test_a_full_disk_fails_commits_whole_and_loses_nothing_queued(tmp_path
         store = await StateStore.open(url(disk / "s.db"))
         try:
             await save(store, half_done("first"))
-            filler = disk / "filler"
-            with filler.open("wb") as out, contextlib.suppress(OSError):
-                while True:  # every block the disk has left
-                    out.write(b"\0" * 65536)
-                    out.flush()
             big = half_done("second")
             big.request = big.request.model_copy(update={"premise": "x" * 4000})
             for seq in range(3, 400):  # more than the pages the disk has left
                 big.events.append(Event(seq=seq, at_s=0.0, kind=EventKind.NODE_STARTED,
                                         message="y" * 900))
-            with pytest.raises(StateStoreError, match="cannot be written.*full"):
-                await save(store, big)
-            assert await store.statuses(["second"]) == {}  # none of it, not half
-            filler.unlink()
-            await store.flush()  # tried again, and kept
+            with filled(disk):  # every block the disk has left
+                with pytest.raises(StateStoreError, match="cannot be written.*full"):
+                    await save(store, big)
+                assert await store.statuses(["second"]) == {}  # none of it, not half
+            await store.flush()  # tried again once there is room, and kept
             back = await store.record("second")
             assert back is not None and len(back.events) == len(big.events)
         finally:
