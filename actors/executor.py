@@ -96,7 +96,7 @@ class EpisodeExecutor:
                 try:
                     return await self.runners[node.kind].run(self.ctx, node, figures)
                 except OSError as err:
-                    if isinstance(err, ConnectionError | TimeoutError):
+                    if isinstance(err, ConnectionError | TimeoutError) and err.filename is None:
                         raise  # no file's error: a bug, since providers' are mapped
                     raise storage_error(err) from err
             except NodeFailed as err:

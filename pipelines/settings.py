@@ -44,6 +44,7 @@ from pydantic_settings import (
 )
 
 from pipelines import storage
+from pipelines.storage import PATIENCE_S
 
 
 class ProviderKind(StrEnum):
@@ -425,6 +426,12 @@ class Settings(BaseSettings):
         description="Root of episode folders and cached media: a local folder (relative to the "
         "working directory), or an fsspec URL: s3://bucket/prefix, gs://bucket/prefix.",
     )
+    storage_patience_s: float = Field(
+        PATIENCE_S, ge=0, le=3600,
+        description="How long a file operation on object storage keeps trying while the store "
+        "cannot be reached or answers that it is busy or failing (a 500 or 503), after its "
+        "client's own retries, before the work fails (0: at once).",
+    )
     s3: ObjectStoreSettings = Field(
         default_factory=ObjectStoreSettings,
         description="The S3 (or S3-compatible) store of an s3:// storage.",
@@ -515,7 +522,7 @@ class Settings(BaseSettings):
         the working directory of whoever opens it."""
         where = url if url is not None else self.storage
         options = self.s3.options() if where.startswith(("s3://", "s3a://")) else {}
-        return storage.Storage(where, options)
+        return storage.Storage(where, options, patience_s=self.storage_patience_s)
 
     def state_database_url(self, files: storage.Storage | None = None) -> str:
         """The state store's SQLAlchemy URL: ``state_url``, else a SQLite file in the storage

@@ -11,9 +11,15 @@ A local folder is the same interface without copies: ``fetch`` hands back the fi
 ``upload`` renames from a scratch folder inside the storage folder, so an episode on one machine
 costs what it did before object storage.
 
-A ``Storage`` pickles as its URL and options (it travels to Ray tasks and replicas); its
-filesystem is made again where it is used. Its options hold credentials: they are never in its
-``repr``, its messages or a report.
+Object storage is reached over a network that fails for a while, and a store answers that it
+is busy or failing (a 503, a 500) now and then. Each operation waits such faults out, after its
+client's own retries, for up to ``patience_s`` (a minute by default): a file of a call already
+paid for is not lost to a blip, and a blip costs a wait, not the episode. An answer that will not
+change (no such bucket, access denied) fails at once.
+
+A ``Storage`` pickles as its URL, options and patience (it travels to Ray tasks and replicas);
+its filesystem is made again where it is used. Its options hold credentials: they are never in
+its ``repr``, its messages or a report.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from pipelines.files import publish, sync_folder, write_atomic
 
@@ -36,6 +43,19 @@ SCRATCH_FOLDER = ".scratch"  # a local storage's scratch: inside it, so that upl
 SCRATCH_VARIABLE = "SHOWRUNNER_SCRATCH"
 PROBE_KEY = ".showrunner-probe"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+PATIENCE_S = 60.0  # how long an operation on object storage waits out faults that may pass
+FIRST_PAUSE_S, LONGEST_PAUSE_S = 0.2, 5.0  # between its tries: doubling, up to this
+# Faults that may pass: the line to the store (refused, reset, timed out, no route), or the
+# store failing or busy (s3fs maps a 500 to EREMOTEIO, a 503 "SlowDown" to EBUSY).
+PASSING = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
+                     errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+                     errno.EREMOTEIO, errno.EBUSY})
+# The clients' errors, not OSErrors, that say the line to the store failed: (module, class),
+# matched by name so that no backend need be installed to tell them.
+_LINE_FAULTS = frozenset({("botocore.exceptions", "ConnectionError"),  # refused, DNS, timeout
+                          ("botocore.exceptions", "HTTPClientError"),  # closed, read timeout
+                          ("aiohttp.client_exceptions", "ClientConnectionError")})
+T = TypeVar("T")
 
 
 class StorageUnavailable(Exception):
@@ -66,21 +86,24 @@ def check_url(url: str) -> None:
 class Storage:
     """Files under one root URL. Methods block: async callers run them in a thread."""
 
-    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None, *,
+                 patience_s: float = PATIENCE_S) -> None:
         check_url(url)
         if is_local(url):
             url = str(Path(url.removeprefix(LOCAL_SCHEME)).resolve())
         self.url = url.rstrip("/") if not is_local(url) else url
         self.options = dict(options or {})
+        self.patience_s = patience_s
         self._fs: Any = None
 
-    # -- what travels between processes: the URL and options, never an open filesystem ----------
+    # -- what travels between processes: the URL, options and patience, never a filesystem -------
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "options": self.options}
+        return {"url": self.url, "options": self.options, "patience_s": self.patience_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.url, self.options, self._fs = state["url"], state["options"], None
+        self.patience_s = state["patience_s"]
 
     def __repr__(self) -> str:  # the options hold credentials
         return f"Storage({self.url!r})"
@@ -108,41 +131,39 @@ class Storage:
             write_atomic(self.path(key), data)
             return
         body = data.encode("utf-8") if isinstance(data, str) else data
-        with self._errors(key):
-            self.fs.pipe_file(self._full(key), body)
+        self._object(key, lambda: self.fs.pipe_file(self._full(key), body))
 
     def read(self, key: str) -> bytes:
         if self.local:
             return self.path(key).read_bytes()
-        with self._errors(key):
-            return self.fs.cat_file(self._full(key))
+        return self._object(key, lambda: self.fs.cat_file(self._full(key)))
 
     def exists(self, key: str) -> bool:
         if self.local:
             return self.path(key).is_file()
-        with self._errors(key):
-            return bool(self.fs.isfile(self._full(key)))
+        try:  # not fsspec's isfile, which says False for any error, a store out of reach too
+            info = self._object(key, lambda: self.fs.info(self._full(key)))
+        except FileNotFoundError:
+            return False
+        return bool(info["type"] == "file")
 
     def size(self, key: str) -> int:
         if self.local:
             return self.path(key).stat().st_size
-        with self._errors(key):
-            return int(self.fs.size(self._full(key)))
+        return self._object(key, lambda: int(self.fs.size(self._full(key))))
 
     def open(self, key: str) -> IO[bytes]:
         """A file to read, seekable (ranges of a video are read from where they start)."""
         if self.local:
             return self.path(key).open("rb")
-        with self._errors(key):
-            return self.fs.open(self._full(key), "rb")
+        return self._object(key, lambda: self.fs.open(self._full(key), "rb"))
 
     def copy(self, source: str, target: str) -> None:
         """Copy within the storage (on S3, a copy made by the server: no bytes come here)."""
         if self.local:
             self.write(target, self.path(source).read_bytes())
             return
-        with self._errors(source):
-            self.fs.copy(self._full(source), self._full(target))
+        self._object(source, lambda: self.fs.copy(self._full(source), self._full(target)))
 
     def remove(self, prefix: str) -> None:
         """Remove a key's whole tree (an episode's folder); none there is no error."""
@@ -151,8 +172,8 @@ class Storage:
         if self.local:
             shutil.rmtree(self.path(prefix), ignore_errors=True)
             return
-        with contextlib.suppress(FileNotFoundError), self._errors(prefix):
-            self.fs.rm(self._full(prefix), recursive=True)
+        with contextlib.suppress(FileNotFoundError):
+            self._object(prefix, lambda: self.fs.rm(self._full(prefix), recursive=True))
 
     def sign(self, key: str, expires_s: int) -> str | None:
         """A URL that reads ``key`` for ``expires_s`` seconds without credentials, where the
@@ -167,16 +188,17 @@ class Storage:
     def probe(self) -> None:
         """Check, before anything runs, that files can be written here: a local folder is made
         (``OSError`` if it cannot be, or is not writable); in object storage a small object is
-        written and removed (``OSError`` naming the bucket if it cannot be)."""
+        written and removed (``OSError`` naming the bucket if it cannot be, at once: a store out
+        of reach before the start is more likely a wrong address than a blip)."""
         if self.local:
             folder = self.path("")
             folder.mkdir(parents=True, exist_ok=True)
             if not os.access(folder, os.W_OK):
                 raise PermissionError(errno.EACCES, "not writable", str(folder))
             return
-        self.write(PROBE_KEY, b"")
-        with self._errors(PROBE_KEY):
-            self.fs.rm_file(self._full(PROBE_KEY))
+        self._object(PROBE_KEY, lambda: self.fs.pipe_file(self._full(PROBE_KEY), b""),
+                     patience_s=0)
+        self._object(PROBE_KEY, lambda: self.fs.rm_file(self._full(PROBE_KEY)), patience_s=0)
 
     # -- moving files between scratch and storage -------------------------------------------
 
@@ -200,16 +222,14 @@ class Storage:
         if self.local:
             return self.path(key)
         local = into / key.replace("/", "_")
-        with self._errors(key):
-            self.fs.get_file(self._full(key), str(local))
+        self._object(key, lambda: self.fs.get_file(self._full(key), str(local)))
         return local
 
     def upload(self, file: Path, key: str) -> None:
         """Put a finished scratch file under ``key``: renamed into place in a local storage (a
         copy when the scratch is on another filesystem), uploaded to object storage."""
         if not self.local:
-            with self._errors(key):
-                self.fs.put_file(str(file), self._full(key))
+            self._object(key, lambda: self.fs.put_file(str(file), self._full(key)))
             return
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -253,11 +273,33 @@ class Storage:
         return Path(os.environ.get(SCRATCH_VARIABLE) or
                     Path(tempfile.gettempdir()) / "showrunner-scratch")
 
+    def _object(self, key: str, action: Callable[[], T], *, patience_s: float | None = None
+                ) -> T:
+        """``action`` on object storage, tried again while it fails with a fault that may pass
+        (``PASSING``), after pauses that double, for up to ``patience_s`` (the storage's); then,
+        or on any other fault, its failure as an ``OSError`` naming ``key``."""
+        patience = self.patience_s if patience_s is None else patience_s
+        deadline = time.monotonic() + patience
+        pause = FIRST_PAUSE_S
+        while True:
+            try:
+                with self._errors(key):
+                    return action()
+            except OSError as err:
+                if err.errno not in PASSING or patience <= 0:
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OSError(err.errno, f"{err.strerror} (still failing after {patience:g} s"
+                                  " of trying)", err.filename) from err
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, LONGEST_PAUSE_S)
+
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
         """Object storage's failures as ``OSError``s that name the object (as a local file's
         do), so callers handle one kind of error; a missing object (or bucket) stays a
-        ``FileNotFoundError``."""
+        ``FileNotFoundError``, a failed line to the store is ``ECONNABORTED``."""
         try:
             yield
         except StorageUnavailable:
@@ -265,10 +307,21 @@ class Storage:
         except OSError as err:
             if err.filename is not None:
                 raise
-            number = err.errno if err.errno is not None else _ERRNO.get(type(err), errno.EIO)
-            raise type(err)(number, err.strerror or str(err), self.where(key)) from err
-        except Exception as err:  # botocore and aiohttp errors: reaching the bucket failed
-            raise OSError(errno.EIO, f"{type(err).__name__}: {err}", self.where(key)) from err
+            number = err.errno if err.errno is not None else _number(err)
+            raise OSError(number, err.strerror or str(err), self.where(key)) from err
+        except Exception as err:  # botocore's and aiohttp's own errors
+            raise OSError(_number(err), f"{type(err).__name__}: {err}", self.where(key)) from err
 
 
-_ERRNO = {FileNotFoundError: errno.ENOENT, PermissionError: errno.EACCES}
+def _number(err: Exception) -> int:
+    """An errno for an error that has none."""
+    if any((kind.__module__, kind.__name__) in _LINE_FAULTS for kind in type(err).__mro__):
+        return errno.ECONNABORTED
+    for kind, number in _ERRNO.items():
+        if isinstance(err, kind):
+            return number
+    return errno.EIO
+
+
+_ERRNO = {FileNotFoundError: errno.ENOENT, PermissionError: errno.EACCES,
+          TimeoutError: errno.ETIMEDOUT}

@@ -93,3 +93,11 @@ def local_server() -> Iterator[Callable[..., LocalServer]]:
     yield start
     for server in started:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def cuttable(s3_server: S3Server) -> Iterator[s3.Cuttable]:
+    """A line to the test S3 server that a test can cut and mend."""
+    line = s3.Cuttable(s3_server)
+    yield line
+    line.close()

@@ -7,9 +7,12 @@ step runs with another scratch folder, as on another node, so nothing can lean o
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,12 +27,14 @@ from local_server.process import LocalServer
 from local_server.speech import speaker as get_speaker
 from pipelines.composition import Line, compose_scene, pan_clip, stitch
 from pipelines.episode_folder import Artifact, EpisodeFolder
+from pipelines.errors import StorageError, storage_error
 from pipelines.models import EpisodeRequest, EpisodeStatus
 from pipelines.settings import EncodingSettings, LLMSettings, Settings
 from pipelines.storage import SCRATCH_VARIABLE, Storage
 from showrunner import launcher
 from showrunner.stored_files import stored_file
-from tests.s3 import S3Server
+from tests.s3 import Cuttable, S3Server
+from tests.support import wait_for_async
 
 PREVIEW = EncodingSettings(width=320, height=180, fps=8, x264_preset="ultrafast")
 
@@ -67,6 +72,74 @@ def test_a_bucket_out_of_reach_is_an_error_naming_the_object_never_the_keys(
     message = str(caught.value)
     assert "no-such-bucket-here" in message and secret not in message
     assert secret not in repr(storage)
+
+
+def test_a_missing_bucket_is_said_at_once_not_waited_for(s3_server: S3Server) -> None:
+    """Only faults that may pass are waited out: an answer that will not change is not."""
+    storage = Storage("s3://no-such-bucket-here/x", s3_server.options(), patience_s=30)
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError):
+        storage.write("ep/script.md", "x")
+    assert time.monotonic() - started < 30
+
+
+# Each of a storage's operations on objects, and what it leaves to check: (do, check).
+OPERATIONS: dict[str, tuple[Callable[[Storage, Path], object], Callable[[Storage], None]]] = {
+    "write": (lambda s, _: s.write("ep/b.txt", "while cut"),
+              lambda s: _equal(s.read("ep/b.txt"), b"while cut")),
+    "read": (lambda s, _: _equal(s.read("ep/a.txt"), b"before"), lambda s: None),
+    "upload": (lambda s, tmp: s.upload(_made(tmp), "ep/up.bin"),
+               lambda s: _equal(s.read("ep/up.bin"), b"u" * 70_000)),
+    "fetch": (lambda s, tmp: _equal(s.fetch("ep/a.txt", tmp).read_bytes(), b"before"),
+              lambda s: None),
+    "copy": (lambda s, _: s.copy("ep/a.txt", "ep/copied.txt"),
+             lambda s: _equal(s.read("ep/copied.txt"), b"before")),
+    "exists": (lambda s, _: _equal(s.exists("ep/a.txt"), True), lambda s: None),
+}
+
+
+def _equal(seen: object, expected: object) -> None:
+    assert seen == expected
+
+
+def _made(folder: Path) -> Path:
+    made = folder / "made.bin"
+    made.write_bytes(b"u" * 70_000)
+    return made
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_a_bucket_cut_off_for_a_moment_costs_a_wait_not_the_file(
+        operation: str, s3_storage: Storage, cuttable: Cuttable, tmp_path: Path) -> None:
+    """The line to the bucket fails (the store's client is not let retry: its own retries
+    would hide ours), and is back a second later: every operation waits it out."""
+    do, check = OPERATIONS[operation]
+    storage = cuttable.bucket(s3_storage)
+    storage.write("ep/a.txt", "before")
+    cuttable.cut()
+    mend = threading.Timer(1.0, cuttable.mend)
+    mend.start()
+    try:
+        do(storage, tmp_path)
+    finally:
+        mend.join()
+    check(s3_storage)
+
+
+def test_a_bucket_cut_off_past_the_patience_fails_naming_the_object_and_the_wait(
+        s3_storage: Storage, cuttable: Cuttable) -> None:
+    storage = Storage(s3_storage.url, cuttable.options(), patience_s=1.5)
+    cuttable.cut()
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        storage.write("ep/c.txt", "x")
+    assert time.monotonic() - started >= 1.5  # it did wait
+    message = str(caught.value)
+    assert f"{s3_storage.url}/ep/c.txt" in message, message
+    assert "still failing after 1.5 s of trying" in message, message
+    failure = storage_error(caught.value)  # the node's failure, as the executor makes it
+    assert isinstance(failure, StorageError) and not failure.rerun
+    assert "ep/c.txt" in str(failure)
 
 
 @pytest.fixture
@@ -181,6 +254,41 @@ async def test_an_episode_with_media_is_made_in_the_bucket_and_asked_again_paid_
     assert s3_storage.fs.find(f"{s3_storage.url.removeprefix('s3://')}/cache")  # cached media
     # Nothing went to a local folder but the state store's files.
     assert all(p.name.startswith("state.db") for p in tmp_path.iterdir())
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_a_bucket_cut_off_mid_episode_costs_a_wait_not_the_episode_nor_a_payment(
+        local_server: Callable[..., LocalServer], s3_storage: Storage, cuttable: Cuttable,
+        tmp_path: Path) -> None:
+    """Once the first line is spoken, the line to the bucket fails for 4 s (longer than s3fs's
+    own retries of a reset connection, about 2 s) while speech, pictures and compositions are
+    being written and read: every one waits, the episode completes, and no call is paid twice
+    (a provider actor keeps a paid answer's bytes until they are written)."""
+    server = local_server(latency_scale=0.02, video_render_size="320x180", video_render_fps=8)
+    storage = cuttable.bucket(s3_storage)
+    settings = Settings(llm=LLMSettings(model="m", rpm=None, tpm=None), encoding=PREVIEW,
+                        state_url=f"sqlite+aiosqlite:///{tmp_path / 'state.db'}",
+                        storage=storage.url)
+    request = EpisodeRequest(premise="A ferry in a storm.", scenes=3, lines_per_scene=2, seed=6)
+    run = launcher.start_run(settings, storage, server.base_url, prefix="test-s3-cut")
+    try:
+        await run.coordinator.submit_many.remote([request], ids=["cut"])
+        first_line = EpisodeFolder("cut").speech(1, 1)
+        await wait_for_async(lambda: asyncio.to_thread(s3_storage.exists, first_line), 60,
+                             "the episode's first line spoken")
+        cuttable.cut(turning_away=True)
+        await asyncio.sleep(4.0)
+        cuttable.mend()
+        [view] = await run.coordinator.wait.remote(["cut"])
+    finally:
+        cuttable.mend()
+        run.stop()
+    assert view.status == EpisodeStatus.COMPLETED, view.error
+    assert cuttable.turned_away > 0  # the cut met work in flight
+    assert s3_storage.read(EpisodeFolder("cut").artifact(Artifact.VIDEO))[4:8] == b"ftyp"
+    billed = {kind: stats["duplicate_paid"] for kind, stats in server.stats().items()
+              if isinstance(stats, dict) and "duplicate_paid" in stats}
+    assert billed and not any(billed.values()), billed
 
 
 def test_the_cli_stops_at_a_bucket_it_cannot_write_naming_it(s3_server: S3Server,
