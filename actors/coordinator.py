@@ -35,13 +35,13 @@ from actors.spending import Spending
 from actors.state_store import StateStore, StateStoreError
 from pipelines.budget import Budget
 from pipelines.engine import EpisodeEngine, Outcome
-from pipelines.episode_folder import EpisodeFolder
+from pipelines.episode_folder import SCRIPT_ARTIFACTS, EpisodeFolder
 from pipelines.episode_state import EpisodeRecord, Event, EventKind, StitchedEpisode
 from pipelines.episode_view import EpisodeView
 from pipelines.errors import storage_error
 from pipelines.models import EpisodeRequest, EpisodeStatus, with_seeds
 from pipelines.planner import STITCH_ID, NodeId, NodeKind, dialogue_id
-from pipelines.screenplay import write_script
+from pipelines.screenplay import script_files, write_files
 from pipelines.settings import ProviderKind, Settings
 from pipelines.storage import Storage
 from pipelines.tenancy import Claim, DailyBudget, fingerprint
@@ -101,6 +101,11 @@ class EpisodeCoordinator:
         self.spending = Spending(settings.service.daily_budget_usd, self._spent_since)
         self._pruning: asyncio.Task[None] | None = None
         self._superseded: str | None = None  # why another coordinator runs the store now
+        # Scripts being written (in threads: object storage may wait out an outage): one write
+        # of an episode's at a time, in order; the episodes ending, whose cancel waits for it.
+        self._script_locks: dict[str, asyncio.Lock] = {}
+        self._script_writes: set[asyncio.Task[str | None]] = set()
+        self._ending: set[str] = set()
 
     # -- the public surface (each method is an actor method) ----------------------------------
 
@@ -231,12 +236,14 @@ class EpisodeCoordinator:
         if task is None:  # still queued
             self._queue = [entry for entry in self._queue if entry[2] != episode_id]
             heapq.heapify(self._queue)
-            self._finish(record, EpisodeStatus.CANCELLED, "cancelled before it started")
+            await self._end(record, EpisodeStatus.CANCELLED, "cancelled before it started")
+        elif episode_id in self._ending:  # its ending is being written: that is what it is
+            await asyncio.gather(task, return_exceptions=True)
         else:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             if not record.status.finished:  # cancelled before its first step ran: ``_run``
-                self._finish(record, EpisodeStatus.CANCELLED, "cancelled")  # never started,
+                await self._end(record, EpisodeStatus.CANCELLED, "cancelled")  # never started,
                 self._tasks.pop(episode_id, None)  # so its slot is given back here
                 self._admit()
         return record.status
@@ -359,7 +366,7 @@ class EpisodeCoordinator:
             kept = record.engine.settled()
             if record.id in cancelled:  # asked while no coordinator ran it
                 self.records[record.id] = record
-                self._finish(record, EpisodeStatus.CANCELLED, "cancelled")
+                await self._end(record, EpisodeStatus.CANCELLED, "cancelled")
                 continue
             self._queue_episode(record, f"taken up again after a restart: {kept} of "
                                 f"{len(record.plan().nodes)} nodes kept")
@@ -479,7 +486,7 @@ class EpisodeCoordinator:
             log.exception("episode %s crashed", record.id)
             status, reason = EpisodeStatus.FAILED, f"internal error: {err!r}"
         try:
-            self._finish(record, status, reason)
+            await self._end(record, status, reason)
         finally:
             self._tasks.pop(record.id, None)
             self._runs.pop(record.id, None)
@@ -518,10 +525,22 @@ class EpisodeCoordinator:
         return {"tier": "flex", "flex_wait_s": request.flex_wait_s,
                 "flex_fallback": request.flex_fallback}
 
-    def _finish(self, record: EpisodeRecord, status: EpisodeStatus, reason: str | None) -> None:
+    async def _end(self, record: EpisodeRecord, status: EpisodeStatus, reason: str | None
+                   ) -> None:
         """End an episode, keeping what it paid for whatever the ending: the script so far (its
-        media files are already in its folder)."""
-        problem = self._keep_script(record)
+        media files are already in its folder), written before the ending is told."""
+        self._ending.add(record.id)
+        try:
+            problem = await self._keep_script(record, final=True)
+        finally:
+            self._ending.discard(record.id)
+            self._script_locks.pop(record.id, None)  # no write of it comes after this one
+        self._finish(record, status, reason, problem)
+
+    def _finish(self, record: EpisodeRecord, status: EpisodeStatus, reason: str | None,
+                problem: str | None) -> None:
+        """The ending itself, told at once; ``problem``: what kept the script from being
+        written."""
         if problem is not None:
             reason = f"{reason}; {problem}" if reason else problem
             if status is EpisodeStatus.COMPLETED:
@@ -564,17 +583,24 @@ class EpisodeCoordinator:
         self._queued_at.pop(episode_id, None)
         self.feed.forget(episode_id)
 
-    def _keep_script(self, record: EpisodeRecord) -> str | None:
+    async def _keep_script(self, record: EpisodeRecord, *, final: bool = False) -> str | None:
         """Write the episode's script as it stands, if it has one and a folder; say what went
-        wrong if it could not be written."""
-        if self.storage is None or not record.outline_drafts():
+        wrong if it could not be written. Made here, in the loop (the record changes), and
+        written in a thread: object storage may wait out an outage for a minute, and this loop
+        runs every episode. Only the ``final`` write, at the ending, comes after the ending."""
+        storage = self.storage
+        if storage is None or not record.outline_drafts():
             return None
-        try:
-            # In this thread, once per episode: a local write, or one PUT per file.
-            record.artifacts = list(write_script(record, self.storage, EpisodeFolder(record.id)))
-        except OSError as err:
-            log.warning("episode %s: script not written: %s", record.id, err)
-            return f"the script could not be written: {storage_error(err)}"
+        async with self._script_locks.setdefault(record.id, asyncio.Lock()):
+            if not final and (record.id in self._ending or record.status.finished):
+                return None
+            files = script_files(record, EpisodeFolder(record.id))  # the newest, written last
+            try:
+                await asyncio.to_thread(write_files, storage, files)
+            except OSError as err:
+                log.warning("episode %s: script not written: %s", record.id, err)
+                return f"the script could not be written: {storage_error(err)}"
+        record.artifacts = list(SCRIPT_ARTIFACTS)
         return None
 
     def _on_node_event(self, record: EpisodeRecord, kind: EventKind, node: NodeId | None,
@@ -590,7 +616,9 @@ class EpisodeCoordinator:
         if (node is not None and node.kind is NodeKind.DIALOGUE and record.request.media
                 and kind in (EventKind.NODE_FINISHED, EventKind.NODE_FAILED)
                 and self._dialogues_settled(record)):
-            self._keep_script(record)
+            writing = asyncio.create_task(self._keep_script(record))
+            self._script_writes.add(writing)
+            writing.add_done_callback(self._script_writes.discard)
 
     @staticmethod
     def _dialogues_settled(record: EpisodeRecord) -> bool:

@@ -10,7 +10,7 @@ import json
 
 from pydantic import BaseModel
 
-from pipelines.episode_folder import SCRIPT_ARTIFACTS, Artifact, EpisodeFolder
+from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
 from pipelines.models import CharacterSketch, DialogueLine, SceneContent, SceneOutline
 from pipelines.storage import Storage
@@ -80,11 +80,14 @@ def render_markdown(script: Script) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_script(record: EpisodeRecord, storage: Storage, folder: EpisodeFolder
-                 ) -> tuple[Artifact, ...]:
-    """Write the episode's ``script.json`` and ``script.md`` into its folder."""
+def script_files(record: EpisodeRecord, folder: EpisodeFolder) -> dict[str, str]:
+    """The episode's ``script.json`` and ``script.md`` as they stand, by storage key."""
     script = Script.of(record)
-    storage.write(folder.artifact(Artifact.SCRIPT_JSON),
-                  json.dumps(script.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n")
-    storage.write(folder.artifact(Artifact.SCRIPT_MD), render_markdown(script))
-    return SCRIPT_ARTIFACTS
+    return {folder.artifact(Artifact.SCRIPT_JSON):
+            json.dumps(script.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n",
+            folder.artifact(Artifact.SCRIPT_MD): render_markdown(script)}
+
+
+def write_files(storage: Storage, files: dict[str, str]) -> None:
+    for key, text in files.items():
+        storage.write(key, text)

@@ -8,6 +8,7 @@ step runs with another scratch folder, as on another node, so nothing can lean o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import requests
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
+from actors.coordinator import EpisodeCoordinator
+from actors.gateway import ProviderGateway
 from local_server.images import scene_card
 from local_server.process import LocalServer
 from local_server.speech import speaker as get_speaker
@@ -29,7 +32,7 @@ from pipelines.composition import Line, compose_scene, pan_clip, stitch
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.errors import StorageError, storage_error
 from pipelines.models import EpisodeRequest, EpisodeStatus
-from pipelines.settings import EncodingSettings, LLMSettings, Settings
+from pipelines.settings import EncodingSettings, LLMSettings, ProviderKind, Settings
 from pipelines.storage import SCRATCH_VARIABLE, Storage
 from showrunner import launcher
 from showrunner.stored_files import stored_file
@@ -289,6 +292,44 @@ async def test_a_bucket_cut_off_mid_episode_costs_a_wait_not_the_episode_nor_a_p
     billed = {kind: stats["duplicate_paid"] for kind, stats in server.stats().items()
               if isinstance(stats, dict) and "duplicate_paid" in stats}
     assert billed and not any(billed.values()), billed
+
+
+async def test_a_script_waiting_for_the_bucket_holds_up_no_other_episode(
+        local_server: Callable[..., LocalServer], s3_storage: Storage,
+        cuttable: Cuttable) -> None:
+    """The coordinator writes each episode's script as it ends. While the bucket is out of reach
+    that write waits (up to the patience), in a thread: the coordinator's loop, which runs every
+    episode, goes on. (Here in one process, without Ray: the loop is the coordinator's.)"""
+    server = local_server(latency_scale=0.0)
+    llm = LLMSettings(model="m", rpm=None, tpm=None)
+    storage = Storage(s3_storage.url, cuttable.options(), patience_s=60)
+    gateway = ProviderGateway(ProviderKind.LLM, llm, local_base_url=server.base_url,
+                              storage=storage)
+    coordinator = EpisodeCoordinator(Settings(llm=llm), {ProviderKind.LLM: gateway},
+                                     storage=storage)
+    try:
+        cuttable.cut(turning_away=True)
+        first = await coordinator.submit(EpisodeRequest(
+            premise="A ferry at dawn.", scenes=1, lines_per_scene=1, media=False))
+        await wait_for_async(lambda: cuttable.turned_away > 0, 30, "the first script's write")
+        second = await coordinator.submit(EpisodeRequest(
+            premise="A ferry at dusk.", scenes=2, lines_per_scene=1, media=False))
+
+        async def second_written() -> bool:
+            view = await coordinator.view(second)
+            return view is not None and view.percent >= 50
+        await wait_for_async(second_written, 20, "the second episode's scenes, while the "
+                             "first one's script waits for the bucket")
+        assert (await coordinator.view(first)).status is EpisodeStatus.RUNNING  # still waiting
+        cuttable.mend()
+        views = await coordinator.wait([first, second])
+    finally:
+        cuttable.mend()
+        await coordinator.close()
+        await gateway.close()
+    assert [v.status for v in views] == [EpisodeStatus.COMPLETED] * 2, [v.error for v in views]
+    for view in views:
+        assert json.loads(s3_storage.read(EpisodeFolder(view.id).artifact(Artifact.SCRIPT_JSON)))
 
 
 def test_the_cli_stops_at_a_bucket_it_cannot_write_naming_it(s3_server: S3Server,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.episode_folder import Artifact, EpisodeFolder
+from pipelines.episode_folder import EpisodeFolder
 from pipelines.episode_state import EpisodeRecord
 from pipelines.files import publish, umask, write_atomic
 from pipelines.models import (
@@ -28,7 +28,7 @@ from pipelines.premises import (
     expand,
     parse_premises_file,
 )
-from pipelines.screenplay import write_script
+from pipelines.screenplay import script_files, write_files
 from pipelines.storage import Storage
 
 
@@ -118,8 +118,9 @@ def _record() -> EpisodeRecord:
 
 
 def test_episode_files_are_a_script_and_a_readable_screenplay(tmp_path: Path) -> None:
-    written = write_script(_record(), Storage(str(tmp_path)), EpisodeFolder("ep1"))
-    assert written == (Artifact.SCRIPT_JSON, Artifact.SCRIPT_MD)
+    files = script_files(_record(), EpisodeFolder("ep1"))
+    assert list(files) == ["ep1/script.json", "ep1/script.md"]
+    write_files(Storage(str(tmp_path)), files)
     folder = tmp_path / "ep1"
     data = json.loads((folder / "script.json").read_text())
     assert data["title"] == "Flour Power" and len(data["scenes"]) == 2
