@@ -10,7 +10,8 @@ The data (JSON, drawn by ``showrunner/studio/static/timeline.js``)::
                 the time it ran), a provider's node in the provider's limiter (its calls' wait)
     providers   per model provider and bucket of time, the requests in flight at its start and
                 those sent per second over the second (or the bucket, if longer) up to its end,
-                against the provider's limit
+                against the provider's limit and the most the limiter lets that rate reach (the
+                limit, plus its bucket's burst spent within one window: ``burst_rps``)
     critical_path, lower_bound_s, bottleneck, bounds_s
                 the longest chain of the episode with the longest one, and the bound no
                 schedule could beat with what set it (as the run report says)
@@ -236,10 +237,15 @@ def _providers(spans: Sequence[_Span], settings: Settings, wall_s: float
         if kind not in requests:
             continue
         starts, ends, sends = (sorted(values) for values in requests[kind])
-        rpm = settings.provider(kind).rpm
+        provider = settings.provider(kind)
+        limit = provider.rpm / 60 if provider.rpm else None
         series.append({
             "kind": kind.value,
-            "limit_rps": round(rpm / 60, 4) if rpm else None,
+            "limit_rps": round(limit, 4) if limit else None,
+            # The most the rate line reaches while the limiter keeps the limit: a full bucket
+            # (a burst, at least one request) spent within one window, on top of the limit.
+            "burst_rps": (round(limit + max(1.0, limit * provider.burst_s) / window, 4)
+                          if limit else None),
             "bucket_s": bucket,
             "rate_window_s": window,
             "points": [{"t_s": round(i * bucket, 4),

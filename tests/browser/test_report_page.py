@@ -103,8 +103,14 @@ def test_the_report_page_draws_the_run_offline_from_a_file(page: Any, tmp_path: 
     assert "lower bound" in label and label.endswith(f"set by {timeline['bottleneck']}")
     charts = page.locator("g.provider")
     assert charts.count() == len(timeline["providers"]) == 4  # llm, tts, image, video
-    for at in range(charts.count()):
-        assert charts.nth(at).locator("line.limit").count() == 1
+    for at, provider in enumerate(timeline["providers"]):
+        chart = charts.nth(at)
+        assert chart.locator("line.limit").count() == 1
+        # Above the limit by one burst: where the rate line may reach with the limit kept.
+        burst, limit = (float(chart.locator(f"line.{name}").get_attribute("y1") or "nan")
+                        for name in ("burst", "limit"))
+        assert burst < limit  # higher on screen
+        assert f"bursts to {provider['burst_rps']:g}" in (chart.text_content() or "")
     svg = page.locator("svg.timeline")
     assert svg.get_attribute("role") == "img"
     assert f"set by {timeline['bottleneck']}" in (svg.get_attribute("aria-label") or "")

@@ -226,6 +226,8 @@ def test_the_request_rate_over_the_last_second_against_the_providers_limit() -> 
     timeline = build_timeline([record("a", 100.0, nodes, finished_at=106.2)], settings)
     llm, tts, _ = timeline["providers"]
     assert llm["limit_rps"] == 2.0 and tts["limit_rps"] is None
+    # A second's burst (2 requests) spent at once, on top of the limit, within one second.
+    assert llm["burst_rps"] == 4.0 and tts["burst_rps"] is None
     assert tts["bucket_s"] == 0.05 and tts["rate_window_s"] == 1.0
     assert point_at(tts, 3.95)["rate_rps"] == 5.0  # the bucket ending at 4.0: all five
     assert point_at(tts, 3.45)["rate_rps"] == 3.0  # ending at 3.5: three in the second before
@@ -242,6 +244,11 @@ def test_over_buckets_of_a_second_or_more_the_rate_is_each_buckets_requests() ->
     timeline = build_timeline([record("a", 0.0, slow, finished_at=620.0)], Settings())
     llm, tts, _ = timeline["providers"]
     assert tts["bucket_s"] == tts["rate_window_s"] == 5.0
+    # A slow limit's bucket still holds one whole request: over a window of 5 s, 0.2 more.
+    assert Settings(llm={"rpm": 6}).llm.burst_s == 1.0
+    slow_limit = build_timeline([record("a", 0.0, slow, finished_at=620.0)],
+                                Settings(llm={"rpm": 6}))["providers"][0]
+    assert (slow_limit["limit_rps"], slow_limit["burst_rps"]) == (0.1, 0.3)
     assert sum(p["rate_rps"] * 5.0 for p in tts["points"]) == pytest.approx(5)
     assert sum(p["rate_rps"] * 5.0 for p in llm["points"]) == pytest.approx(3)
     assert point_at(tts, 300.0)["rate_rps"] == 0.2  # one of the five (at 300) in 5 s

@@ -9,7 +9,8 @@
 //                                                  [speech][speech]    (stacked: they run at once)
 //   <episode> · scene 2                                  [///////compose]  (hatched: waiting for a
 //                                                                           CPU or a rate limit)
-//   provider charts: requests in flight, requests/s, the limit (dashed)
+//   provider charts: requests in flight, requests/s, the limit (dashed) and the limit plus
+//                    one burst (dotted: the rate line may reach it with the limit kept)
 
 const NS = "http://www.w3.org/2000/svg";
 
@@ -258,13 +259,18 @@ function providerChart(svg, provider, x, top) {
   const group = el(svg, "g", { class: "provider", "data-kind": provider.kind });
   const peakRate = Math.max(0, ...provider.points.map((p) => p.rate_rps));
   const peakInFlight = Math.max(0, ...provider.points.map((p) => p.in_flight));
-  const scale = Math.max(1, provider.limit_rps || 0, peakRate, peakInFlight);
+  const scale = Math.max(1, provider.burst_rps || provider.limit_rps || 0, peakRate,
+                         peakInFlight);
   const y = (v) => top + CHART - (v / scale) * CHART;
   el(group, "line", { x1: LABELS, x2: x.right, y1: top + CHART, y2: top + CHART, stroke: MUTED });
   el(group, "text", { x: LABELS - 8, y: top + 14, fill: INK, "text-anchor": "end",
                       "font-weight": "bold" }, provider.kind);
   el(group, "text", { x: LABELS - 8, y: top + 30, fill: MUTED, "text-anchor": "end" },
      provider.limit_rps ? `limit ${number(provider.limit_rps)} req/s` : "no limit");
+  if (provider.burst_rps) {
+    el(group, "text", { x: LABELS - 8, y: top + 78, fill: MUTED, "text-anchor": "end" },
+       `bursts to ${number(provider.burst_rps)}`);
+  }
   el(group, "text", { x: LABELS - 8, y: top + 46, fill: MUTED, "text-anchor": "end" },
      `peak ${number(peakRate)} req/s`);
   el(group, "text", { x: LABELS - 8, y: top + 62, fill: MUTED, "text-anchor": "end" },
@@ -274,6 +280,15 @@ function providerChart(svg, provider, x, top) {
     el(group, "line", { x1: LABELS, x2: x.right, y1: at, y2: at, stroke: LIMIT,
                         "stroke-width": 1.5, "stroke-dasharray": "6 4", class: "limit" });
   }
+  if (provider.burst_rps) {
+    const at = y(provider.burst_rps);
+    const line = el(group, "line", { x1: LABELS, x2: x.right, y1: at, y2: at, stroke: LIMIT,
+                                     "stroke-width": 1, "stroke-dasharray": "1 3",
+                                     class: "burst" });
+    el(line, "title", {}, `${number(provider.burst_rps)} req/s: the limit plus one burst. ` +
+       "The limiter lets a full bucket go at once, so over one window the rate may reach " +
+       "this without passing the limit.");
+  }
   polyline(group, provider.points, x, y, (p) => p.in_flight,
            { stroke: IN_FLIGHT, "stroke-width": 1.5, class: "in-flight" });
   polyline(group, provider.points, x, y, (p) => p.rate_rps,
@@ -282,7 +297,7 @@ function providerChart(svg, provider, x, top) {
 
 function chartLegend(svg, y) {
   const items = [["in flight", IN_FLIGHT, null], ["requests/s", RATE, null],
-                 ["limit (requests/s)", LIMIT, "6 4"]];
+                 ["limit (requests/s)", LIMIT, "6 4"], ["limit plus one burst", LIMIT, "1 3"]];
   let x = LABELS;
   for (const [name, colour, dash] of items) {
     el(svg, "line", { x1: x, x2: x + 20, y1: y - 4, y2: y - 4, stroke: colour,
