@@ -22,10 +22,11 @@ demo: $(STAMP)
 # mostly wait, on latency and start-ups, so the unit tier runs beside them: the suite takes as
 # long as the Ray lane. (Ray tiers at once are not faster: Ray start-ups take the two cores, and
 # timing-bound tests meet each other's load.) The unit lane's output follows the Ray lane's.
-# BESIDE: command tests that only wait on their own processes and assert no timing, moved from
-# the Ray lane to the unit lane, which is otherwise done in under a minute.
+# BESIDE: tests that need no shared Ray, moved from the Ray lane to the unit lane, which is
+# otherwise done in under a minute: command tests that only wait on their own processes and
+# assert no timing, and the coordinator's tests in one process over loopback (no Ray).
 BESIDE := tests/commands/test_cli_storage.py tests/commands/test_cli_store_commands.py \
-	tests/commands/test_documented_commands.py
+	tests/commands/test_documented_commands.py tests/integration/test_coordinator.py
 test: $(STAMP) lint
 	@lane=$$(mktemp); \
 	$(PY) -m pytest tests/unit tests/browser $(BESIDE) > $$lane 2>&1 & unit=$$!; \
