@@ -76,8 +76,11 @@ class Cuttable:
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
 
     def options(self) -> dict[str, Any]:
+        # Short timeouts too (botocore's are 60 s): a request caught by a cut fails soon, and is
+        # tried again within the storage's patience, rather than waiting out a minute per try.
         return {"endpoint_url": self.endpoint_url, **KEYS,
-                "config_kwargs": {"retries": {"max_attempts": 1}}}
+                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 3,
+                                  "read_timeout": 10}}
 
     def bucket(self, storage: Storage) -> Storage:
         """``storage``'s bucket, reached through this line."""

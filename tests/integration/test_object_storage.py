@@ -282,7 +282,14 @@ async def test_a_bucket_cut_off_mid_episode_costs_a_wait_not_the_episode_nor_a_p
         cuttable.cut(turning_away=True)
         await asyncio.sleep(4.0)
         cuttable.mend()
-        [view] = await run.coordinator.wait.remote(["cut"])
+        try:
+            [view] = await asyncio.wait_for(run.coordinator.wait.remote(["cut"]), 120)
+        except TimeoutError:
+            record = await run.coordinator.episode.remote("cut")
+            raise AssertionError(f"not finished 120 s after the line was mended: running "
+                                 f"{sorted(map(str, record.engine.running))}, events "
+                                 f"{[(e.kind, e.node, e.message) for e in record.events[-8:]]}"
+                                 ) from None
     finally:
         cuttable.mend()
         run.stop()
