@@ -5,7 +5,6 @@ a store (the waiting itself, against a real S3 server whose line is cut, is in
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 
 import aiohttp
 import botocore.exceptions as boto
@@ -14,12 +13,6 @@ import pytest
 from pipelines.storage import PASSING, Storage
 
 URL = "s3://bucket/episodes"
-
-
-def raising(err: BaseException) -> Callable[[], None]:
-    def action() -> None:
-        raise err
-    return action
 
 
 def tried(err: BaseException, patience_s: float = 0.3) -> tuple[OSError, int]:
