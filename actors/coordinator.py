@@ -300,9 +300,12 @@ class EpisodeCoordinator:
             await self.feed.listen_for_change(self.feed.version_of(episode_id),
                                               min(timeout_s, LONGEST_POLL_S), key=episode_id)
         # Only events that are stored: a client resuming after a restart must never have seen
-        # a number the restarted coordinator gives to another event.
-        await self._stored()
-        return _after(record, after)
+        # a number the restarted coordinator gives to another event. Those emitted while this
+        # waits for the commit are not in it: they are given out next time.
+        given = _after(record, after)
+        if given:
+            await self._stored()
+        return given
 
     async def wait(self, episode_ids: Iterable[str] | None = None) -> list[EpisodeView]:
         """Return when every given episode (default: all) has finished, and that is stored."""
