@@ -48,14 +48,15 @@ def actor_name(role: str, prefix: str = "showrunner") -> str:
     return f"{prefix}:{role}"
 
 
-def _options(name: str, detached: bool, resources: dict[str, float] | None = None
-             ) -> dict[str, Any]:
+def _options(name: str, detached: bool, resources: dict[str, float] | None = None,
+             claim: bool = False) -> dict[str, Any]:
     """``resources``: Ray custom resources that pin the actor to the nodes that have them
     (``settings.placement``); a restart after its node is lost lands on another such node."""
     options: dict[str, Any] = {
         "name": name,
         "namespace": NAMESPACE,
-        "get_if_exists": True,
+        # Shared by name, unless claimed: then a taken name is Ray's ValueError.
+        "get_if_exists": not claim,
         # They only wait on the network: a CPU held here is one a media task cannot use.
         "num_cpus": 0,
         "max_concurrency": MAX_CONCURRENCY,
@@ -167,13 +168,15 @@ class CoordinatorActor(EpisodeCoordinator):
 
 def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
                       storage: Storage | None = None, state_url: str | None = None,
-                      name: str | None = None, detached: bool = False) -> Any:
+                      name: str | None = None, detached: bool = False,
+                      claim: bool = False) -> Any:
     """The coordinator actor, given the provider actors' names; ``state_url`` is its state
-    store (a coordinator Ray restarts takes up its episodes from there)."""
+    store (a coordinator Ray restarts takes up its episodes from there). ``claim``: a new one,
+    or ``ValueError`` if one has the name."""
     return (
         ray.remote(CoordinatorActor)
         .options(**_options(name or actor_name("coordinator"), detached,
-                            settings.placement.coordinator))
+                            settings.placement.coordinator, claim))
         .remote(
             settings,
             {kind: ProviderProxy(name, kind) for kind, name in providers.items()},

@@ -250,10 +250,14 @@ def _run(args: argparse.Namespace, settings: Settings, storage: Storage) -> int:
         settings = settings.model_copy(update={"cache": False})
     _writable(storage)  # last: nothing is created for bad input
     from showrunner.console import run_and_show
+    from showrunner.launcher import RunInProgress
 
-    return run_and_show(settings, requests, storage,
-                        Path(args.report) if args.report else None, args.latency_scale,
-                        earlier, dashboard=args.dashboard)
+    try:
+        return run_and_show(settings, requests, storage,
+                            Path(args.report) if args.report else None, args.latency_scale,
+                            earlier, dashboard=args.dashboard)
+    except RunInProgress as err:
+        return _fail(str(err))
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -214,23 +214,59 @@ def start_keeper(raylet: int, agents: dict[int, str]) -> subprocess.Popen[bytes]
 
 def start_run(settings: Settings, storage: Storage, local_base_url: str | None,
               prefix: str = "showrunner", detached: bool = False) -> Run:
-    """The provider actors and the coordinator (got if they exist: names are per prefix).
+    """The provider actors and the coordinator (names are per prefix).
 
-    ``detached`` actors outlive their creator: the service's, which Serve replicas share. The
-    CLI's are not: owned by its driver, they end when it ends, however it ends (the cluster
-    kills the actors of a job whose driver is gone)."""
+    ``detached`` actors outlive their creator: the service's, which Serve replicas share, got
+    if they exist. The CLI's are not: owned by its driver, they end when it ends, however it
+    ends (the cluster kills the actors of a job whose driver is gone); and one run at a time
+    has a prefix's names on a cluster (``RunInProgress``), since a second one joining the
+    first's coordinator would run on the first's storage and settings, and end with it."""
     kinds = [*BUNDLED, *([ProviderKind.VIDEO] if settings.video.base_url is not None else [])]
     state_url = settings.state_database_url(storage)
+    names = {kind: f"{prefix}:{kind}" for kind in kinds}
+
+    def coordinator() -> Any:
+        return coordinator_actor(settings, names, storage=storage, state_url=state_url,
+                                 name=f"{prefix}:coordinator", detached=detached,
+                                 claim=not detached)
+
+    # First: providers are looked up by name when first called, after this returns.
+    made = coordinator() if detached else _claimed(f"{prefix}:coordinator", coordinator)
     providers = {
         kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,
-                             name=f"{prefix}:{kind}", detached=detached, state_url=state_url,
+                             name=names[kind], detached=detached, state_url=state_url,
                              storage=storage, resources=settings.placement.providers)
         for kind in kinds
     }
-    coordinator = coordinator_actor(settings, {kind: f"{prefix}:{kind}" for kind in providers},
-                                    storage=storage, state_url=state_url,
-                                    name=f"{prefix}:coordinator", detached=detached)
-    return Run(coordinator, providers, settings, storage)
+    return Run(made, providers, settings, storage)
+
+
+class RunInProgress(Exception):
+    """Another run (or the service) on this cluster has the coordinator's name."""
+
+
+# The actors of a run whose driver just ended are gone within a moment: a name still taken after
+# this long belongs to a run that goes on.
+NAME_FREED_S = 3.0
+
+
+def _claimed(name: str, create: Callable[[], Any]) -> Any:
+    """``create()``, which makes the actor ``name`` or raises ``ValueError`` if the name is
+    taken (Ray registers a name at once, for the whole cluster: of two runs starting together,
+    one gets it)."""
+    deadline = time.monotonic() + NAME_FREED_S
+    while True:
+        try:
+            return create()
+        except ValueError as err:
+            if "already taken" not in str(err):
+                raise
+            if time.monotonic() >= deadline:
+                raise RunInProgress(
+                    f"another Showrunner run, or the service, goes on on this Ray cluster (its "
+                    f"coordinator is {name!r}); wait for it to end, or send the episodes to "
+                    "the service (`showrunner serve`, POST /v1/episodes)") from None
+        time.sleep(0.25)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -188,6 +188,36 @@ def test_bad_storage_stops_before_anything_runs(tmp_path: Path) -> None:
     assert result.stderr.strip() == message
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_a_run_on_a_cluster_where_one_goes_on_is_refused(tmp_path: Path) -> None:
+    """Joined to a cluster (as under ``ray job submit``) where another run's coordinator
+    answers, a run stops with one line before anything is asked of any provider."""
+    import ray
+
+    from local_server.process import LocalServer
+    from pipelines.settings import Settings
+    from pipelines.storage import Storage
+    from showrunner import launcher
+
+    with LocalServer(latency_scale=0) as server:
+        going_on = launcher.start_run(Settings(), Storage(str(tmp_path / "first")),
+                                      server.base_url)
+        going_on.wait_ready()
+        try:
+            out = tmp_path / "second"
+            result = showrunner("run", "--premise", "x", "--scenes", "1", "--script-only",
+                                "--latency-scale", "0", "--output", str(out),
+                                env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+                                     "RAY_AUTH_MODE": "token"})
+            assert ray.get(going_on.coordinator.views.remote([])) == []  # untouched
+        finally:
+            going_on.stop()
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = result.stderr.strip().splitlines()
+    assert "'showrunner:coordinator'" in line and "showrunner serve" in line, line
+    assert not list(out.glob("*/script.json"))
+
+
 def test_run_writes_screenplays_and_a_report(finished_run: FinishedRun) -> None:
     result, tmp_path, report_copy = finished_run.result, finished_run.base, finished_run.report_copy
     assert not (tmp_path / "storage").exists()  # --output wins over the setting
