@@ -144,9 +144,15 @@ class Videos:
             jitter = self.state.random.uniform(-config.video_job_jitter_s,
                                                config.video_job_jitter_s)
             duration = max(0.0, config.video_job_s + jitter) * config.latency_scale
-            self.state.stats["video"].jobs_s.append(duration)
-            made.append(self.jobs.create(model, prompt, seconds, size, image, duration))
-            return made[0].view()
+            stats = self.state.stats["video"]
+            stats.jobs_s.append(duration)
+            created = time.monotonic()
+            job = self.jobs.create(model, prompt, seconds, size, image, duration)
+            assert job.task is not None
+            job.task.add_done_callback(
+                lambda _: stats.jobs_ran_s.append(time.monotonic() - created))
+            made.append(job)
+            return job.view()
 
         def billed(refund: Refund) -> None:
             """A job that fails is refunded: a provider charges for clips, not for failures."""

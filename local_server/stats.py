@@ -38,8 +38,8 @@ class EndpointStats:
     ``tiers``: the service tiers counted apart (none for an endpoint without tiers)."""
 
     __slots__ = ("arrived", "accepted", "rate_limited", "quota_rejected", "unauthorized",
-                 "bad_request", "model_not_found", "faults", "tokens", "jobs_s", "inflight",
-                 "max_inflight", "ledger", "by_tier", "_tiers")
+                 "bad_request", "model_not_found", "faults", "tokens", "jobs_s", "jobs_ran_s",
+                 "inflight", "max_inflight", "ledger", "by_tier", "_tiers")
 
     def __init__(self, tiers: Iterable[Tier] = ()) -> None:
         self._tiers = tuple(tiers)
@@ -62,6 +62,9 @@ class EndpointStats:
         # The length of each job started (video), in the order drawn: what a benchmark's lower
         # bound needs, and a real provider would not say.
         self.jobs_s: list[float] = []
+        # How long each job that ended ran, from its creation to its end: longer than drawn
+        # when its render overran on a busy machine.
+        self.jobs_ran_s: list[float] = []
         self.max_inflight = self.inflight
         self.ledger = Ledger()
         self.by_tier = {tier: TierStats() for tier in self._tiers}
@@ -114,6 +117,7 @@ class EndpointStats:
             "faults": dict(self.faults),
             "tokens": self.tokens,
             "jobs_s": [round(s, 4) for s in self.jobs_s],
+            "jobs_ran_s": [round(s, 4) for s in self.jobs_ran_s],
             "inflight": self.inflight,
             "max_inflight": self.max_inflight,
             "paid": self.ledger.paid,

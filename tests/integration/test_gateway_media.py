@@ -140,10 +140,10 @@ async def test_clip_jobs_never_exceed_the_providers_job_cap(
     # Eight jobs measured (60 s ± 15 s at 1/100): they now time the first poll.
     assert 0.3 < gw.clips.durations.first_poll_s() < 1.0
     # How long the jobs were seen running, for the report's bound: polled near each job's end,
-    # most of what the server drew; never more than the jobs ran (the slack: a render that
-    # still overran on a busy machine).
-    drawn = sum(server.stats()["video"]["jobs_s"])
-    assert 0.5 * drawn < gw.snapshot()["job_s"] < 1.05 * drawn
+    # most of what the server drew; never more than the jobs ran (a render can overrun what was
+    # drawn on a busy machine: the server measures what they ran).
+    video = server.stats()["video"]
+    assert 0.5 * sum(video["jobs_s"]) < gw.snapshot()["job_s"] < sum(video["jobs_ran_s"])
 
 
 async def test_a_speech_answer_that_is_not_audio_is_malformed_retried_and_reported(
