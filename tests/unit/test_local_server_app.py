@@ -207,9 +207,9 @@ async def test_latency_is_slept_and_in_flight_requests_counted(make: Make) -> No
     started = time.monotonic()
     responses = await asyncio.gather(*(chat(client) for _ in range(5)))
     assert all(r.status == 200 for r in responses)
-    assert 0.2 <= time.monotonic() - started < 2.0  # concurrently, not one after another
+    assert time.monotonic() - started >= 0.2  # slept (a lower bound: never flaky)
     counted = await stats(client)
-    assert (counted["inflight"], counted["max_inflight"]) == (0, 5)
+    assert (counted["inflight"], counted["max_inflight"]) == (0, 5)  # all five at once
     reset = await (await client.delete("/stats")).json()
     assert reset["chat"]["accepted"] == reset["chat"]["max_inflight"] == 0
 
