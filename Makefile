@@ -24,9 +24,12 @@ demo: $(STAMP)
 # timing-bound tests meet each other's load.) The unit lane's output follows the Ray lane's.
 # BESIDE: tests that need no shared Ray, moved from the Ray lane to the unit lane, which is
 # otherwise done in under a minute: command tests that only wait on their own processes and
-# assert no timing, and the coordinator's tests in one process over loopback (no Ray).
+# assert no timing, the coordinator's tests in one process over loopback (no Ray), and the
+# bundled server's and the cache's, which need no Ray either.
 BESIDE := tests/commands/test_cli_storage.py tests/commands/test_cli_store_commands.py \
-	tests/commands/test_documented_commands.py tests/integration/test_coordinator.py
+	tests/commands/test_documented_commands.py tests/integration/test_coordinator.py \
+	tests/integration/test_cache_and_budgets.py tests/integration/test_local_server.py \
+	tests/integration/test_local_server_options.py tests/integration/test_answer_download_http.py
 test: $(STAMP) lint
 	@lane=$$(mktemp); \
 	$(PY) -m pytest tests/unit tests/browser $(BESIDE) > $$lane 2>&1 & unit=$$!; \

@@ -125,31 +125,6 @@ def test_a_run_is_ready_once_every_actor_answers(
         ray.kill(actor)
 
 
-def test_a_second_run_on_one_cluster_is_refused_while_the_first_goes_on(
-    local_server: Callable[..., LocalServer], tmp_path: Path
-) -> None:
-    """Runs on one cluster share the actors' names: a second run used to join the first's
-    coordinator, with the first's storage and settings, and lose it when the first ended."""
-    server = local_server()
-    first = launcher.start_run(Settings(), Storage(str(tmp_path / "first")), server.base_url,
-                               prefix="test-twice")
-    first.wait_ready()
-    try:
-        with pytest.raises(launcher.RunInProgress, match=r"'test-twice:coordinator'.*serve"):
-            launcher.start_run(Settings(), Storage(str(tmp_path / "second")), server.base_url,
-                               prefix="test-twice")
-        first.wait_ready(timeout_s=10)  # the first's actors, untouched
-    finally:
-        first.stop()
-    second = launcher.start_run(Settings(), Storage(str(tmp_path / "second")), server.base_url,
-                                prefix="test-twice")  # once the first has ended
-    try:
-        second.wait_ready()
-        assert ray.get(second.coordinator.episodes_storage.remote()).url.endswith("second")
-    finally:
-        second.stop()
-
-
 def _compositions(root: Path) -> list[int]:
     """Pids of the ffmpeg processes composing a scene under ``root``."""
     return processes(lambda cmdline: b"ffmpeg" in cmdline and b".compose-" in cmdline
