@@ -66,7 +66,7 @@ from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.episode_view import EpisodeView
 from pipelines.error_shape import JsonErrors, code_for, error_body, raw_response
 from pipelines.errors import storage_error
-from pipelines.models import EpisodeRequest, EpisodeStatus
+from pipelines.models import EpisodeRequest, EpisodeStatus, ListOrder
 from pipelines.outages import Health, Outages
 from pipelines.request_numbers import NumberTooLong, exceeds, load_json, parse_counter
 from pipelines.settings import ProviderKind, Settings, load_settings
@@ -641,6 +641,8 @@ class ShowrunnerAPI:
         limit: Annotated[int, Query(ge=1, le=100, description="Episodes per page.")] = 20,
         cursor: Annotated[str | None, Query(max_length=20, description="`next_cursor` of the "
                                             "previous page.")] = None,
+        order: Annotated[ListOrder, Query(description="`oldest` first (submission order) or "
+                                          "`newest` first.")] = ListOrder.OLDEST,
     ) -> dict[str, Any]:
         tenant = self._admit(request)
         try:
@@ -649,7 +651,8 @@ class ShowrunnerAPI:
             fields = [{"field": "cursor", "message": "not a cursor this server gave"}]
             raise ApiError(422, "invalid_request", "cursor: not a cursor this server gave",
                            fields=fields) from None
-        page, after = await self.desk.page(tenant, status, limit, since)
+        page, after = await self.desk.page(tenant, status, limit, since,
+                                           order is ListOrder.NEWEST)
         return {"episodes": [public(v) for v in page],
                 "next_cursor": str(after) if after is not None else None}
 

@@ -193,19 +193,22 @@ class EpisodeCoordinator:
         return self._claims.get(claim_key)
 
     async def page(self, owner: str, status: EpisodeStatus | None = None, limit: int = 20,
-                   after: int = 0) -> tuple[list[EpisodeView], int | None]:
-        """An owner's episodes in submission order after arrival number ``after`` (only those
-        in ``status``, if given): the page, and the number to ask after next (None at the
-        end)."""
+                   cursor: int = 0, newest: bool = False
+                   ) -> tuple[list[EpisodeView], int | None]:
+        """An owner's episodes in submission order, or ``newest`` first, past arrival number
+        ``cursor`` (0: from the start; only those in ``status``, if given): the page, and the
+        cursor of the next (None at the end)."""
         await self.ready()
         if self.store is not None:
             rows = await self.store.page(owner=owner, status=status, limit=limit + 1,
-                                         after=after)
+                                         cursor=cursor, newest=newest)
             listed = [(r.arrival, r.id) for r in rows]
         else:
-            listed = sorted((r.arrival, r.id) for r in self.records.values()
-                            if r.owner == owner and r.arrival > after
-                            and (status is None or r.status is status))[:limit + 1]
+            listed = sorted(((r.arrival, r.id) for r in self.records.values()
+                             if r.owner == owner and (status is None or r.status is status)
+                             and (not cursor or (r.arrival < cursor if newest
+                                                 else r.arrival > cursor))),
+                            reverse=newest)[:limit + 1]
         page = listed[:limit]
         found = await self._find([i for _, i in page])
         more = len(listed) > limit

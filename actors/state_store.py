@@ -656,16 +656,22 @@ class StateStore:
             return {row.id: EpisodeStatus(row.status) for row in rows}
 
     async def page(self, *, owner: str | None = None, status: EpisodeStatus | None = None,
-                   limit: int = 50, after: int = 0) -> list[EpisodeSummary]:
-        """Episodes in arrival order after arrival number ``after`` (an owner's, those in a
-        status, if given), without their nodes and events: what a listing shows."""
-        query = select(*SUMMARY_COLUMNS).where(episodes.c.arrival > after)
+                   limit: int = 50, cursor: int = 0, newest: bool = False
+                   ) -> list[EpisodeSummary]:
+        """Episodes in arrival order, or ``newest`` first, past arrival number ``cursor`` (the
+        last of the page before; 0: from the start), an owner's and those in a status if
+        given, without their nodes and events: what a listing shows."""
+        arrival = episodes.c.arrival
+        query = select(*SUMMARY_COLUMNS)
+        if cursor:
+            query = query.where(arrival < cursor if newest else arrival > cursor)
         if owner is not None:
             query = query.where(episodes.c.owner == owner)
         if status is not None:
             query = query.where(episodes.c.status == status.value)
+        order = arrival.desc() if newest else arrival
         async with self._engine.connect() as conn:
-            rows = await conn.execute(query.order_by(episodes.c.arrival).limit(limit))
+            rows = await conn.execute(query.order_by(order).limit(limit))
             return [_summary(row._mapping) for row in rows]
 
     async def claim(self, key: str) -> Claim | None:

@@ -34,7 +34,8 @@ class Coordinator(Protocol):
     async def unfinished_count(self, owner: str) -> int: ...
 
     async def page(self, owner: str, status: EpisodeStatus | None = None, limit: int = 20,
-                   after: int = 0) -> tuple[list[EpisodeView], int | None]: ...
+                   cursor: int = 0, newest: bool = False
+                   ) -> tuple[list[EpisodeView], int | None]: ...
 
     async def views(self, episode_ids: list[str]) -> list[EpisodeView]: ...
 
@@ -79,10 +80,12 @@ class TenantDesk:
                 claim_key=key)
 
     async def page(self, owner: str, status: EpisodeStatus | None = None, limit: int = 20,
-                   cursor: int = 0) -> tuple[list[EpisodeView], int | None]:
-        """A tenant's episodes in submission order after ``cursor`` (only those in ``status``,
-        if given); returns the page and the cursor of the next one (None at the end)."""
-        return await self.coordinator.page(owner, status, limit, cursor)
+                   cursor: int = 0, newest: bool = False
+                   ) -> tuple[list[EpisodeView], int | None]:
+        """A tenant's episodes in submission order, or ``newest`` first, past ``cursor``
+        (only those in ``status``, if given); returns the page and the cursor of the next one
+        (None at the end)."""
+        return await self.coordinator.page(owner, status, limit, cursor, newest)
 
     async def ping(self) -> str:
         return "ok"

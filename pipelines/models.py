@@ -228,6 +228,13 @@ class EpisodeStatus(StrEnum):
         return self in (EpisodeStatus.COMPLETED, EpisodeStatus.FAILED, EpisodeStatus.CANCELLED)
 
 
+class ListOrder(StrEnum):
+    """How a listing of episodes runs: in submission order, or the newest first."""
+
+    OLDEST = "oldest"
+    NEWEST = "newest"
+
+
 class SceneState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.episode_folder import Artifact, EpisodeFolder
 from pipelines.error_shape import JsonErrors, error_body
-from pipelines.models import EpisodeStatus, SceneState
+from pipelines.models import EpisodeStatus, ListOrder, SceneState
 from pipelines.timeline import episode_part
 from showrunner import studio
 
@@ -211,7 +211,12 @@ def build_app(folder: RunFolder, limits: Mapping[str, int]) -> Starlette:
         start = _counter(query.get("cursor"), "cursor", 0)
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ApiError(422, "invalid_request", f"limit: from 1 to {MAX_LIST_LIMIT}")
+        order = query.get("order", ListOrder.OLDEST)
+        if order not in set(ListOrder):
+            raise ApiError(422, "invalid_request", f"order: not one of {', '.join(ListOrder)}")
         ids = [i for i, e in folder.entries.items() if status is None or e.get("status") == status]
+        if order == ListOrder.NEWEST:  # the report lists them in the run's order
+            ids.reverse()
         end = start + limit
         return JSONResponse({"episodes": [folder.view(i) for i in ids[start:end]],
                              "next_cursor": str(end) if end < len(ids) else None})

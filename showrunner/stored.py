@@ -13,7 +13,6 @@ import contextlib
 import json
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,14 +93,16 @@ async def opened(at: StoreAt) -> AsyncIterator[StateStore]:
 async def newest(store: StateStore, status: EpisodeStatus | None = None,
                  limit: int | None = None) -> list[EpisodeSummary]:
     """The newest ``limit`` episodes (all if None; those in ``status`` if given), newest last."""
-    kept: deque[EpisodeSummary] = deque(maxlen=limit)
-    after = 0
-    while True:
-        page = await store.page(status=status, limit=PAGE, after=after)
+    kept: list[EpisodeSummary] = []
+    cursor = 0
+    while limit is None or len(kept) < limit:
+        size = PAGE if limit is None else min(PAGE, limit - len(kept))
+        page = await store.page(status=status, limit=size, cursor=cursor, newest=True)
         kept.extend(page)
-        if len(page) < PAGE:
-            return list(kept)
-        after = page[-1].arrival
+        if len(page) < size:
+            break
+        cursor = page[-1].arrival
+    return kept[::-1]
 
 
 def unfinished(at: StoreAt) -> list[EpisodeSummary]:

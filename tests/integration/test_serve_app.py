@@ -174,6 +174,18 @@ def test_batch_submit_and_paginated_listing(base_url: str) -> None:
         if cursor is None:
             break
     assert set(ids) <= set(seen) and len(seen) == len(set(seen))
+    # Newest first, page by page: the batch's last episode first, then back in turn.
+    newest, cursor = [], None
+    while True:
+        params = {"limit": 2, "order": "newest", **({"cursor": cursor} if cursor else {})}
+        page = client(KEY_B).get(f"{base_url}/v1/episodes", params=params).json()
+        newest += [e["id"] for e in page["episodes"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert newest[:3] == ids[::-1] and sorted(newest) == sorted(set(newest))
+    bad = client(KEY_B).get(f"{base_url}/v1/episodes", params={"order": "latest"})
+    assert bad.status_code == 422 and "order" in bad.text
     queued = client(KEY_B).get(f"{base_url}/v1/episodes", params={"status": "queued"}).json()
     assert not set(ids) & {e["id"] for e in queued["episodes"]}
 

@@ -5,20 +5,17 @@ page, and nothing that reads outside the folder or changes anything."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-import uvicorn
 
 from showrunner import cli, open_run, studio
-from tests.support import wait_for
+from tests.open_runs import LIMITS, Served
 
 DONE, SHORT = "aaaa11112222", "bbbb33334444"
 VIDEO = bytes(range(256)) * 40  # 10240 bytes, each offset's byte known
-LIMITS = {"max_batch": 50, "max_scenes_per_request": 1000}
 
 
 def _timeline() -> dict:
@@ -61,31 +58,6 @@ def make_run(root: Path, timeline: bool = True) -> Path:
     (root / SHORT / "script.md").write_text("# Short\n")
     (root / "secret.txt").write_text("not an episode's")
     return root
-
-
-class Served:
-    """The app of ``showrunner open`` on a loopback port, in a thread of this process."""
-
-    def __init__(self, folder: open_run.RunFolder) -> None:
-        self.sock = open_run.listen(0)
-        self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            open_run.build_app(folder, LIMITS), log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run,
-                                       kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        wait_for(lambda: self.server.started, 10, "the app to listen")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-    def get(self, path: str, **kwargs: object) -> requests.Response:
-        return requests.get(self.base + path, timeout=10, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +111,15 @@ def test_the_listing_pages_and_filters(served: Served) -> None:
     second = served.get(f"/v1/episodes?limit=1&cursor={first['next_cursor']}").json()
     assert [e["id"] for e in second["episodes"]] == [SHORT]
     assert second["next_cursor"] is None
+    newest = served.get("/v1/episodes?limit=1&order=newest").json()
+    assert [e["id"] for e in newest["episodes"]] == [SHORT]
+    older = served.get(f"/v1/episodes?limit=1&order=newest&cursor={newest['next_cursor']}")
+    assert [e["id"] for e in older.json()["episodes"]] == [DONE]
+    assert older.json()["next_cursor"] is None
     failed = served.get("/v1/episodes?status=failed").json()["episodes"]
     assert [e["id"] for e in failed] == [SHORT]
-    for bad in ("status=finished", "limit=0", "limit=101", "cursor=-1", "limit=x"):
+    for bad in ("status=finished", "limit=0", "limit=101", "cursor=-1", "limit=x",
+                "order=latest"):
         _error(served.get(f"/v1/episodes?{bad}"), 422)
 
 

@@ -277,7 +277,13 @@ async def test_claims_cancels_and_listings_read_what_was_written(db_url: str) ->
         assert await store.claim("k2") is None
 
         assert [s.id for s in await store.page(owner="t_a")] == ["e1", "e2", "e4"]
-        assert [s.id for s in await store.page(after=1, limit=2)] == ["e2", "e3"]
+        assert [s.id for s in await store.page(cursor=1, limit=2)] == ["e2", "e3"]
+        # Newest first, the cursor going back: what a listing of thousands shows first.
+        newest = await store.page(limit=2, newest=True)
+        assert [s.id for s in newest] == ["e4", "e3"]
+        older = await store.page(limit=2, newest=True, cursor=newest[-1].arrival)
+        assert [s.id for s in older] == ["e2", "e1"]
+        assert [s.id for s in await store.page(owner="t_a", newest=True)] == ["e4", "e2", "e1"]
         [done] = await store.page(status=EpisodeStatus.COMPLETED)
         assert done.id == "e2" and done.premise.startswith("A lighthouse") and done.scenes == 3
         assert await store.count_unfinished("t_a") == 2

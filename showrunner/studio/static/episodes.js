@@ -1,6 +1,7 @@
-// The list of the signed-in tenant's episodes: the newest first, read again every 2 s while one
-// is queued or running, its rows kept from one reading to the next (and the keyboard focus on
-// them), each change of status announced, the open episode's row marked.
+// The list of the signed-in tenant's episodes: the newest first (of more than 500, the newest
+// 500, saying so), read again every 2 s while one is queued or running, its rows kept from one
+// reading to the next (and the keyboard focus on them), each change of status announced, the
+// open episode's row marked.
 
 import { api, FINISHED, lostKey } from "./api.js";
 import { $, announce, costOf, element, money, reportError } from "./dom.js";
@@ -27,6 +28,7 @@ export function stopList() {
 
 export function clearList() {
   $("episodes").replaceChildren();
+  $("list-more").hidden = true;
   rows.clear();
   statuses.clear();
 }
@@ -35,10 +37,10 @@ async function listEpisodes() {
   clearTimeout(timer);
   const thisRound = ++round;
   const episodes = [];
+  let cursor = null; // left over after the last page read: there are older ones
   try {
-    let cursor = null;
     for (let page = 0; page < LIST_PAGES; page += 1) {
-      const query = new URLSearchParams({ limit: String(LIST_PAGE_SIZE) });
+      const query = new URLSearchParams({ limit: String(LIST_PAGE_SIZE), order: "newest" });
       if (cursor) query.set("cursor", cursor);
       const data = await api(`v1/episodes?${query}`);
       episodes.push(...data.episodes);
@@ -54,8 +56,9 @@ async function listEpisodes() {
   }
   if (thisRound !== round) return;
   $("list-error").textContent = "";
-  episodes.reverse(); // the newest first
-  renderList(episodes);
+  renderList(episodes); // the newest first, as asked
+  $("list-more").hidden = !cursor;
+  $("list-more").textContent = `Showing your newest ${episodes.length} episodes.`;
   if (episodes.some((e) => !FINISHED.has(e.status))) {
     timer = setTimeout(loadList, LIST_REFRESH_MS);
   }
