@@ -135,11 +135,18 @@ class Cuttable:
                 client.close()
                 continue
             with self.lock:
-                if self.listener is not listener or self.turning_away:  # cut meanwhile
-                    client.close()
-                    upstream.close()
+                replaced = self.listener is not listener
+                carried = not replaced and not self.turning_away
+                if carried:
+                    self.open |= {client, upstream}
+            if not carried:  # cut meanwhile
+                client.close()
+                upstream.close()
+                if replaced:
                     return
-                self.open |= {client, upstream}
+                # Turning away keeps this listener: it must go on accepting, or once mended
+                # nothing would take the connections its backlog holds (they would hang).
+                continue
             for source, target in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
 

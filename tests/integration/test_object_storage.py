@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ from pipelines.settings import EncodingSettings, LLMSettings, ProviderKind, Sett
 from pipelines.storage import PASSING, SCRATCH_VARIABLE, Storage
 from showrunner import launcher
 from showrunner.stored_files import stored_file
+from tests import s3
 from tests.s3 import Cuttable, S3Server
 from tests.support import wait_for_async
 
@@ -100,6 +102,27 @@ def _made(folder: Path) -> Path:
     made = folder / "made.bin"
     made.write_bytes(b"u" * 70_000)
     return made
+
+
+def test_the_line_carries_again_after_a_cut_that_caught_a_connection_being_made(
+        s3_storage: Storage, cuttable: Cuttable, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test line itself: a cut while a connection was being carried used to end the line's
+    accepting for good, so once mended, requests hung until their read timeout (the
+    mid-episode test failed so: 'Read timeout … still failing after 60 s of trying')."""
+    connect = socket.create_connection
+
+    def cut_meanwhile(*args: object, **kwargs: object) -> socket.socket:
+        made = connect(*args, **kwargs)  # type: ignore[arg-type]
+        cuttable.cut(turning_away=True)
+        return made
+
+    monkeypatch.setattr(s3.socket, "create_connection", cut_meanwhile)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(cuttable.endpoint_url, timeout=10)
+    monkeypatch.undo()
+    cuttable.mend()
+    Storage(s3_storage.url, cuttable.options(), patience_s=0).write("ep/carried.txt", "again")
+    assert s3_storage.read("ep/carried.txt") == b"again"
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
