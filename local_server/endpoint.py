@@ -97,6 +97,9 @@ def model_endpoint(state: ServerState, endpoint: str, work: Work, *, form: bool 
         except ApiError as err:
             stats.count(err.counter)
             return err.response(request_id)
+        except asyncio.CancelledError:  # the client left (aiohttp's handler cancellation)
+            stats.count("left")
+            raise
         finally:
             stats.leave()
 

@@ -38,8 +38,8 @@ class EndpointStats:
     ``tiers``: the service tiers counted apart (none for an endpoint without tiers)."""
 
     __slots__ = ("arrived", "accepted", "rate_limited", "quota_rejected", "unauthorized",
-                 "bad_request", "model_not_found", "faults", "tokens", "jobs_s", "jobs_ran_s",
-                 "inflight", "max_inflight", "ledger", "by_tier", "_tiers")
+                 "left", "bad_request", "model_not_found", "faults", "tokens", "jobs_s",
+                 "jobs_ran_s", "inflight", "max_inflight", "ledger", "by_tier", "_tiers")
 
     def __init__(self, tiers: Iterable[Tier] = ()) -> None:
         self._tiers = tuple(tiers)
@@ -57,6 +57,9 @@ class EndpointStats:
         self.unauthorized = 0
         self.bad_request = 0
         self.model_not_found = 0
+        # Requests whose client went away before the answer (a cancel aborting its calls): not
+        # billed, the work stopped.
+        self.left = 0
         self.faults = dict.fromkeys(FAULTS, 0)
         self.tokens = 0  # charged to the token bucket, faulted requests included
         # The length of each job started (video), in the order drawn: what a benchmark's lower
@@ -114,6 +117,7 @@ class EndpointStats:
             "unauthorized": self.unauthorized,
             "bad_request": self.bad_request,
             "model_not_found": self.model_not_found,
+            "left": self.left,
             "faults": dict(self.faults),
             "tokens": self.tokens,
             "jobs_s": [round(s, 4) for s in self.jobs_s],

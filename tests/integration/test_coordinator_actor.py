@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,13 +48,15 @@ async def test_events_stream_and_cancel_through_ray(
         return (await provider.stats.remote())["deployments"][0]["inflight"]
 
     await wait_for_async(inflight, 30, "a content call to go out", interval=0.02)
-    started = time.monotonic()
     assert await run.coordinator.cancel.remote(eid) is EpisodeStatus.CANCELLED
-    assert time.monotonic() - started < 1.0
+
     async def idle() -> bool:
         return await inflight() == 0
 
     await wait_for_async(idle, 5, "the provider actor's calls to end")
+    # Ended by the cancel, not waited for: the calls in flight were cut off at the server,
+    # unanswered and unpaid (each takes seconds at this latency).
+    assert server.stats()["chat"]["left"] >= 1
     [view] = await run.coordinator.views.remote([eid])
     assert view.status is EpisodeStatus.CANCELLED and view.percent > 0
     tail = await run.coordinator.events.remote(eid, after=len(seen))
