@@ -159,11 +159,16 @@ def provider_actor(kind: ProviderKind, settings: ProviderSettings, *,
 
 class CoordinatorActor(EpisodeCoordinator):
     """The coordinator as its actor, at ordinary priority: every episode's next call waits on
-    it."""
+    it. ``detached``: the service's, which outlives whoever made it (a CLI run's ends with
+    the run, so the service must not take it up by name)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, detached: bool = False, **kwargs: Any) -> None:
         normal_priority("coordinator")
         super().__init__(*args, **kwargs)
+        self._detached = detached
+
+    async def is_detached(self) -> bool:
+        return self._detached
 
 
 def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
@@ -185,6 +190,7 @@ def coordinator_actor(settings: Settings, providers: dict[ProviderKind, str], *,
                                 settings.placement.media),
             metrics=RayCoordinatorMetrics(),
             state_url=state_url,
+            detached=detached,
         )
     )
 

@@ -232,6 +232,10 @@ def start_run(settings: Settings, storage: Storage, local_base_url: str | None,
 
     # First: providers are looked up by name when first called, after this returns.
     made = coordinator() if detached else _claimed(f"{prefix}:coordinator", coordinator)
+    if detached and not ray.get(made.is_detached.remote(), timeout=COORDINATOR_BACK_S):
+        raise RunInProgress(
+            f"a Showrunner run (a CLI job) goes on on this Ray cluster, and its coordinator "
+            f"{prefix + ':coordinator'!r} ends with it: start the service once it has ended")
     providers = {
         kind: provider_actor(kind, settings.provider(kind), local_base_url=local_base_url,
                              name=names[kind], detached=detached, state_url=state_url,
@@ -242,7 +246,8 @@ def start_run(settings: Settings, storage: Storage, local_base_url: str | None,
 
 
 class RunInProgress(Exception):
-    """Another run (or the service) on this cluster has the coordinator's name."""
+    """Another run (or the service) on this cluster has the coordinator's name; or the
+    service would take up a run's coordinator, which ends with the run."""
 
 
 # The actors of a run whose driver just ended are gone within a moment: a name still taken after

@@ -126,6 +126,24 @@ def test_a_run_is_ready_once_every_actor_answers(
         ray.kill(actor)
 
 
+def test_the_service_does_not_take_up_a_runs_coordinator(
+    local_server: Callable[..., LocalServer], tmp_path: Path
+) -> None:
+    """The service gets its actors by name, to share them between replicas. Where a CLI run
+    goes on, that name is the run's coordinator, which ends with the run: the service used to
+    take it up and lose it then."""
+    server = local_server()
+    run = launcher.start_run(Settings(), Storage(str(tmp_path / "run")), server.base_url,
+                             prefix="test-service-joins")
+    try:
+        with pytest.raises(launcher.RunInProgress, match="start the service once it has ended"):
+            launcher.start_run(Settings(), Storage(str(tmp_path / "service")), server.base_url,
+                               prefix="test-service-joins", detached=True)
+        run.wait_ready(timeout_s=10)  # the run's actors, untouched
+    finally:
+        run.stop()
+
+
 def _compositions(root: Path) -> list[int]:
     """Pids of the ffmpeg processes composing a scene under ``root``."""
     return processes(lambda cmdline: b"ffmpeg" in cmdline and b".compose-" in cmdline
