@@ -13,7 +13,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import ray
 
+from local_server.process import LocalServer
+from pipelines.settings import Settings
+from pipelines.storage import Storage
+from showrunner import launcher
 from tests.commands.cli_runs import ROOT, FinishedRun, _env, showrunner
 from tests.support import cmdline_of, descendants, wait_for
 
@@ -192,13 +197,6 @@ def test_bad_storage_stops_before_anything_runs(tmp_path: Path) -> None:
 def test_a_run_on_a_cluster_where_one_goes_on_is_refused(tmp_path: Path) -> None:
     """Joined to a cluster (as under ``ray job submit``) where another run's coordinator
     answers, a run stops with one line before anything is asked of any provider."""
-    import ray
-
-    from local_server.process import LocalServer
-    from pipelines.settings import Settings
-    from pipelines.storage import Storage
-    from showrunner import launcher
-
     with LocalServer(latency_scale=0) as server:
         going_on = launcher.start_run(Settings(), Storage(str(tmp_path / "first")),
                                       server.base_url)

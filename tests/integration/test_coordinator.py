@@ -609,19 +609,24 @@ async def test_finished_episodes_leave_memory_and_are_served_from_the_store(
     await coordinator.store.close()
 
 
+def slow_commits(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
+    """Every commit of the state store takes ``delay_s`` longer, as on a busy database."""
+    commit = StateStore._commit
+
+    async def slow_commit(self: StateStore, *args: Any) -> None:
+        await asyncio.sleep(delay_s)
+        await commit(self, *args)
+
+    monkeypatch.setattr(StateStore, "_commit", slow_commit)
+
+
 async def test_an_episode_let_go_before_its_ending_is_committed_is_still_waited_for(
     local_server: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With slow commits, an episode let go of memory as it finished used to be read back from
     the store as still running, and ``wait`` waited for it forever (CI timed out on it)."""
     monkeypatch.setattr("actors.coordinator.KEEP_FINISHED", 0)
-    commit = StateStore._commit
-
-    async def slow_commit(self: StateStore, *args: Any) -> None:
-        await asyncio.sleep(0.3)
-        await commit(self, *args)
-
-    monkeypatch.setattr(StateStore, "_commit", slow_commit)
+    slow_commits(monkeypatch, 0.3)
     server = local_server(latency_scale=0.0)
     url = f"sqlite+aiosqlite:///{tmp_path / 'showrunner.db'}"
     coordinator, _ = make(server, tmp_path, state_url=url, max_parallel_episodes=3)
@@ -640,13 +645,7 @@ async def test_events_are_given_out_only_once_stored(
     restarted coordinator gives its number to another event, which a client resuming after
     that number never sees (CI lost 'taken up again' so). Events emitted while an earlier
     commit was awaited used to be given out with it."""
-    commit = StateStore._commit
-
-    async def slow_commit(self: StateStore, *args: Any) -> None:
-        await asyncio.sleep(0.2)
-        await commit(self, *args)
-
-    monkeypatch.setattr(StateStore, "_commit", slow_commit)
+    slow_commits(monkeypatch, 0.2)
     server = local_server(latency_scale=0.1)
     url = f"sqlite+aiosqlite:///{tmp_path / 'showrunner.db'}"
     coordinator, _ = make(server, tmp_path, state_url=url)

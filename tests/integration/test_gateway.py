@@ -87,7 +87,7 @@ async def test_structured_output_follows_the_schema(gateway: Build, local_server
     assert isinstance(data["title"], str) and len(data["characters"]) >= 2
 
 
-async def test_unreachable_server_fails_within_seconds_without_a_storm(gateway: Build) -> None:
+async def test_unreachable_server_fails_naming_the_setting_without_a_storm(gateway: Build) -> None:
     gw = gateway("http://127.0.0.1:9/v1")  # nothing listens on the discard port
     with pytest.raises(ProviderUnavailable) as caught:
         await gw.chat(MESSAGES)

@@ -109,7 +109,6 @@ async def test_a_failed_clip_job_is_started_again_then_reported(
 async def test_a_clip_job_that_outlives_its_timeout_has_failed(
     local_server: Start, gateway: Build, tmp_path: Path
 ) -> None:
-
     server = local_server(latency_scale=1.0, video_latency=0, video_job_s=3600)  # never ends
     gw = gateway(ProviderKind.VIDEO, server.base_url, poll_initial_s=0.05, poll_max_s=0.1,
                  clip_timeout_s=0.5)
